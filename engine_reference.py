@@ -1,0 +1,51 @@
+"""Reference engine: the published semantics, step by step and population by population.
+
+Readable specification of the cortical dynamics, differentiated by plain autograd. It is the
+baseline that the fast engine (``engine_fast.py``) is tested and benchmarked against.
+"""
+from __future__ import annotations
+
+import torch
+
+from neuron import ALIFState, alif_step
+
+
+def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = False,
+               record_mem: bool = False):
+    """Simulate the 13 cortical populations over the sequence.
+
+    thal_spikes: (T, batch, 200) VPM spikes; state: the model's InitialState.
+    Returns ``(output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)``.
+    """
+    cfg = model.config
+    offsets = model.population_offsets
+    w_rec = model.signed_recurrent_weight()               # (N, N), built once per forward
+    w_th = model.thalamocortical.effective_weight()       # (N, 200)
+    spk, mem = state.spk, state.mem
+    b = [cfg.init_b] * (len(offsets) - 1)                 # adaptation starts at the scalar b0
+    out = 0
+    spikes, mems = [], []
+    for t in range(thal_spikes.shape[0]):
+        thal_current = thal_spikes[t] @ w_th.t()
+        new_spk, new_mem = [], []
+        for i in range(len(offsets) - 1):
+            lo, hi = offsets[i], offsets[i + 1]
+            # populations before i have already spiked this step (Gauss-Seidel order)
+            presyn = torch.cat(new_spk + [spk[:, lo:]], dim=1)
+            current = thal_current[:, lo:hi] + presyn @ w_rec[lo:hi].t()
+            s = alif_step(current, ALIFState(mem[:, lo:hi], spk[:, lo:hi], b[i]),
+                          model.tau_m[lo:hi], model.tau_adp[lo:hi], cfg.init_b, cfg.beta)
+            new_spk.append(s.spike)
+            new_mem.append(s.mem)
+            b[i] = s.b
+        spk, mem = torch.cat(new_spk, dim=1), torch.cat(new_mem, dim=1)
+        if t >= 1:
+            out = out + model.readout_sum(spk[None])
+        if record_spikes:
+            spikes.append(spk)
+        if record_mem:
+            mems.append(mem)
+    if thal_spikes.shape[0] == 1:   # no readout step: the sum over t = 1..T-1 is empty
+        out = torch.zeros(spk.shape[0], cfg.n_classes, dtype=spk.dtype, device=spk.device)
+    return (out, torch.stack(spikes) if record_spikes else None,
+            torch.stack(mems) if record_mem else None)

@@ -1,0 +1,80 @@
+"""The adaptive leaky integrate-and-fire (ALIF) neuron: one pure step function.
+
+This is the single home of the neuron update used by the thalamus, the cortex, the
+reference and fast engines' specification, and the analyses (constant-input simulation).
+
+Per unit, with ``b0 = init_b``, ``beta = 1.8``, ``R_m = 1`` and ``dt = 1`` (paper, Eq. 1-3)::
+
+    alpha = exp(-dt / tau_m);  rho = exp(-dt / tau_adp)
+    b     = rho * b + (1 - rho) * spike_prev        # b starts as the scalar b0
+    Bth   = b0 + beta * b                            # adaptive threshold
+    mem   = mem * alpha + (1 - alpha) * R_m * I - Bth * spike_prev * dt
+    spike = H(mem - Bth)
+
+The Heaviside step has a Gaussian surrogate derivative (sigma 0.5, scale 0.5).
+The expressions keep the published order of floating-point operations, so float64
+results match the published implementation bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+BETA = 1.8               # threshold adaptation strength
+R_M = 1.0                # membrane resistance
+DT = 1.0                 # time step
+SURROGATE_SIGMA = 0.5    # width of the Gaussian surrogate
+SURROGATE_SCALE = 0.5    # height factor of the surrogate
+
+
+def surrogate_derivative(x: torch.Tensor) -> torch.Tensor:
+    """d spike / d x of the Gaussian surrogate at ``x = mem - threshold``."""
+    sigma = SURROGATE_SIGMA
+    return torch.exp(-(x ** 2) / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma) * SURROGATE_SCALE
+
+
+class SpikeFunction(torch.autograd.Function):
+    """Heaviside forward, Gaussian surrogate backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.gt(0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output * surrogate_derivative(x)
+
+
+spike_fn = SpikeFunction.apply
+
+
+class ALIFState(NamedTuple):
+    """State of a group of ALIF units, each ``(batch, n)`` (``b`` may be a scalar at start)."""
+    mem: torch.Tensor
+    spike: torch.Tensor
+    b: torch.Tensor | float
+
+
+def decay_factors(tau_m: torch.Tensor, tau_adp: torch.Tensor, dt: float = DT):
+    """``alpha = exp(-dt/tau_m)`` and ``rho = exp(-dt/tau_adp)``."""
+    return torch.exp(-1.0 * dt / tau_m), torch.exp(-1.0 * dt / tau_adp)
+
+
+def alif_step(current: torch.Tensor, state: ALIFState, tau_m: torch.Tensor,
+              tau_adp: torch.Tensor, b0: float, beta: float = BETA,
+              dt: float = DT) -> ALIFState:
+    """One time step of ALIF units.
+
+    current: (batch, n) input current; tau_m, tau_adp: (n,); returns the new state.
+    The previous "spike" may be non-binary (the published initial state is uniform in [0, 1)).
+    """
+    alpha, rho = decay_factors(tau_m, tau_adp, dt)
+    b = rho * state.b + (1 - rho) * state.spike
+    threshold = b0 + beta * b
+    mem = state.mem * alpha + (1 - alpha) * R_M * current - threshold * state.spike * dt
+    spike = spike_fn(mem - threshold)
+    return ALIFState(mem, spike, b)

@@ -1,0 +1,41 @@
+"""Shared test fixtures: where the golden cases live and how their absence is handled.
+
+Golden cases are read from ``$GOLDEN_DIR`` (default ``../shared/golden`` relative to the
+project root). On a user's clone that folder is absent and golden tests skip with a reason;
+CI sets ``REQUIRE_GOLDEN=1`` so that a missing or empty folder fails instead.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GOLDEN_DIR = Path(os.environ.get("GOLDEN_DIR", ROOT.parent / "shared" / "golden"))
+REQUIRE_GOLDEN = os.environ.get("REQUIRE_GOLDEN", "") not in ("", "0")
+
+
+def golden_cases(pattern):
+    """Parameters for every golden file matching ``pattern``, with the file stem as test id.
+
+    Returns a list usable by ``pytest.mark.parametrize``. When no file matches, returns a
+    single parameter that skips (or fails under ``REQUIRE_GOLDEN=1``) with the reason.
+    """
+    files = sorted(GOLDEN_DIR.glob(pattern)) if GOLDEN_DIR.is_dir() else []
+    if files:
+        return [pytest.param(f, id=f.stem) for f in files]
+    reason = f"no golden cases matching {pattern!r} in {GOLDEN_DIR} (set GOLDEN_DIR)"
+    if REQUIRE_GOLDEN:
+        # the test body calls require_golden_file(None), which fails with the reason
+        return [pytest.param(None, id="missing")]
+    return [pytest.param(None, id="missing", marks=pytest.mark.skip(reason=reason))]
+
+def require_golden_file(path):
+    """Fail clearly inside a test when a golden case is required but missing."""
+    if path is None:
+        pytest.fail(f"REQUIRE_GOLDEN is set but {GOLDEN_DIR} holds no golden cases; "
+                    "set GOLDEN_DIR to the folder of golden cases")
+    return path
