@@ -1,0 +1,305 @@
+"""Exact loaders for the whisker sweep dataset (``snn_train3.h5`` / ``snn_test3.h5``).
+
+File layout (the original Bullet-simulation files, or files made by ``whisker_sim.py``):
+
+    force   (N, 12, 110, 31, 3, 3) float32   sweeps x frames x whiskers x nodes x (x, y, z)
+    torque  (N, 12, 110, 31, 3, 3) float32
+    label   (N,)                   any numeric dtype, values 53 (helmet), 55 (box), 113 (plane)
+
+Two encodings, both reproducing the published reference code (checked against the golden
+``whisker_tiny_expected.npz`` cases):
+
+* Spiking. ``|v|`` = L2 norm over the last axis (0 replaced by 1e-5); spike probability
+  ``p = sigmoid(log|v| - c)``, c = 2 (force) and 4 (torque), shape (N, 12, 110, 31, 3) each.
+  Each of the 110 steps is repeated ``DT_REPEAT = 5`` times and Bernoulli-sampled, giving the
+  spiking array (N, 2, 12, 550, 31, 3); the model sees it as ``(2, 12, T, 93)`` per sample
+  (93 = 31 whiskers x 3 nodes, whisker-major).
+* Real-valued. Force and torque are each L2-normalised along the 12-sweep axis
+  (``torch.nn.functional.normalize(x, dim=1)``, eps 1e-12) and concatenated per node
+  (fx fy fz tx ty tz): (N, 1, 12, 110, 31, 18); per sample ``(1, 12, T, 558)``.
+
+Memory. ``SpikingWhiskerDataset`` never materialises the 2.2 G-value spike array: it keeps the
+float32 probabilities (N, 2, 12, 110, 93) (214 MB for 218 samples) and draws the spikes of a
+sample in ``__getitem__`` from a ``torch.Generator`` seeded by (seed, epoch or 0, index), as
+``uniform < p``. The uniforms do not depend on ``p``, so a whisker-deprived dataset gives the
+same spikes on the intact whiskers as the intact dataset with the same seed. Files are read in
+chunks of samples, so the peak while loading stays near the size of the stored probabilities:
+loading both full files (218 + 55 samples) into ``SpikingWhiskerDataset`` peaks at 0.73 GB RSS
+(268 MB of probabilities, the rest is the torch/h5py runtime). ``RealValuedWhiskerDataset``
+holds (N, 1, 12, 110, 558) float32: 0.64 GB for the training file.
+
+Whisker deprivation zeroes force and torque of the listed whiskers before encoding (their spike
+probability is then the floor value ``sigmoid(log 1e-5 - c)``, exactly as for any untouched
+whisker).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+LABEL_MAP = {53: 0, 55: 1, 113: 2}
+CLASS_NAMES = ("helmet", "box", "plane")
+N_WHISKERS = 31
+N_NODES = 3
+N_STEPS = 110
+N_SWEEPS = 12
+DT_REPEAT = 5
+N_SPIKE_STEPS = N_STEPS * DT_REPEAT  # 550
+FORCE_OFFSET = 2.0
+TORQUE_OFFSET = 4.0
+ZERO_NORM = 1e-5
+TRAIN_FILE = "snn_train3.h5"
+TEST_FILE = "snn_test3.h5"
+SAMPLE_SHAPE = (N_SWEEPS, N_STEPS, N_WHISKERS, N_NODES, 3)
+HOW_TO_GET = ("get the original snn_train3.h5/snn_test3.h5 files, or generate a compatible "
+              "dataset with `python whisker_sim.py --out data`")
+_CHUNK = 16  # samples read from disk at a time
+
+
+class WhiskerDataError(ValueError):
+    """A whisker data file is missing or malformed (the message says how to get good data)."""
+
+
+def _fail(path, what: str):
+    raise WhiskerDataError(f"{path}: {what}; {HOW_TO_GET}")
+
+
+def _parse_deprived(deprived_whiskers: Iterable[int]) -> np.ndarray:
+    idx = np.asarray(sorted({int(w) for w in deprived_whiskers}), dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= N_WHISKERS):
+        raise ValueError(f"deprived whisker indices must be in 0..{N_WHISKERS - 1}, got {idx.tolist()}")
+    return idx
+
+
+class _WhiskerFile:
+    """Validated, chunk-wise access to one data file (used by all loaders)."""
+
+    def __init__(self, path):
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            _fail(self.path, "file not found")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as err:
+            _fail(self.path, f"not a readable HDF5 file ({err})")
+        try:
+            for key in ("force", "torque", "label"):
+                if key not in self._h5:
+                    _fail(self.path, f"missing dataset {key!r} (found {sorted(self._h5.keys())})")
+            f, t, lab = self._h5["force"], self._h5["torque"], self._h5["label"]
+            for name, ds in (("force", f), ("torque", t)):
+                if ds.ndim != 6 or tuple(ds.shape[1:]) != SAMPLE_SHAPE:
+                    _fail(self.path, f"dataset {name!r} has shape {ds.shape}, expected (N, "
+                          + ", ".join(map(str, SAMPLE_SHAPE)) + ")")
+            if f.shape != t.shape:
+                _fail(self.path, f"force {f.shape} and torque {t.shape} shapes differ")
+            self.n = int(f.shape[0])
+            if lab.shape != (self.n,):
+                _fail(self.path, f"dataset 'label' has shape {lab.shape}, expected ({self.n},)")
+            raw = np.asarray(lab[()], dtype=np.float64)
+            bad = ~np.isin(raw, list(LABEL_MAP))
+            if bad.any():
+                _fail(self.path, f"unknown label value(s) {np.unique(raw[bad]).tolist()} "
+                      f"(expected {sorted(LABEL_MAP)})")
+            self.labels = np.array([LABEL_MAP[int(v)] for v in raw], dtype=np.int64)
+        except BaseException:
+            self._h5.close()
+            raise
+
+    def chunks(self, size: int = _CHUNK):
+        """Yield (start, force, torque) float32 chunks, checked for NaN/Inf."""
+        for start in range(0, self.n, size):
+            sl = slice(start, min(start + size, self.n))
+            out = []
+            for name in ("force", "torque"):
+                arr = np.asarray(self._h5[name][sl], dtype=np.float32)
+                if not np.isfinite(arr).all():
+                    kind = "NaN" if np.isnan(arr).any() else "Inf"
+                    _fail(self.path, f"dataset {name!r} contains {kind} values")
+                out.append(arr)
+            yield start, out[0], out[1]
+
+    def close(self):
+        self._h5.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _deprive(force: np.ndarray, torque: np.ndarray, idx: np.ndarray):
+    if idx.size:
+        force[:, :, :, idx] = 0.0
+        torque[:, :, :, idx] = 0.0
+    return force, torque
+
+
+def load_whisker_file(path, deprived_whiskers=()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read and validate a data file.
+
+    Returns ``force``, ``torque`` (N, 12, 110, 31, 3, 3) float32 (deprived whiskers zeroed) and
+    ``labels`` (N,) int64 in 0..2. Raises ``WhiskerDataError`` for a missing file, a missing
+    dataset, a wrong shape, an unknown label value or NaN/Inf in force or torque.
+    """
+    idx = _parse_deprived(deprived_whiskers)
+    with _WhiskerFile(path) as wf:
+        force = np.empty((wf.n,) + SAMPLE_SHAPE, np.float32)
+        torque = np.empty_like(force)
+        for start, f, t in wf.chunks():
+            force[start:start + len(f)] = f
+            torque[start:start + len(t)] = t
+        labels = wf.labels.copy()
+    _deprive(force, torque, idx)
+    return force, torque, labels
+
+
+def _prob(v: np.ndarray, offset: float) -> np.ndarray:
+    norm = np.linalg.norm(v.astype(np.float64), axis=-1)
+    norm[norm == 0] = ZERO_NORM
+    x = np.log(norm) - offset
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # numerically stable sigmoid
+
+
+def spike_probabilities(force, torque) -> tuple[np.ndarray, np.ndarray]:
+    """Spike probability per step: ``sigmoid(log|v| - c)``, each (N, 12, 110, 31, 3) float32."""
+    return _prob(np.asarray(force), FORCE_OFFSET), _prob(np.asarray(torque), TORQUE_OFFSET)
+
+
+def _normalize_sweeps(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.float64)
+    norm = np.sqrt((v * v).sum(axis=1, keepdims=True))
+    return v / np.maximum(norm, 1e-12)
+
+
+def realvalued_samples(force, torque) -> np.ndarray:
+    """Real-valued features (N, 1, 12, 110, 31, 18) float32 (see the module docstring)."""
+    force, torque = np.asarray(force), np.asarray(torque)
+    both = np.concatenate([_normalize_sweeps(force), _normalize_sweeps(torque)], axis=-1)
+    n = force.shape[0]
+    return both.reshape(n, 1, N_SWEEPS, force.shape[2], N_WHISKERS, N_NODES * 6).astype(np.float32)
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, int(epoch), int(index)])
+    lo, hi = state.generate_state(2, np.uint32)
+    return (int(hi) << 32 | int(lo)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class SpikingWhiskerDataset(torch.utils.data.Dataset):
+    """Spike trains drawn on the fly from stored probabilities.
+
+    ``x`` of a sample is a ``torch.uint8`` tensor (2, 12, T, 93) (channel 0 force, 1 torque),
+    T = ``n_steps`` or 550. Spikes are reproducible from ``seed``; with
+    ``resample_each_epoch`` the draw also depends on the epoch set by ``set_epoch``
+    (the published code draws them once: the default).
+    """
+
+    def __init__(self, path, seed: int = 0, resample_each_epoch: bool = False,
+                 deprived_whiskers=(), n_steps: int | None = None):
+        self.path = Path(path)
+        self.seed = int(seed)
+        self.resample_each_epoch = bool(resample_each_epoch)
+        self.deprived_whiskers = tuple(int(w) for w in _parse_deprived(deprived_whiskers))
+        self.n_steps = N_SPIKE_STEPS if n_steps is None else int(n_steps)
+        if not 1 <= self.n_steps <= N_SPIKE_STEPS:
+            raise ValueError(f"n_steps must be in 1..{N_SPIKE_STEPS}, got {n_steps}")
+        self.epoch = 0
+        idx = np.asarray(self.deprived_whiskers, dtype=np.int64)
+        with _WhiskerFile(self.path) as wf:
+            n = wf.n
+            # (N, 2, 12, 110, 93) float32
+            self.probs = torch.empty((n, 2, N_SWEEPS, N_STEPS, N_WHISKERS * N_NODES), dtype=torch.float32)
+            for start, f, t in wf.chunks():
+                _deprive(f, t, idx)
+                pf, pt = spike_probabilities(f, t)
+                m = len(f)
+                self.probs[start:start + m, 0] = torch.from_numpy(pf.reshape(m, N_SWEEPS, N_STEPS, -1))
+                self.probs[start:start + m, 1] = torch.from_numpy(pt.reshape(m, N_SWEEPS, N_STEPS, -1))
+            self.labels = torch.from_numpy(wf.labels.copy())
+
+    @property
+    def spiking_shape(self) -> tuple[int, ...]:
+        return (len(self), 2, N_SWEEPS, N_SPIKE_STEPS, N_WHISKERS, N_NODES)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i):
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        epoch = self.epoch if self.resample_each_epoch else 0
+        gen = torch.Generator().manual_seed(_sample_seed(self.seed, epoch, i))
+        T = self.n_steps
+        # uniforms drawn time-major so a truncated sequence is a prefix of the full one
+        u = torch.rand((N_SPIKE_STEPS, 2, N_SWEEPS, N_WHISKERS * N_NODES), generator=gen)[:T]
+        p = self.probs[i].repeat_interleave(DT_REPEAT, dim=2)[:, :, :T]  # (2, 12, T, 93)
+        x = (u.permute(1, 2, 0, 3) < p).to(torch.uint8)
+        return x, self.labels[i]
+
+
+class RealValuedWhiskerDataset(torch.utils.data.Dataset):
+    """Real-valued inputs: ``x`` float32 (1, 12, T, 558), T = ``n_steps`` or 110."""
+
+    def __init__(self, path, deprived_whiskers=(), n_steps: int | None = None):
+        self.path = Path(path)
+        self.deprived_whiskers = tuple(int(w) for w in _parse_deprived(deprived_whiskers))
+        self.n_steps = N_STEPS if n_steps is None else int(n_steps)
+        if not 1 <= self.n_steps <= N_STEPS:
+            raise ValueError(f"n_steps must be in 1..{N_STEPS}, got {n_steps}")
+        idx = np.asarray(self.deprived_whiskers, dtype=np.int64)
+        with _WhiskerFile(self.path) as wf:
+            n = wf.n
+            self.samples = torch.empty((n, 1, N_SWEEPS, self.n_steps, N_WHISKERS * N_NODES * 6),
+                                       dtype=torch.float32)
+            for start, f, t in wf.chunks():
+                _deprive(f, t, idx)
+                rv = realvalued_samples(f, t)[:, :, :, :self.n_steps]
+                self.samples[start:start + len(f)] = torch.from_numpy(
+                    np.ascontiguousarray(rv).reshape(len(f), 1, N_SWEEPS, self.n_steps, -1))
+            self.labels = torch.from_numpy(wf.labels.copy())
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i):
+        return self.samples[i], self.labels[i]
+
+
+def samples_by_class(dataset) -> dict[int, torch.Tensor]:
+    """Class index -> stacked inputs (n_c, ...) of that class, in dataset order."""
+    labels = dataset.labels
+    out = {}
+    for c in range(len(CLASS_NAMES)):
+        idx = torch.nonzero(labels == c).flatten().tolist()
+        if idx:
+            out[c] = torch.stack([dataset[i][0] for i in idx])
+    return out
+
+
+def ensure_dataset(data_dir, objects_per_class: int = 91, seed: int = 0, workers=None,
+                   log=print) -> tuple[Path, Path]:
+    """Return (train_path, test_path) in ``data_dir``; generate both with whisker_sim if either is missing."""
+    data_dir = Path(data_dir)
+    train, test = data_dir / TRAIN_FILE, data_dir / TEST_FILE
+    if not (train.is_file() and test.is_file()):
+        import whisker_sim
+
+        log(f"whisker data not found in {data_dir}: generating a simulated dataset "
+            f"({objects_per_class} objects per class, seed {seed}) with whisker_sim ...")
+        whisker_sim.generate_dataset(data_dir, objects_per_class=objects_per_class, seed=seed,
+                                     workers=workers)
+        log(f"wrote {train} and {test}")
+    return train, test
