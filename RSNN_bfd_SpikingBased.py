@@ -1,0 +1,53 @@
+"""Train the barrel-cortex RSNN on spike-encoded whisker input (the paper's main model).
+
+    python RSNN_bfd_SpikingBased.py                       # paper set-up, see __main__ below
+    python RSNN_bfd_SpikingBased.py --epochs 2 --n-steps 20 --max-train-samples 32 --out runs/quick
+    python RSNN_bfd_SpikingBased.py --resume runs/spiking # continue from runs/spiking/checkpoint.pth
+    torchrun --nproc_per_node 4 RSNN_bfd_SpikingBased.py  # DistributedDataParallel
+
+Input (batch, 2, 12, 550, 93) force / torque spikes; the data files are generated with
+``whisker_sim.py`` if ``--data-dir`` lacks them. Every setting is a flag of
+:class:`training.SpikingConfig` (``--help``). Writes ``checkpoint.pth``, ``best.pth``,
+``metrics.csv`` and ``learning_curves.png`` to ``--out``.
+
+Analysis mode: ``--anova ...`` is handed to ``utils.anova_main(argv)`` (see :func:`run_anova`).
+Importing this module has no side effects.
+"""
+from __future__ import annotations
+
+import sys
+
+from training import SpikingConfig, run_cli, training_main
+
+DESCRIPTION = "Train the barrel-cortex RSNN on spike-encoded whisker input."
+
+
+def run_anova(argv: list[str]) -> int:
+    """Analysis mode (``--anova``, with e.g. ``--checkpoint RUN_DIR/best.pth``).
+
+    The analyses live in ``utils.py`` (``utils.anova_main(argv)`` gets the full argument list).
+    """
+    try:
+        import utils
+    except ImportError:
+        raise ValueError("--anova needs the analysis module utils.py, which is not in this "
+                         "checkout") from None
+    if not hasattr(utils, "anova_main"):
+        raise ValueError("--anova: utils.py has no anova_main(argv)")
+    return utils.anova_main(argv)
+
+
+def main(argv=None, defaults: SpikingConfig | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and train; ``defaults`` sets the flag defaults."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--anova" in argv:
+        return run_anova(argv)
+    return training_main(SpikingConfig, argv, defaults, DESCRIPTION)
+
+
+if __name__ == "__main__":
+    # The paper's set-up (edit here, or override with flags): Adam lr 0.008 (x5 tau_adp,
+    # x2 tau_m), StepLR(10, 0.5), 100 epochs, batch 128, T = 550, b0 0.04, init_w 0.06.
+    paper = SpikingConfig(data_dir="data", out="runs/spiking", epochs=100, batch_size=128,
+                          lr=0.008, init_b=0.04, init_w=0.06, seed=0)
+    sys.exit(run_cli(lambda argv: main(argv, defaults=paper)))

@@ -1,0 +1,176 @@
+"""Whisker deprivation: trial sets, deprived datasets, outputs, and refusing bad checkpoints."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deprivation import DeprivationConfig, deprived_view, run_deprivation, whisker_sets
+from training import CheckpointError, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "RSNN_bfd_whisker_deprivation.py"
+
+
+def default_engine() -> str:
+    try:
+        import engine_fast  # noqa: F401
+        return "fast"
+    except Exception:
+        return "reference"
+
+
+ENGINE = default_engine()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    import whisker_sim
+    d = tmp_path_factory.mktemp("whisker_data")
+    whisker_sim.generate_dataset(d, objects_per_class=2, seed=1, workers=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory, data_dir):
+    """A checkpoint of an untrained spiking model (deprivation needs no training)."""
+    from model import ModelConfig, build_model
+    path = tmp_path_factory.mktemp("ckpt") / "best.pth"
+    model = build_model(ModelConfig(engine=ENGINE))
+    save_checkpoint(path, model, epoch=0, train_config={"data_dir": str(data_dir), "n_steps": 6,
+                                                         "spike_seed": 0},
+                    extra={"best_test_acc": 0.0})
+    return path
+
+
+def run_cli(args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc, *words):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------------------- trial sets
+def test_whisker_sets_layout_and_reproducibility():
+    sets = whisker_sets(trials=3, seed=515)
+    assert len(sets) == 1 + 31 + 7 * 3
+    assert sets[0] == () and sets[1:32] == [(w,) for w in range(31)]
+    for i, k in enumerate(range(2, 9)):
+        block = sets[32 + 3 * i: 32 + 3 * (i + 1)]
+        assert all(len(s) == k == len(set(s)) and list(s) == sorted(s) for s in block)
+    assert sets == whisker_sets(trials=3, seed=515)
+    assert sets != whisker_sets(trials=3, seed=516)
+
+
+def test_whisker_sets_draw_from_all_31_whiskers():
+    drawn = {w for s in whisker_sets(trials=200, seed=515)[32:] for w in s}
+    assert drawn == set(range(31))   # the original code never removed whisker 30
+
+
+def test_deprived_view_equals_deprived_dataset(data_dir):
+    from whisker_dataset import RealValuedWhiskerDataset, SpikingWhiskerDataset
+    removed = (0, 7, 30)
+    base = SpikingWhiskerDataset(data_dir / "snn_test3.h5", seed=3, n_steps=40)
+    ref = SpikingWhiskerDataset(data_dir / "snn_test3.h5", seed=3, n_steps=40,
+                                deprived_whiskers=removed)
+    view = deprived_view(base, removed)
+    for i in range(len(base)):
+        assert torch.equal(view[i][0], ref[i][0])
+    assert torch.equal(base.probs, SpikingWhiskerDataset(data_dir / "snn_test3.h5").probs)
+    rbase = RealValuedWhiskerDataset(data_dir / "snn_test3.h5", n_steps=20)
+    rref = RealValuedWhiskerDataset(data_dir / "snn_test3.h5", n_steps=20, deprived_whiskers=removed)
+    assert torch.equal(deprived_view(rbase, removed).samples, rref.samples)
+
+
+# ------------------------------------------------------------------------------- outputs
+def test_run_deprivation_outputs(ckpt_path, tmp_path):
+    cfg = DeprivationConfig(checkpoint=str(ckpt_path), out=str(tmp_path), trials=2,
+                            device="cpu", progress=False, engine=ENGINE)
+    summary = run_deprivation(cfg, log=lambda *a: None)
+    with open(tmp_path / "deprivation.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["n_removed", "trial", "whiskers", "accuracy"]
+    assert len(rows) == 1 + 31 + 14
+    on_disk = json.loads((tmp_path / "deprivation.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    by = on_disk["by_n_removed"]
+    assert [by[str(k)]["n_trials"] for k in range(9)] == [1, 31] + [2] * 7
+    import numpy as np
+    one = [float(r["accuracy"]) for r in rows if r["n_removed"] == "1"]
+    assert by["1"]["mean"] == pytest.approx(np.mean(one)) and by["1"]["std"] == pytest.approx(np.std(one))
+    assert on_disk["n_steps"] == 6 and on_disk["seed"] == 515
+    assert (tmp_path / "deprivation.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------- bad files
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "executed"))
+
+
+def _bad_files(tmp_path, ckpt_path):
+    files = {}
+    files["text"] = tmp_path / "notes.pth"
+    files["text"].write_text("this is not a checkpoint\n")
+    blob = ckpt_path.read_bytes()
+    files["truncated"] = tmp_path / "truncated.pth"
+    files["truncated"].write_bytes(blob[: len(blob) // 3])
+    ck = torch.load(ckpt_path, weights_only=True)
+    ck["model_state"] = {k: v for k, v in ck["model_state"].items() if not k.startswith("readout")}
+    ck["model_state"]["extra_layer.weight"] = torch.zeros(3)
+    files["architecture"] = tmp_path / "other_arch.pth"
+    torch.save(ck, files["architecture"])
+    ck = torch.load(ckpt_path, weights_only=True)
+    ck["model_state"]["tau_m"] = torch.zeros(10)
+    files["shape"] = tmp_path / "shape.pth"
+    torch.save(ck, files["shape"])
+    files["bare_state_dict"] = tmp_path / "bare.pth"
+    torch.save({"w": torch.zeros(2)}, files["bare_state_dict"])
+    files["code"] = tmp_path / "evil.pth"
+    torch.save({"format": "barrel-rsnn-checkpoint", "x": _RunsCode(tmp_path / "PWNED")},
+               files["code"])
+    files["plain_pickle"] = tmp_path / "evil.pkl"
+    files["plain_pickle"].write_bytes(pickle.dumps(_RunsCode(tmp_path / "PWNED")))
+    files["missing"] = tmp_path / "missing.pth"
+    return files
+
+
+def test_load_checkpoint_refuses_bad_files(tmp_path, ckpt_path):
+    model, ck = load_checkpoint(ckpt_path)
+    assert ck["format"] == "barrel-rsnn-checkpoint" and model.config.encoder == "spiking"
+    expected = {"text": "not a PyTorch checkpoint", "truncated": "truncated or corrupt",
+                "architecture": "another architecture", "shape": "another architecture",
+                "bare_state_dict": "not a checkpoint", "code": "run code",
+                "plain_pickle": "run code", "missing": "not found"}
+    for kind, path in _bad_files(tmp_path, ckpt_path).items():
+        with pytest.raises(CheckpointError, match=expected[kind]) as info:
+            load_checkpoint(path)
+        assert "\n" not in str(info.value), kind
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_cli_refuses_bad_files_with_one_line(tmp_path, ckpt_path):
+    files = _bad_files(tmp_path, ckpt_path)
+    for kind in ("truncated", "architecture", "code", "text"):
+        proc = run_cli(["--checkpoint", files[kind], "--out", tmp_path / "o", "--device", "cpu"],
+                       tmp_path)
+        assert_one_line_error(proc, str(files[kind].name))
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "o").exists()

@@ -1,0 +1,264 @@
+"""Training library and scripts: defaults, end-to-end run, checkpoints, resume, DDP, errors.
+
+Runs on a tiny simulated dataset (4 objects per class: 10 train / 2 test samples) with a short
+T; the whole file takes about a minute or two on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import training
+from training import RealValuedConfig, SpikingConfig, load_checkpoint, read_metrics, train
+
+ROOT = Path(__file__).resolve().parents[1]
+T = 8
+
+
+def default_engine() -> str:
+    """The fast engine when it is importable, else the reference engine."""
+    try:
+        import engine_fast  # noqa: F401
+        return "fast"
+    except Exception:
+        return "reference"
+
+
+ENGINE = default_engine()
+
+
+def env1():
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    import whisker_sim
+    d = tmp_path_factory.mktemp("whisker_data")
+    whisker_sim.generate_dataset(d, objects_per_class=4, seed=0, workers=2)
+    return d
+
+
+def tiny(data_dir, out, **kw) -> SpikingConfig:
+    base = dict(data_dir=str(data_dir), out=str(out), epochs=2, batch_size=4, n_steps=T,
+                max_train_samples=8, device="cpu", engine=ENGINE, progress=False)
+    base.update(kw)
+    return SpikingConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def run2(data_dir, tmp_path_factory):
+    """An uninterrupted 2-epoch run."""
+    out = tmp_path_factory.mktemp("run2")
+    summary = train(tiny(data_dir, out))
+    return out, summary
+
+
+def run_script(args, cwd, timeout=300):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env1(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+# ----------------------------------------------------------------------------- set-up
+def test_paper_defaults():
+    s, r = SpikingConfig(), RealValuedConfig()
+    assert (s.lr, s.epochs, s.batch_size, s.step_size, s.gamma) == (0.008, 100, 128, 10, 0.5)
+    assert (s.init_b, s.init_w, s.encoder) == (0.04, 0.06, "spiking")
+    assert (r.init_b, r.init_w, r.encoder) == (0.03, 0.05, "realvalued")
+    assert s.engine == "fast" and s.data_dir == "data" and s.n_steps == 0
+
+
+def test_flags_from_dataclass():
+    cfg, given = training.parse_config(SpikingConfig, [
+        "--data-dir", "d", "--out", "o", "--epochs", "3", "--batch-size", "5", "--lr", "0.1",
+        "--init-b", "0.5", "--init-w", "0.2", "--seed", "7", "--device", "cpu", "--resume", "r",
+        "--max-train-samples", "9", "--n-steps", "12", "--engine", "reference", "--no-progress"])
+    assert (cfg.data_dir, cfg.out, cfg.epochs, cfg.batch_size, cfg.lr) == ("d", "o", 3, 5, 0.1)
+    assert (cfg.init_b, cfg.init_w, cfg.seed, cfg.device, cfg.resume) == (0.5, 0.2, 7, "cpu", "r")
+    assert (cfg.max_train_samples, cfg.n_steps, cfg.engine, cfg.progress) == (9, 12, "reference", False)
+    assert "epochs" in given and "gamma" not in given
+
+
+def test_optimizer_groups_and_scheduler():
+    from model import ModelConfig, build_model
+    model = build_model(ModelConfig(engine=ENGINE))
+    opt, sched = training.make_optimizer(model, SpikingConfig())
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(model.tau_adp)] == lrs[id(model.thal_tau_adp)] == pytest.approx(0.04)
+    assert lrs[id(model.tau_m)] == lrs[id(model.thal_tau_m)] == pytest.approx(0.016)
+    assert lrs[id(model.recurrent.weight)] == lrs[id(model.readout[0].weight)] == 0.008
+    assert len(lrs) == len(list(model.parameters()))
+    assert (sched.step_size, sched.gamma) == (10, 0.5)
+
+
+def test_epoch_order_reproducible_and_sharded():
+    a = training.epoch_batches(list(range(10)), 4, seed=3, epoch=1)
+    assert a == training.epoch_batches(list(range(10)), 4, seed=3, epoch=1)
+    assert a != training.epoch_batches(list(range(10)), 4, seed=3, epoch=2)
+    assert sorted(sum(a, [])) == list(range(10)) and [len(b) for b in a] == [4, 4, 2]
+    batch = [5, 6, 7]
+    shards = [training.shard(batch, training.Dist(r, 2, r, True)) for r in range(2)]
+    assert shards == [[5, 6], [7]]
+
+
+def test_import_has_no_side_effects(tmp_path):
+    code = ("import torch; s = torch.random.get_rng_state(); "
+            "import RSNN_bfd_SpikingBased, RSNN_bfd_RealValued, RSNN_bfd_whisker_deprivation; "
+            "assert torch.equal(s, torch.random.get_rng_state()); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env1(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_end_to_end_training_and_checkpoint(run2, tmp_path):
+    out, summary = run2
+    for name in ("checkpoint.pth", "best.pth", "metrics.csv", "learning_curves.png", "config.json"):
+        assert (out / name).is_file(), name
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(training.METRIC_FIELDS) == set(rows[0])
+    for r in rows:
+        assert 0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["test_acc"]) <= 1
+        assert float(r["lr"]) == pytest.approx(0.008) and 0 < float(r["firing_rate"]) < 1
+        assert float(r["loss"]) > 0 and float(r["seconds"]) > 0
+
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert ckpt["format"] == "barrel-rsnn-checkpoint" and ckpt["version"] == 1
+    assert ckpt["epoch"] == 2 and ckpt["train_config"]["n_steps"] == T
+    for key in ("model_state", "optimizer_state", "scheduler_state", "model_config", "best_test_acc"):
+        assert ckpt[key] is not None, key
+    best = torch.load(out / "best.pth", map_location="cpu", weights_only=True)
+    assert best["best_test_acc"] == max(float(r["test_acc"]) for r in rows)
+
+    model, ck = load_checkpoint(out / "checkpoint.pth")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model_state"][k]), k
+    assert model.config.tau_m_range == (9.0, 11.0)
+
+    # whisker deprivation of the trained model, 2 trials per number removed, via the CLI
+    dep = tmp_path / "dep"
+    proc = run_script([ROOT / "RSNN_bfd_whisker_deprivation.py", "--checkpoint", out / "best.pth",
+                       "--out", dep, "--trials", "2", "--device", "cpu", "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with open(dep / "deprivation.csv") as fh:
+        drows = list(csv.DictReader(fh))
+    assert len(drows) == 1 + 31 + 7 * 2
+    assert [int(r["n_removed"]) for r in drows[:3]] == [0, 1, 1]
+    assert drows[0]["whiskers"] == "" and [r["whiskers"] for r in drows[1:32]] == [str(w) for w in range(31)]
+    for r in drows:
+        ws = r["whiskers"].split()
+        assert len(ws) == int(r["n_removed"]) and len(set(ws)) == len(ws)
+        assert 0 <= float(r["accuracy"]) <= 1
+    summary_dep = json.loads((dep / "deprivation.json").read_text())
+    by = summary_dep["by_n_removed"]
+    assert sorted(by, key=int) == [str(k) for k in range(9)]
+    assert by["1"]["n_trials"] == 31 and by["5"]["n_trials"] == 2
+    # intact accuracy = the best checkpoint's test accuracy (same spikes, same state)
+    assert by["0"]["mean"] == pytest.approx(best["best_test_acc"])
+    assert (dep / "deprivation.png").is_file()
+
+
+def test_resume_equals_uninterrupted(run2, data_dir, tmp_path):
+    out2, _ = run2
+    out = tmp_path / "resumed"
+    train(tiny(data_dir, out, epochs=1))
+    assert read_metrics(out / "metrics.csv")[-1]["epoch"] == 1
+    training.training_main(SpikingConfig, ["--resume", str(out), "--epochs", "2", "--no-progress"])
+    a = torch.load(out / "checkpoint.pth", weights_only=True)
+    b = torch.load(out2 / "checkpoint.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in b["model_state"]:
+        assert torch.equal(a["model_state"][k], b["model_state"][k]), k
+    for ga, gb in zip(a["optimizer_state"]["state"].values(), b["optimizer_state"]["state"].values()):
+        assert torch.equal(ga["exp_avg_sq"], gb["exp_avg_sq"])
+    assert a["scheduler_state"] == b["scheduler_state"]
+    ra, rb = read_metrics(out / "metrics.csv"), read_metrics(out2 / "metrics.csv")
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in ra] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in rb]
+
+
+def test_realvalued_script_runs(data_dir, tmp_path):
+    import RSNN_bfd_RealValued
+    out = tmp_path / "rv"
+    RSNN_bfd_RealValued.main(["--data-dir", str(data_dir), "--out", str(out), "--epochs", "1",
+                              "--n-steps", "6", "--batch-size", "4", "--max-train-samples", "4",
+                              "--device", "cpu", "--engine", ENGINE, "--no-progress"])
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["model_config"]["encoder"] == "realvalued"
+    assert ckpt["model_config"]["init_b"] == 0.03 and ckpt["model_config"]["init_w"] == 0.05
+    assert len(read_metrics(out / "metrics.csv")) == 1
+
+
+def test_ddp_two_cpu_processes_match_single_process(data_dir, tmp_path):
+    """torchrun with 2 gloo processes gives the metrics and weights of one process."""
+    args = ["--data-dir", str(data_dir), "--epochs", "2", "--batch-size", "4",
+            "--max-train-samples", "8", "--n-steps", str(T), "--device", "cpu",
+            "--engine", ENGINE, "--no-progress"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(ROOT / "RSNN_bfd_SpikingBased.py"),
+                           *args, "--out", str(tmp_path / "ddp")],
+                          cwd=tmp_path, env=env1(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    single = tmp_path / "single"
+    training.training_main(SpikingConfig, args + ["--out", str(single)])
+    rd, rs = read_metrics(tmp_path / "ddp" / "metrics.csv"), read_metrics(single / "metrics.csv")
+    assert len(rd) == len(rs) == 2
+    for a, b in zip(rd, rs):
+        for k in ("loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (k, a, b)
+    wa = torch.load(tmp_path / "ddp" / "checkpoint.pth", weights_only=True)["model_state"]
+    wb = torch.load(single / "checkpoint.pth", weights_only=True)["model_state"]
+    # Adam normalises each gradient entry, so float-rounding differences of near-zero
+    # gradients show up as weight differences far below one step (lr = 8e-3)
+    for k in wb:
+        if wb[k].is_floating_point():
+            assert float((wa[k] - wb[k]).abs().max()) < 2e-4, k
+
+
+# ----------------------------------------------------------------------------- data errors
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "malformed"])
+def test_bad_data_file_gives_one_line_error(data_dir, tmp_path, kind):
+    import h5py
+    import numpy as np
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    src = (data_dir / "snn_train3.h5").read_bytes()
+    (bad / "snn_test3.h5").write_bytes((data_dir / "snn_test3.h5").read_bytes())
+    if kind == "truncated":
+        (bad / "snn_train3.h5").write_bytes(src[: len(src) // 2])
+    elif kind == "garbage":
+        (bad / "snn_train3.h5").write_text("not an hdf5 file\n")
+    else:
+        with h5py.File(bad / "snn_train3.h5", "w") as h5:
+            h5["force"] = np.zeros((2, 3), np.float32)
+    proc = run_script([ROOT / "RSNN_bfd_SpikingBased.py", "--data-dir", bad, "--out",
+                       tmp_path / "o", "--epochs", "1", "--n-steps", "4", "--device", "cpu"],
+                      tmp_path, timeout=120)
+    assert_one_line_error(proc)
+    assert "snn_train3.h5" in proc.stderr
+
+
+def test_bad_flag_value_gives_one_line_error(tmp_path):
+    proc = run_script([ROOT / "RSNN_bfd_SpikingBased.py", "--batch-size", "0"], tmp_path, timeout=120)
+    assert_one_line_error(proc)
+    assert not (tmp_path / "data").exists()

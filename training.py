@@ -1,0 +1,706 @@
+"""Shared training library for ``RSNN_bfd_SpikingBased.py`` and ``RSNN_bfd_RealValued.py``.
+
+    cfg = SpikingConfig(epochs=2, n_steps=8, max_train_samples=4)   # or RealValuedConfig
+    summary = train(cfg)                                            # writes cfg.out/...
+
+What a run directory holds (all writes atomic: temporary file, then rename):
+
+    checkpoint.pth        the last epoch        } see :func:`save_checkpoint`; both load with
+    best.pth              best test accuracy    } ``torch.load(..., weights_only=True)``
+    metrics.csv           one row per epoch: epoch, loss, train_acc, test_loss, test_acc, lr,
+                          firing_rate (test set, spikes / neuron / step), seconds
+    learning_curves.png   loss and accuracy against epoch
+    config.json           the training config
+
+Paper set-up (the defaults): Adam, lr 0.008 (x5 for ``tau_adp``, x2 for ``tau_m``, thalamic
+and cortical), StepLR(step 10, gamma 0.5), 100 epochs, batch 128, cross-entropy on
+``output / T`` (T = 550 spiking, 110 real-valued).
+
+Reproducibility: the model is built from its own generator (``seed``); the data order of
+epoch ``e`` is a permutation drawn from a generator seeded with ``(seed, e)``; spikes are drawn
+per sample from ``(spike_seed, index)``. Nothing uses the global RNG, so ``--resume`` gives the
+same weights as an uninterrupted run.
+
+Multi-process (``torchrun --nproc_per_node K script.py ...``): DistributedDataParallel, NCCL on
+GPUs and gloo on the CPU. Each rank takes a contiguous shard of every global batch; its loss is
+``K * sum(CE over shard) / global_batch`` so DDP's gradient average equals the gradient of the
+mean loss over the global batch (shards may differ in size). Evaluation sums are all-reduced;
+only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import os
+import pickle
+import sys
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from common import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, \
+    make_generator, select_device
+from model import ENGINES, BarrelCortexRSNN, ModelConfig, build_model
+
+CHECKPOINT_FORMAT = "barrel-rsnn-checkpoint"
+CHECKPOINT_VERSION = 1
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+METRIC_FIELDS = ("epoch", "loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate",
+                 "seconds")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable checkpoint of this model (one-line message)."""
+
+
+# =============================================================================== configs
+def _flag(default, help: str, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; each field is also a command-line flag (``--snake-case``)."""
+    encoder: str = _flag("spiking", "input encoding", ("spiking", "realvalued"))
+    data_dir: str = _flag("data", "folder with snn_train3.h5 / snn_test3.h5 (generated if missing)")
+    out: str = _flag("runs/spiking", "run directory (checkpoints, metrics, plot)")
+    epochs: int = _flag(100, "number of epochs")
+    batch_size: int = _flag(128, "global batch size (split across processes under torchrun)")
+    lr: float = _flag(0.008, "Adam learning rate")
+    lr_tau_adp_factor: float = _flag(5.0, "learning-rate factor for tau_adp (thalamic and cortical)")
+    lr_tau_m_factor: float = _flag(2.0, "learning-rate factor for tau_m (thalamic and cortical)")
+    step_size: int = _flag(10, "StepLR step (epochs)")
+    gamma: float = _flag(0.5, "StepLR factor")
+    init_b: float = _flag(0.04, "baseline threshold b0")
+    init_w: float = _flag(0.06, "recurrent / thalamic weights start in U[0, init_w]")
+    seed: int = _flag(0, "model initialisation and data order")
+    spike_seed: int = _flag(0, "seed of the Bernoulli spike encoding (spiking only)")
+    resample_each_epoch: bool = _flag(False, "draw new input spikes every epoch (published: no)")
+    device: str = _flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    dtype: str = _flag("float32", "parameter dtype", tuple(DTYPES))
+    engine: str = _flag("fast", "cortex simulation engine", ENGINES)
+    resume: str = _flag("", "continue the run in this directory from its checkpoint.pth")
+    max_train_samples: int = _flag(0, "use only the first N training samples (0: all)")
+    max_test_samples: int = _flag(0, "use only the first N test samples (0: all)")
+    n_steps: int = _flag(0, "truncate the sequences to T steps (0: full, 550 / 110)")
+    objects_per_class: int = _flag(91, "objects per class when the dataset is generated")
+    data_seed: int = _flag(0, "simulator seed when the dataset is generated")
+    workers: int = _flag(0, "simulator processes when the dataset is generated (0: all cores)")
+    loader_workers: int = _flag(-1, "DataLoader worker processes (-1: 4 on CUDA, 0 on the CPU)")
+    progress: bool = _flag(True, "tqdm progress bars")
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(encoder=self.encoder, init_b=self.init_b, init_w=self.init_w,
+                           seed=self.seed, engine=self.engine)
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.step_size >= 1, f"--step-size must be >= 1, got {self.step_size}"),
+            (self.n_steps == 0 or self.n_steps >= 2, f"--n-steps must be 0 (full) or >= 2, got {self.n_steps}"),
+            (self.max_train_samples >= 0 and self.max_test_samples >= 0,
+             "--max-train-samples / --max-test-samples must be >= 0"),
+            (self.objects_per_class >= 1, "--objects-per-class must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        for name in ("encoder", "dtype", "engine"):
+            choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")
+        return self
+
+
+@dataclass
+class SpikingConfig(TrainConfig):
+    """``RSNN_bfd_SpikingBased.py``: spike-encoded input, T = 550, b0 0.04, init_w 0.06."""
+    encoder: str = _flag("spiking", "input encoding", ("spiking", "realvalued"))
+    out: str = _flag("runs/spiking", "run directory (checkpoints, metrics, plot)")
+    init_b: float = _flag(0.04, "baseline threshold b0")
+    init_w: float = _flag(0.06, "recurrent / thalamic weights start in U[0, init_w]")
+
+
+@dataclass
+class RealValuedConfig(TrainConfig):
+    """``RSNN_bfd_RealValued.py``: real-valued input, T = 110, b0 0.03, init_w 0.05."""
+    encoder: str = _flag("realvalued", "input encoding", ("spiking", "realvalued"))
+    out: str = _flag("runs/realvalued", "run directory (checkpoints, metrics, plot)")
+    init_b: float = _flag(0.03, "baseline threshold b0")
+    init_w: float = _flag(0.05, "recurrent / thalamic weights start in U[0, init_w]")
+
+
+def build_parser(config_cls, defaults=None, description: str | None = None,
+                 suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """An ArgumentParser with one ``--flag-name`` per dataclass field.
+
+    ``defaults``: an instance whose values are the defaults (else the class defaults).
+    bool fields become ``--flag / --no-flag``. With ``suppress_defaults`` only given flags
+    appear in the parsed namespace (used to tell which flags were given explicitly).
+    """
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(config_cls):
+        value = getattr(defaults, f.name) if defaults is not None else f.default
+        default = argparse.SUPPRESS if suppress_defaults else value
+        kwargs = dict(default=default, help=f.metadata.get("help", ""), dest=f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(flag, type=type(f.default), choices=f.metadata.get("choices"),
+                                **kwargs)
+    return parser
+
+
+def parse_config(config_cls, argv=None, defaults=None, description=None):
+    """Parse ``argv`` into ``(config, explicitly_given_field_names)``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ns = build_parser(config_cls, defaults, description).parse_args(argv)
+    given = vars(build_parser(config_cls, defaults, description,
+                              suppress_defaults=True).parse_args(argv))
+    return config_cls(**vars(ns)), set(given)
+
+
+def run_cli(main_fn, argv=None) -> int:
+    """Run ``main_fn(argv)``; user errors become one ``error: ...`` line on stderr, exit 2."""
+    from whisker_dataset import WhiskerDataError  # noqa: F401  (a ValueError subclass)
+    try:
+        rc = main_fn(argv)
+        return 0 if rc is None else int(rc)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+# =========================================================================== checkpoints
+def _plain(obj):
+    """Config values as plain types (tuples -> lists) so ``weights_only`` loads them."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = 0,
+                    train_config: dict | None = None, extra: dict | None = None) -> None:
+    """Write a checkpoint atomically.
+
+    Contents (plain types and tensors only): ``format``, ``version``, ``model_config``
+    (ModelConfig dict, tuples as lists), ``model_state``, ``optimizer_state``,
+    ``scheduler_state`` (None when absent), ``epoch`` (completed epochs), ``train_config``,
+    ``dtype`` and the entries of ``extra`` (e.g. ``best_test_acc``).
+    """
+    model = getattr(model, "module", model)
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": _plain(model.config.to_dict()),
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "train_config": _plain(dict(train_config or {})),
+        "dtype": str(model.tau_m.dtype).replace("torch.", ""),
+        "best_test_acc": None,
+    }
+    ckpt.update(extra or {})
+    atomic_torch_save(ckpt, path)
+
+
+def read_checkpoint(path, device="cpu") -> dict:
+    """``torch.load`` a checkpoint safely (``weights_only``) and check its format."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give a checkpoint file "
+                              f"(e.g. {path / 'best.pth'})")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        with warnings.catch_warnings():   # e.g. "Detected pickle protocol 4": the error says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" in text or "weights_only" in text:
+            if is_zip or head[:1] == b"\x80":
+                raise CheckpointError(
+                    f"{path}: refused to load: the file holds Python objects whose loading "
+                    "would run code (weights_only=True); nothing in it was executed — it is not "
+                    "a checkpoint of this project") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint file") from None
+    except Exception as err:  # truncated zip, bad magic, EOF, ...
+        if head[:2] == b"PK" or is_zip:
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint file "
+                                  f"({type(err).__name__})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint file") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        hint = (" (it looks like a bare state_dict; this project's checkpoints are written by "
+                "RSNN_bfd_SpikingBased.py / RSNN_bfd_RealValued.py)"
+                if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor)
+                                                           for v in ckpt.values()) else "")
+        raise CheckpointError(f"{path}: not a checkpoint of the barrel-cortex RSNN{hint}")
+    for key in ("model_config", "model_state"):
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(f"{path}: malformed checkpoint (missing {key!r})")
+    return ckpt
+
+
+def load_checkpoint(path, device="cpu") -> tuple[BarrelCortexRSNN, dict]:
+    """Build the model from a checkpoint and load its weights.
+
+    Returns ``(model, ckpt)``; the model is on ``device`` in the stored dtype, in eval mode.
+    Raises :class:`CheckpointError` (one-line message) for a missing file, a file that is not
+    a checkpoint, a truncated or corrupt file, a checkpoint of another architecture, or a
+    pickle that would run code (refused by ``weights_only=True``; nothing is executed).
+    """
+    ckpt = read_checkpoint(path, device)
+    try:
+        config = ModelConfig(**ckpt["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: checkpoint of another architecture or version "
+                              f"(model_config: {' '.join(str(err).split())})") from None
+    dtype = DTYPES.get(ckpt.get("dtype", "float32"), torch.float32)
+    model = build_model(config, device=device, dtype=dtype)
+    state = ckpt["model_state"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys, e.g. {missing[0]!r}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys, e.g. {unexpected[0]!r}")
+        raise CheckpointError(f"{path}: checkpoint of another architecture ({'; '.join(parts)})")
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(own[k].shape):
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise CheckpointError(f"{path}: checkpoint of another architecture ({k!r} has shape "
+                                  f"{shape}, the model expects {tuple(own[k].shape)})")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: checkpoint of another architecture "
+                              f"({str(err).splitlines()[0]})") from None
+    model.eval()
+    return model, ckpt
+
+
+# ============================================================================ distributed
+@dataclass
+class Dist:
+    """Process-group facts: ``world`` processes, this one is ``rank`` (0 writes files)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    active: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.active:
+            torch.distributed.barrier()
+
+    def all_sum(self, values, device) -> list[float]:
+        """Sum a list of floats over all processes (float64)."""
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        if self.active:
+            torch.distributed.all_reduce(t)
+        return t.tolist()
+
+
+def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Start the process group under torchrun (``WORLD_SIZE`` > 1) and choose the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), select_device(device_name)
+    import datetime
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not torch.distributed.is_initialized():
+        # long timeout: rank 0 may be generating the dataset while the others wait
+        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=3))
+    return Dist(rank, world, local_rank, True), device
+
+
+# ============================================================================== training
+def make_optimizer(model: BarrelCortexRSNN, cfg: TrainConfig):
+    """Adam with param groups: tau_adp x lr_tau_adp_factor, tau_m x lr_tau_m_factor, rest x1."""
+    tau_adp = [model.tau_adp, model.thal_tau_adp]
+    tau_m = [model.tau_m, model.thal_tau_m]
+    special = {id(p) for p in tau_adp + tau_m}
+    rest = [p for p in model.parameters() if id(p) not in special]
+    optimizer = torch.optim.Adam([
+        {"params": rest, "lr": cfg.lr},
+        {"params": tau_adp, "lr": cfg.lr * cfg.lr_tau_adp_factor},
+        {"params": tau_m, "lr": cfg.lr * cfg.lr_tau_m_factor},
+    ], lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size,
+                                                gamma=cfg.gamma)
+    return optimizer, scheduler
+
+
+def load_datasets(cfg: TrainConfig, dist: Dist | None = None, log=print):
+    """(train, test) datasets; generates the data on rank 0 if missing (others wait)."""
+    from whisker_dataset import RealValuedWhiskerDataset, SpikingWhiskerDataset, ensure_dataset
+
+    dist = dist or Dist()
+    data_dir = Path(cfg.data_dir)
+    if dist.main:
+        train_path, test_path = ensure_dataset(data_dir, cfg.objects_per_class, cfg.data_seed,
+                                               cfg.workers or None, log=log)
+    dist.barrier()
+    from whisker_dataset import TEST_FILE, TRAIN_FILE
+    train_path, test_path = data_dir / TRAIN_FILE, data_dir / TEST_FILE
+    n_steps = cfg.n_steps or None
+    if cfg.encoder == "spiking":
+        make = lambda p: SpikingWhiskerDataset(p, seed=cfg.spike_seed, n_steps=n_steps,  # noqa: E731
+                                               resample_each_epoch=cfg.resample_each_epoch)
+    else:
+        make = lambda p: RealValuedWhiskerDataset(p, n_steps=n_steps)  # noqa: E731
+    return make(train_path), make(test_path)
+
+
+def _subset_indices(n: int, limit: int) -> list[int]:
+    return list(range(min(n, limit) if limit else n))
+
+
+def epoch_batches(indices: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of ``epoch``: a permutation seeded by ``(seed, epoch)``, then chunks."""
+    g = make_generator((int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 63))
+    perm = torch.randperm(len(indices), generator=g).tolist()
+    order = [indices[i] for i in perm]
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def shard_bounds(n: int, dist: Dist) -> tuple[int, int]:
+    """``[lo, hi)`` of this rank's contiguous share of ``n`` items (sizes differ by <= 1)."""
+    w, r = dist.world, dist.rank
+    lo = r * (n // w) + min(r, n % w)
+    return lo, lo + n // w + (1 if r < n % w else 0)
+
+
+def shard(batch: list[int], dist: Dist) -> list[int]:
+    """This rank's contiguous share of a global batch."""
+    lo, hi = shard_bounds(len(batch), dist)
+    return batch[lo:hi]
+
+
+def shard_state(model: BarrelCortexRSNN, global_n: int, lo: int, hi: int, device):
+    """Rows ``lo:hi`` of the initial state of a whole global batch of ``global_n``.
+
+    The published initial state is drawn per batch (sample i's state depends on its row), so
+    a rank must use its rows of the global batch's state to match a single-process run.
+    """
+    from model import InitialState
+    full = model.initial_state(global_n, device=device)
+    return InitialState(*(t[lo:hi] for t in full))
+
+
+def _stack(dataset, idx: list[int], device):
+    xs, ys = zip(*(dataset[i] for i in idx))
+    return torch.stack(xs).to(device), torch.stack([torch.as_tensor(y) for y in ys]).to(device)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Wraps a dataset so that item k is the stacked batch k (for DataLoader workers)."""
+
+    def __init__(self, dataset, batches):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, k):
+        return _stack(self.dataset, self.batches[k], "cpu") if self.batches[k] else (None, None)
+
+
+def _identity(x):
+    return x
+
+
+def _iterate(dataset, batches, workers: int):
+    """Yield (x, y) CPU tensors for each batch of indices (optionally in worker processes)."""
+    if workers <= 0:
+        for b in batches:
+            yield _stack(dataset, b, "cpu") if b else (None, None)
+        return
+    loader = torch.utils.data.DataLoader(_Batches(dataset, batches), batch_size=None,
+                                         num_workers=workers, shuffle=False,
+                                         collate_fn=_identity, persistent_workers=False)
+    yield from loader
+
+
+def _progress(iterable, total, desc, enabled):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+@torch.no_grad()
+def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: int, device,
+             dist: Dist | None = None, progress: bool = False, workers: int = 0,
+             desc: str = "test") -> dict:
+    """Accuracy, mean loss and mean cortical firing rate over ``indices``.
+
+    ``eval()`` and ``no_grad``; every batch starts from the model's deterministic initial
+    state. Under torchrun each rank evaluates its shard of every batch and the sums are
+    all-reduced. Returns ``{"loss", "acc", "firing_rate", "n"}`` (firing rate in spikes per
+    neuron per step).
+    """
+    dist = dist or Dist()
+    was_training = model.training
+    model.eval()
+    global_batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    batches = [shard(b, dist) for b in global_batches]
+    loss_sum = correct = spikes = spike_count = 0.0
+    n = 0
+    for (x, y), gb in zip(_progress(_iterate(dataset, batches, workers), len(batches), desc,
+                                    progress and dist.main), global_batches):
+        if x is None:
+            continue
+        x, y = x.to(device), y.to(device)
+        state = None
+        if dist.world > 1:
+            state = shard_state(model, len(gb), *shard_bounds(len(gb), dist), device)
+        out = model(x, state=state, record_spikes=True)
+        T = x.shape[3]
+        loss_sum += float(F.cross_entropy(out.output / T, y, reduction="sum"))
+        correct += float((out.output.argmax(1) == y).sum())
+        spikes += float(out.spikes.sum(dtype=torch.float64))
+        spike_count += out.spikes.numel()
+        n += len(y)
+    loss_sum, correct, spikes, spike_count, n = dist.all_sum(
+        [loss_sum, correct, spikes, spike_count, n], device)
+    model.train(was_training)
+    n = int(round(n))
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1),
+            "firing_rate": spikes / max(spike_count, 1), "n": n}
+
+
+def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist: Dist,
+                    progress: bool, workers: int, desc: str) -> dict:
+    """One pass over ``batches`` (lists of global indices). Returns mean loss and accuracy."""
+    model.train()
+    loss_sum = correct = n = 0.0
+    bar = _progress(_iterate(dataset, [shard(b, dist) for b in batches], workers),
+                    len(batches), desc, progress and dist.main)
+    for (x, y), batch in zip(bar, batches):
+        global_n = len(batch)
+        dummy = x is None
+        lo, hi = shard_bounds(global_n, dist)
+        if dummy:  # this rank got no sample of a tiny last batch: contribute a zero gradient
+            x, y = _stack(dataset, batch[:1], "cpu")
+            lo, hi = 0, 1
+        x, y = x.to(device), y.to(device)
+        state = shard_state(model, global_n, lo, hi, device) if dist.world > 1 else None
+        out = ddp_model(x, state=state).output
+        T = x.shape[3]
+        ce = F.cross_entropy(out / T, y, reduction="sum")
+        loss = ce * (dist.world / global_n)
+        if dummy:
+            loss = loss * 0.0
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.constrain_()
+        if not dummy:
+            loss_sum += float(ce.detach())
+            correct += float((out.detach().argmax(1) == y).sum())
+            n += len(y)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{float(ce.detach()) / len(y):.4f}")
+    loss_sum, correct, n = dist.all_sum([loss_sum, correct, n], device)
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
+
+
+def read_metrics(path) -> list[dict]:
+    """Rows of ``metrics.csv`` as dicts of floats (``epoch`` as int)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
+
+
+def write_metrics(rows: list[dict], path) -> None:
+    """Write ``metrics.csv`` atomically (header :data:`METRIC_FIELDS`)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r[k] for k in METRIC_FIELDS})
+    atomic_write_text(buf.getvalue(), path)
+
+
+def plot_learning_curves(rows: list[dict], path, title: str = "") -> None:
+    """Loss and accuracy (train / test) against epoch, as a PNG (Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(ep, [r["loss"] for r in rows], "o-", label="train")
+    ax1.plot(ep, [r["test_loss"] for r in rows], "s-", label="test")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax2.plot(ep, [r["train_acc"] for r in rows], "o-", label="train")
+    ax2.plot(ep, [r["test_acc"] for r in rows], "s-", label="test")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def resolve_resume(cfg: TrainConfig, given: set[str], log=print) -> TrainConfig:
+    """For ``--resume RUN_DIR``: the run's stored config, overridden by the flags given now."""
+    if not cfg.resume:
+        return cfg
+    run_dir = Path(cfg.resume)
+    ckpt_path = run_dir / "checkpoint.pth" if run_dir.is_dir() else run_dir
+    if run_dir.is_file():
+        run_dir = run_dir.parent
+    stored = read_checkpoint(ckpt_path).get("train_config") or {}
+    names = {f.name for f in dataclasses.fields(cfg)}
+    merged = {k: v for k, v in stored.items() if k in names}
+    merged.update({k: getattr(cfg, k) for k in given})
+    merged["resume"] = str(ckpt_path)
+    merged["out"] = str(run_dir)
+    changed = sorted(k for k in given - {"resume", "out"} if stored.get(k, getattr(cfg, k)) != getattr(cfg, k))
+    if changed:
+        log(f"resuming {run_dir} with changed settings: {', '.join(changed)}")
+    return type(cfg)(**merged)
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train (or resume) a run as described in the module docstring.
+
+    Returns ``{"rows": metrics rows, "best_test_acc", "out": run dir, "epoch"}``.
+    """
+    cfg.validate()
+    dist, device = setup_distributed(cfg.device)
+    log = log if dist.main else (lambda *a, **k: None)
+    try:
+        return _train(cfg, dist, device, log)
+    finally:
+        if dist.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
+    out = Path(cfg.out)
+    dtype = DTYPES[cfg.dtype]
+    train_set, test_set = load_datasets(cfg, dist, log)
+    train_idx = _subset_indices(len(train_set), cfg.max_train_samples)
+    test_idx = _subset_indices(len(test_set), cfg.max_test_samples)
+    workers = cfg.loader_workers if cfg.loader_workers >= 0 else (4 if device.type == "cuda" else 0)
+
+    start_epoch, best, rows = 0, -1.0, []
+    if cfg.resume:
+        model, ckpt = load_checkpoint(cfg.resume, device)
+        model = model.to(dtype=dtype)
+        model.config.engine = cfg.engine
+        optimizer, scheduler = make_optimizer(model, cfg)
+        if ckpt.get("optimizer_state"):
+            optimizer.load_state_dict(ckpt["optimizer_state"])
+        if ckpt.get("scheduler_state"):
+            scheduler.load_state_dict(ckpt["scheduler_state"])
+        start_epoch = int(ckpt.get("epoch", 0))
+        best = float(ckpt.get("best_test_acc") if ckpt.get("best_test_acc") is not None else -1.0)
+        rows = [r for r in read_metrics(out / "metrics.csv") if r["epoch"] <= start_epoch]
+        log(f"resumed from {cfg.resume} after epoch {start_epoch}")
+    else:
+        model = build_model(cfg.model_config(), device=device, dtype=dtype)
+        optimizer, scheduler = make_optimizer(model, cfg)
+    model.train()
+
+    ddp_model = model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        with warnings.catch_warnings():   # buffers (masks, signs) are fixed: no syncing
+            warnings.simplefilter("ignore", FutureWarning)
+            ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                            broadcast_buffers=False)
+
+    config_dict = dataclasses.asdict(cfg)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(config_dict, out / "config.json")
+        log(f"training {cfg.encoder} RSNN on {device} ({dist.world} process(es)): "
+            f"{len(train_idx)} train / {len(test_idx)} test samples, T = "
+            f"{train_set[0][0].shape[2]}, epochs {start_epoch + 1}..{cfg.epochs}; run dir {out}")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        batches = epoch_batches(train_idx, cfg.batch_size, cfg.seed, epoch)
+        tr = train_one_epoch(ddp_model, model, optimizer, train_set, batches, device, dist,
+                             cfg.progress, workers, f"epoch {epoch + 1}/{cfg.epochs}")
+        scheduler.step()
+        te = evaluate(model, test_set, test_idx, cfg.batch_size, device, dist, cfg.progress,
+                      workers)
+        seconds = time.time() - t0
+        row = {"epoch": epoch + 1, "loss": tr["loss"], "train_acc": tr["acc"],
+               "test_loss": te["loss"], "test_acc": te["acc"], "lr": lr,
+               "firing_rate": te["firing_rate"], "seconds": seconds}
+        rows.append(row)
+        improved = te["acc"] > best
+        best = max(best, te["acc"])
+        if dist.main:
+            extra = {"best_test_acc": best, "test_acc": te["acc"], "metrics": rows[-1]}
+            if improved:
+                save_checkpoint(out / "best.pth", model, optimizer, scheduler, epoch + 1,
+                                config_dict, extra)
+            save_checkpoint(out / "checkpoint.pth", model, optimizer, scheduler, epoch + 1,
+                            config_dict, extra)
+            write_metrics(rows, out / "metrics.csv")
+            plot_learning_curves(rows, out / "learning_curves.png",
+                                 f"{cfg.encoder} RSNN")
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {tr['loss']:.4f}, train acc "
+                f"{tr['acc']:.3f}, test acc {te['acc']:.3f} (best {best:.3f}), lr {lr:.2e}, "
+                f"rate {te['firing_rate']:.4f}, {seconds:.1f} s")
+        dist.barrier()
+    return {"rows": rows, "best_test_acc": best, "out": str(out), "epoch": max(cfg.epochs, start_epoch)}
+
+
+def training_main(config_cls, argv=None, defaults=None, description=None) -> int:
+    """The body of the training scripts: parse flags, resolve ``--resume``, train."""
+    cfg, given = parse_config(config_cls, argv, defaults, description)
+    cfg = resolve_resume(cfg, given)
+    train(cfg)
+    return 0
