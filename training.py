@@ -173,7 +173,6 @@ def parse_config(config_cls, argv=None, defaults=None, description=None):
 
 def run_cli(main_fn, argv=None) -> int:
     """Run ``main_fn(argv)``; user errors become one ``error: ...`` line on stderr, exit 2."""
-    from whisker_dataset import WhiskerDataError  # noqa: F401  (a ValueError subclass)
     try:
         rc = main_fn(argv)
         return 0 if rc is None else int(rc)

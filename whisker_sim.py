@@ -1,0 +1,532 @@
+"""Whisker sweep simulator: makes a dataset with the layout and character of the original files.
+
+    python whisker_sim.py --out DIR [--objects-per-class 91] [--seed 0] [--workers N]
+
+writes ``DIR/snn_train3.h5`` and ``DIR/snn_test3.h5``:
+
+    force   (N, 12, 110, 31, 3, 3) float32   sweeps x frames x whiskers x nodes x (x, y, z), world frame
+    torque  (N, 12, 110, 31, 3, 3) float32
+    label   (N,) float64                     53 helmet, 55 box, 113 plane
+
+with an 80/20 split inside each class (218/55 for 91 objects per class) and the generation
+parameters as file attributes. Same seed -> byte-identical files, whatever ``--workers``
+(each object has its own seed, ``SeedSequence([seed, class, object])``).
+
+The array. The 31 whiskers of ``data/whisker_array.csv`` (RatMap, Towal et al. 2011; a copy of
+``shared/whisker/whisker_array.csv`` with a provenance comment): rest shape y = a z^2 in the
+whisker frame, world = M local + base with M = P Rz(roll) Ry(yaw) Rx(pitch) P (reproduces the
+``tip_*`` columns to 2e-4 mm). As in the original, each whisker is a chain of ``n_links`` links
+of 2.08 mm (this reproduces the quoted link-centre mean (-10.12, -13.17, -19.00)); contact is
+tested at the joints and link midpoints (1.04 mm spacing). Nodes 0, 1, 2 are the joints at arc
+length 0, 2.08, 4.16 mm.
+
+The objects. Analytic signed-distance functions with random proportions per object:
+helmet = ellipsoidal dome shell cut near its equator, with a rim lip that widens into a visor;
+box = rounded cuboid (microwave) with a recessed door, a control panel and a bar handle on
+stand-offs; plane = capsule fuselage, swept tapered wings, two engine nacelles, tail plane and
+fin. Size, orientation, start, speed and the 12 sweeps follow ``shared/whisker/README.md``:
+bounding-box diagonal U(25, 135) mm, orientation from three Euler angles U(0, 2 pi), start
+(-10.12 + U(-10, 10), 13 + U(-4, 4), -27 + U(-10, 10)), speed U(7, 14) mm/s toward the array
+centroid + (0, 0, -4), 110 frames at 10 Hz; sweep k = 4 * offset + rotation with x offsets
+(0, -20, +20) mm and rotations 0/90/180/270 deg about one random axis per object. "Kept clear of
+the whisker bases": if the object would come within 1 mm of any whisker base it stops there for the rest of the sweep (and a start that already overlaps is backed
+off along the path).
+
+The mechanics (quasi-static, one contact per whisker and frame). Whiskers are passive,
+tapered Euler-Bernoulli cantilevers clamped at the base: radius falls linearly from
+r_base = 0.02 + 0.0008 L mm (L = whisker length in mm, 23-62 um) to r_tip = 5 um, E = 3.5 GPa,
+I(x) = pi r(x)^4 / 4. The compliance at arc length s for a point load there is the exact
+small-deflection integral c(s) = int_0^s (s - x)^2 / (E I(x)) dx (= s^3 / 3EI for a uniform
+rod), precomputed per contact-test point. At every frame the object's signed distance is
+evaluated at all whisker points (the object moves rigidly, whiskers are at rest shape);
+penetration depth pen(s) is the deflection the whisker needs to clear the object at s. Real
+whiskers slip along / bend around an object rather than deflect without bound, so the
+deflection saturates: d = d_max tanh(pen / d_max), d_max = 0.3 s. The point that needs the
+largest load k(s) d (k = 1/c) is taken as the contact (the whisker, deflected by that load,
+clears the shallower penetrations), which carries force |F| = k d along the object's outward
+surface normal (central-difference SDF gradient) plus Coulomb friction mu |F| along the
+object's tangential velocity while it moves.
+Materials (1.1): mu depends on the class's surface, and so does the slip deflection,
+d_max = mu s (the whisker slides off once its deflection angle ~ d / s exceeds the friction
+angle; 1.0 used d_max = 0.3 s for everything): helmet = matte/rubberised plastic shell
+mu = 0.6, box = enamelled sheet metal mu = 0.15, plane = painted model plane mu = 0.25. So deep
+contacts on a helmet push harder than on a box. 1.1 also makes the proportions more
+class-typical: box bulkier (y, z half-sizes U(0.75, 0.95), U(0.6, 0.85) of x; was
+U(0.6, 0.9), U(0.45, 0.72)), helmet rounder (b U(0.88, 1.0), c U(0.85, 1.05); was U(0.78, 1.0),
+U(0.7, 1.1)). The effect on separability is modest (see the numbers below): contact amount is
+dominated by the protocol's 5x size range, which these levers do not remove. Static equilibrium of the link chain:
+every joint between the base and the contact carries the contact force F and the moment
+(r_contact - r_node) x F; joints beyond the contact carry nothing, and without contact
+everything is exactly 0. Forces are reported in uN and torques in uN mm, which lands contacts
+in the ranges the spike encoder expects (|F| ~ 1-100, |tau| ~ 10-1000). Default dataset
+(seed 0, generator 1.1), base node, contacts only (train split): |F| quartiles 2 / 11 / 52 uN
+(95 %: 354), |tau| 16 / 52 / 152 uN mm (95 %: 660); per-whisker sweep contact rate 0.19 to 0.58.
+Nearest-class-mean on contact_features, test split: 0.69 with all sweeps, 0.58 with sweep 0
+alone (1.0: 0.65 / 0.56).
+Limitations: no whisker-whisker interaction, no dynamics/vibration, no history (a whisker that
+slips past a thin part springs back at once), non-uniformly scaled SDFs are approximate
+distances, which only affects penetration depths slightly.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from common import atomic_path
+
+GENERATOR_VERSION = "whisker_sim 1.1"
+ARRAY_CSV = Path(__file__).resolve().parent / "data" / "whisker_array.csv"
+TRAIN_FILE = "snn_train3.h5"
+TEST_FILE = "snn_test3.h5"
+CLASS_LABELS = (53, 55, 113)  # helmet, box, plane
+CLASS_KINDS = ("helmet", "box", "plane")
+
+PARAMS = dict(
+    n_sweeps=12, n_frames=110, frame_dt_s=0.1, n_nodes=3,
+    link_length_mm=2.08, sample_spacing_mm=1.04,
+    youngs_modulus_gpa=3.5, base_radius_mm="0.02 + 0.0008 * length_mm", tip_radius_mm=0.005,
+    slip_angle_per_mu=1.0, friction_mu=dict(helmet=0.6, box=0.15, plane=0.25), base_clearance_mm=1.0,
+    bbox_diagonal_mm=[25.0, 135.0], speed_mm_s=[7.0, 14.0],
+    start_mean_mm=[-10.12, 13.0, -27.0], start_halfrange_mm=[10.0, 4.0, 10.0],
+    target_offset_mm=[0.0, 0.0, -4.0], x_offsets_mm=[0.0, -20.0, 20.0],
+    rotations_deg=[0, 90, 180, 270], min_half_thickness_mm=0.6,
+    force_unit="uN", torque_unit="uN mm", test_fraction=0.2,
+)
+
+
+# ----------------------------------------------------------------------------- whisker array
+def _rot(axis: str, t: float) -> np.ndarray:
+    c, s = np.cos(t), np.sin(t)
+    if axis == "x":
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    if axis == "y":
+        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def load_whisker_array(path=ARRAY_CSV) -> list[dict]:
+    """Rows of the whisker table (comment lines starting with # are skipped)."""
+    with open(path) as fh:
+        lines = [ln for ln in fh if not ln.startswith("#")]
+    rows = []
+    for r in csv.DictReader(lines):
+        rows.append({k: (v if k in ("name", "row") else float(v)) for k, v in r.items()})
+    return rows
+
+
+def whisker_frame(row: dict) -> np.ndarray:
+    """M = P Rz(roll) Ry(yaw) Rx(pitch) P (local -> world rotation)."""
+    P = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], float)
+    return P @ _rot("z", row["roll"]) @ _rot("y", row["yaw"]) @ _rot("x", row["pitch"]) @ P
+
+
+def whisker_points(row: dict, arc: np.ndarray) -> np.ndarray:
+    """World points at arc lengths ``arc`` (mm) along the rest shape y = a z^2."""
+    a = row["curvature_a"]
+    zmax = max(float(np.max(arc)), 1.0) * 1.2
+    z = np.linspace(0.0, zmax, 20001)
+    dz = np.diff(z)
+    s = np.concatenate([[0.0], np.cumsum(np.sqrt(1 + (2 * a * (z[1:] - dz / 2)) ** 2) * dz)])
+    zs = np.interp(arc, s, z)
+    local = np.stack([np.zeros_like(zs), a * zs ** 2, zs], axis=-1)
+    return local @ whisker_frame(row).T + np.array([row["base_x"], row["base_y"], row["base_z"]])
+
+
+def build_array(path=ARRAY_CSV) -> dict:
+    """Contact-test points, their compliance and the node positions of the 31 whiskers."""
+    rows = load_whisker_array(path)
+    E = PARAMS["youngs_modulus_gpa"] * 1e3  # N / mm^2
+    h = PARAMS["sample_spacing_mm"]
+    link = PARAMS["link_length_mm"]
+    nw = len(rows)
+    n_pts = [2 * int(r["n_links"]) for r in rows]  # points at s = h, 2h, ..., n_links * link
+    J = max(n_pts)
+    pts = np.zeros((nw, J, 3))
+    arc = np.zeros((nw, J))
+    comp = np.full((nw, J), np.inf)
+    valid = np.zeros((nw, J), bool)
+    nodes = np.zeros((nw, 3, 3))
+    for w, r in enumerate(rows):
+        length = int(r["n_links"]) * link
+        s = h * np.arange(1, n_pts[w] + 1)
+        pts[w, :n_pts[w]] = whisker_points(r, s)
+        pts[w, n_pts[w]:] = pts[w, n_pts[w] - 1]
+        arc[w, :n_pts[w]] = s
+        valid[w, :n_pts[w]] = True
+        nodes[w] = whisker_points(r, link * np.arange(3))
+        rb = 0.02 + 0.0008 * r["arc_length"]
+        rt = PARAMS["tip_radius_mm"]
+        x = np.linspace(0.0, length, 4001)
+        inv_ei = 1.0 / (E * np.pi * (rb + (rt - rb) * x / length) ** 4 / 4)
+        for j, sc in enumerate(s):
+            m = x <= sc
+            xs = np.append(x[m], sc)
+            f = (sc - xs) ** 2 * np.append(inv_ei[m], np.interp(sc, x, inv_ei))
+            comp[w, j] = np.trapezoid(f, xs) if hasattr(np, "trapezoid") else np.trapz(f, xs)
+    return dict(rows=rows, pts=pts, arc=arc, stiffness=np.where(valid, 1.0 / comp, 0.0),
+                valid=valid, nodes=nodes, n_pts=np.array(n_pts))
+
+
+# ----------------------------------------------------------------------------- SDF primitives
+def _len(*c):
+    return np.sqrt(sum(x * x for x in c))
+
+
+def _box_from_q(qx, qy, qz):
+    return (_len(np.maximum(qx, 0), np.maximum(qy, 0), np.maximum(qz, 0))
+            + np.minimum(np.maximum(np.maximum(qx, qy), qz), 0))
+
+
+def _box(x, y, z, cx, cy, cz, hx, hy, hz):
+    return _box_from_q(np.abs(x - cx) - hx, np.abs(y - cy) - hy, np.abs(z - cz) - hz)
+
+
+def _capsule(x, y, z, a, b, r):
+    ba = np.subtract(b, a)
+    px, py, pz = x - a[0], y - a[1], z - a[2]
+    t = np.clip((px * ba[0] + py * ba[1] + pz * ba[2]) / float(ba @ ba), 0, 1)
+    return _len(px - t * ba[0], py - t * ba[1], pz - t * ba[2]) - r
+
+
+def _ellipsoid(x, y, z, ra, rb, rc):
+    k0 = _len(x / ra, y / rb, z / rc)
+    k1 = np.maximum(_len(x / ra ** 2, y / rb ** 2, z / rc ** 2), 1e-9)
+    return k0 * (k0 - 1) / k1
+
+
+# ----------------------------------------------------------------------------- object shapes
+def draw_shape(kind: str, rng: np.random.Generator) -> dict:
+    """Random proportions (object units, roughly 2 across) of one object of class ``kind``."""
+    u = rng.uniform
+    if kind == "helmet":
+        return dict(kind=kind, a=1.0, b=u(0.88, 1.0), c=u(0.85, 1.05), t=u(0.06, 0.12),
+                    zcut=u(-0.15, 0.15), w0=u(0.03, 0.12), wv=u(0.0, 0.45), h=u(0.04, 0.09))
+    if kind == "box":
+        hx, hy, hz = 1.0, u(0.75, 0.95), u(0.6, 0.85)
+        return dict(kind=kind, hx=hx, hy=hy, hz=hz, r=u(0.02, 0.07), panel=u(0.25, 0.45),
+                    depth=u(0.02, 0.06), hr=u(0.025, 0.05), hoff=u(0.06, 0.12), hlen=u(0.5, 0.8))
+    if kind == "plane":
+        return dict(kind=kind, rf=u(0.07, 0.13), xw=u(-0.2, 0.15), span=u(0.8, 1.15),
+                    cr=u(0.3, 0.48), taper=u(0.25, 0.5), sweep=u(0.35, 0.75), tw=u(0.015, 0.03),
+                    zw=u(-0.06, 0.02), tspan=u(0.28, 0.42), tchord=u(0.14, 0.22),
+                    fin=u(0.28, 0.45), eng=u(0.04, 0.07))
+    raise ValueError(kind)
+
+
+def shape_sdf(p: dict, x, y, z):
+    """Signed distance (object units) of shape ``p`` at points (x, y, z)."""
+    k = p["kind"]
+    if k == "helmet":
+        a, b, c, t = p["a"], p["b"], p["c"], p["t"]
+        shell = np.abs(_ellipsoid(x, y, z, a, b, c)) - t / 2
+        dome = np.maximum(shell, p["zcut"] - z)
+        e = np.sqrt(max(1.0 - (p["zcut"] / c) ** 2, 0.05))
+        rho = _len(x / (a * e), y / (b * e))  # 1 on the shell at the cut
+        fx = np.clip(x / (a * e), 0, 1) ** 2  # visor toward +x
+        w = p["w0"] + p["wv"] * fx
+        dr = (np.abs(rho - 1 - w / 2) - w / 2) * min(a, b) * e
+        rim = _box_from_q(dr, np.abs(z - p["zcut"]) - p["h"] / 2, -1.0)
+        return np.minimum(dome, rim)
+    if k == "box":
+        hx, hy, hz, r = p["hx"], p["hy"], p["hz"], p["r"]
+        body = _box(x, y, z, 0, 0, 0, hx - r, hy - r, hz - r) - r
+        pw = p["panel"] * 2 * hx
+        dx0, dx1 = -hx + 0.07, hx - pw
+        recess = _box(x, y, z, (dx0 + dx1) / 2, -hy, 0, (dx1 - dx0) / 2, p["depth"], hz - 0.07)
+        body = np.maximum(body, -recess)
+        xh = dx1 - 0.08
+        yh = -hy - p["hoff"]
+        zl = p["hlen"] * hz
+        handle = _capsule(x, y, z, (xh, yh, -zl), (xh, yh, zl), p["hr"])
+        stand = np.minimum(_box(x, y, z, xh, (yh - hy) / 2, 0.9 * zl, 0.025, p["hoff"] / 2, 0.025),
+                           _box(x, y, z, xh, (yh - hy) / 2, -0.9 * zl, 0.025, p["hoff"] / 2, 0.025))
+        return np.minimum(np.minimum(body, handle), stand)
+    if k == "plane":
+        rf = p["rf"]
+        fus = _capsule(x, y, z, (-1.0 + rf, 0, 0), (1.0 - rf, 0, 0), rf)
+        ay = np.abs(y)
+        # main wings: swept, tapered plate
+        S = p["span"]
+        uu = np.clip(ay / S, 0, 1)
+        chord = p["cr"] * (1 - (1 - p["taper"]) * uu)
+        dx = x - (p["xw"] + ay * p["sweep"])
+        wing = _box_from_q(np.abs(dx) - chord / 2, ay - S, np.abs(z - p["zw"]) - p["tw"])
+        # engines under the wings
+        ye = 0.38 * S
+        xe = p["xw"] + ye * p["sweep"] - 0.12
+        eng = _capsule(x, ay, z, (xe - 0.12, ye, p["zw"] - 0.09), (xe + 0.1, ye, p["zw"] - 0.09), p["eng"])
+        # tail plane and fin
+        St = p["tspan"]
+        ut = np.clip(ay / St, 0, 1)
+        ct = p["tchord"] * (1 - 0.5 * ut)
+        dxt = x - (0.78 + ay * p["sweep"])
+        tail = _box_from_q(np.abs(dxt) - ct / 2, ay - St, np.abs(z - 0.02) - p["tw"])
+        H = p["fin"]
+        zz = np.maximum(z, 0)
+        cf = p["tchord"] * 1.3 * (1 - 0.5 * np.clip(z / H, 0, 1))
+        dxf = x - (0.8 + zz * p["sweep"])
+        fin = _box_from_q(np.abs(dxf) - cf / 2, np.abs(y) - p["tw"], np.abs(z - H / 2) - H / 2)
+        return np.minimum(np.minimum(np.minimum(fus, wing), np.minimum(eng, tail)), fin)
+    raise ValueError(k)
+
+
+def _shape_extent(p: dict):
+    """Bounding-box diagonal and a bounding radius (object units), from a conservative grid."""
+    g = np.linspace(-2.0, 2.0, 49)
+    cell = g[1] - g[0]
+    X, Y, Z = np.meshgrid(g, g, g, indexing="ij")
+    d = shape_sdf(p, X.ravel(), Y.ravel(), Z.ravel())
+    inside = d < cell * 0.87
+    P = np.stack([X.ravel()[inside], Y.ravel()[inside], Z.ravel()[inside]], 1)
+    lo, hi = P.min(0), P.max(0)
+    return float(np.linalg.norm(hi - lo)), float(np.linalg.norm(P, axis=1).max() + 2 * cell)
+
+
+def _euler(a, b, c):
+    return _rot("z", a) @ _rot("y", b) @ _rot("x", c)
+
+
+def _axis_angle(axis, t):
+    axis = axis / np.linalg.norm(axis)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
+
+
+# ----------------------------------------------------------------------------- one object
+_ARRAY = None
+
+
+def _array():
+    global _ARRAY
+    if _ARRAY is None:
+        _ARRAY = build_array()
+    return _ARRAY
+
+
+def draw_object(class_index: int, seed_seq: np.random.SeedSequence) -> dict:
+    """Shape, scale, orientation and path parameters of one object."""
+    rng = np.random.default_rng(seed_seq)
+    shape = draw_shape(CLASS_KINDS[class_index], rng)
+    diag_mm = rng.uniform(*PARAMS["bbox_diagonal_mm"])
+    euler = rng.uniform(0, 2 * np.pi, 3)
+    axis = rng.normal(size=3)
+    start = np.array(PARAMS["start_mean_mm"]) + rng.uniform(-1, 1, 3) * np.array(PARAMS["start_halfrange_mm"])
+    speed = rng.uniform(*PARAMS["speed_mm_s"])
+    diag_unit, radius_unit = _shape_extent(shape)
+    scale = diag_mm / diag_unit  # mm per object unit
+    tmin = PARAMS["min_half_thickness_mm"] / scale
+    for key in ("t", "tw"):  # keep thin parts resolvable by the 1.04 mm contact sampling
+        if key in shape:
+            shape[key] = max(shape[key], 2 * tmin if key == "t" else tmin)
+    return dict(shape=shape, scale=scale, radius_mm=radius_unit * scale, euler=euler, axis=axis,
+                start=start, speed=speed, diag_mm=diag_mm)
+
+
+def simulate_object(class_index: int, seed_seq: np.random.SeedSequence):
+    """Force and torque (12, 110, 31, 3, 3) float32 of one object's 12 sweeps."""
+    A = _array()
+    obj = draw_object(class_index, seed_seq)
+    shape, scale = obj["shape"], obj["scale"]
+    nf, nw = PARAMS["n_frames"], A["pts"].shape[0]
+    J = A["pts"].shape[1]
+    valid = A["valid"]
+    pts = A["pts"][valid]  # (Nv, 3)
+    arc_v = A["arc"][valid]
+    k_v = A["stiffness"][valid]
+    guard = A["nodes"][:, 0]  # whisker bases
+    centroid = np.array([-10.12, -13.17, -19.00])  # link-centre mean of the array
+    target = centroid + np.array(PARAMS["target_offset_mm"])
+    R0 = _euler(*obj["euler"])
+    t = np.arange(nf) * PARAMS["frame_dt_s"]
+    force = np.zeros((12, nf, nw, 3, 3), np.float32)
+    torque = np.zeros_like(force)
+    clear = PARAMS["base_clearance_mm"]
+    rad = obj["radius_mm"]
+    mu = PARAMS["friction_mu"][shape["kind"]]
+    sat = PARAMS["slip_angle_per_mu"] * mu  # the whisker slips off at deflection d = mu s
+
+    def sdf_mm(R, centers, P):
+        """SDF (mm) of the object at rotation R, centres (F, 3), points P (M, 3) -> (F, M)."""
+        rel = (P[None, :, :] - centers[:, None, :]) @ R  # world -> object frame: R^T (p - c)
+        out = np.full(rel.shape[:2], np.inf)
+        near = np.einsum("fmi,fmi->fm", rel, rel) < rad * rad
+        if near.any():
+            q = rel[near] / scale
+            out[near] = shape_sdf(shape, q[:, 0], q[:, 1], q[:, 2]) * scale
+        return out
+
+    for off_i, xoff in enumerate(PARAMS["x_offsets_mm"]):
+        start = obj["start"] + np.array([xoff, 0, 0])
+        tgt = target + np.array([xoff, 0, 0])
+        d = (tgt - start) / np.linalg.norm(tgt - start)
+        for rot_i, ang in enumerate(PARAMS["rotations_deg"]):
+            k = 4 * off_i + rot_i
+            R = _axis_angle(obj["axis"], np.deg2rad(ang)) @ R0
+            # start clear of the bases: back off along the path if needed
+            s0 = 0.0
+            for _ in range(200):
+                if sdf_mm(R, (start - s0 * d)[None], guard).min() >= clear:
+                    break
+                s0 += 1.0
+            travel = -s0 + obj["speed"] * t
+            centers = start + travel[:, None] * d
+            g = sdf_mm(R, centers, guard).min(1)
+            bad = np.nonzero(g < clear)[0]
+            moving = np.ones(nf, bool)
+            if bad.size:
+                stop = bad[0] - 1 if bad[0] > 0 else 0
+                centers[stop:] = centers[stop]
+                moving[stop:] = False
+            sd = sdf_mm(R, centers, pts)  # (F, Nv)
+            pen = np.maximum(-sd, 0.0)
+            dmax = sat * arc_v
+            req = k_v * dmax * np.tanh(pen / dmax)  # N
+            full = np.zeros((nf, nw, J))
+            full[:, valid] = req
+            j = full.argmax(2)  # (F, W)
+            fmag = np.take_along_axis(full, j[..., None], 2)[..., 0]
+            fi, wi = np.nonzero(fmag > 0)
+            if fi.size == 0:
+                continue
+            ji = j[fi, wi]
+            pc = A["pts"][wi, ji]  # contact points, world
+            sc = A["arc"][wi, ji]
+            # outward normal in world coordinates from the SDF gradient in the object frame
+            q = (pc - centers[fi]) @ R / scale
+            eps = 1e-4
+            grad = np.zeros_like(q)
+            for ax in range(3):
+                dq = np.zeros(3)
+                dq[ax] = eps
+                qp, qm = q + dq, q - dq
+                grad[:, ax] = (shape_sdf(shape, *qp.T) - shape_sdf(shape, *qm.T)) / (2 * eps)
+            nrm = grad @ R.T
+            nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+            F = fmag[fi, wi][:, None] * nrm
+            # friction: object drags the whisker along its tangential velocity while moving
+            vt = d[None, :] - (nrm @ d)[:, None] * nrm
+            vn = np.linalg.norm(vt, axis=1, keepdims=True)
+            fr = mu * fmag[fi, wi][:, None] * vt / np.maximum(vn, 1e-12)
+            F = F + np.where(moving[fi][:, None] & (vn > 1e-6), fr, 0.0)
+            F_uN = F * 1e6
+            for node in range(3):
+                on = sc > node * PARAMS["link_length_mm"]
+                r = pc - A["nodes"][wi, node]
+                force[k, fi[on], wi[on], node] = F_uN[on]
+                torque[k, fi[on], wi[on], node] = np.cross(r[on], F_uN[on])
+    return force, torque
+
+
+def _simulate_task(task):
+    class_index, entropy = task
+    return simulate_object(class_index, np.random.SeedSequence(entropy))
+
+
+# ----------------------------------------------------------------------------- dataset
+def split_counts(objects_per_class: int) -> list[int]:
+    """Test objects per class: 20 % of the total (rounded), spread as evenly as possible."""
+    n_test = int(round(PARAMS["test_fraction"] * 3 * objects_per_class))
+    base = n_test // 3
+    return [base + (1 if c < n_test - 3 * base else 0) for c in range(3)]
+
+
+def plan(objects_per_class: int, seed: int):
+    """(train, test) lists of (class_index, seed entropy) in file order."""
+    n_test = split_counts(objects_per_class)
+    train, test = [], []
+    for c in range(3):
+        for j in range(objects_per_class):
+            task = (c, (int(seed), c, j))
+            (test if j >= objects_per_class - n_test[c] else train).append(task)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 999]))
+    train = [train[i] for i in rng.permutation(len(train))]
+    test = [test[i] for i in rng.permutation(len(test))]
+    return train, test
+
+
+def generate_dataset(out, objects_per_class: int = 91, seed: int = 0, workers=None, log=None):
+    """Write ``out/snn_train3.h5`` and ``out/snn_test3.h5``; return their paths."""
+    import h5py
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    train, test = plan(objects_per_class, seed)
+    paths = (out / TRAIN_FILE, out / TEST_FILE)
+    t0 = time.time()
+    shape = (PARAMS["n_sweeps"], PARAMS["n_frames"], 31, 3, 3)
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        for path, tasks in zip(paths, (train, test)):
+            with atomic_path(path) as tmp:
+                with h5py.File(tmp, "w", libver="earliest") as h5:
+                    n = len(tasks)
+                    kw = dict(dtype=np.float32, track_times=False)
+                    dsf = h5.create_dataset("force", (n,) + shape, **kw)
+                    dst = h5.create_dataset("torque", (n,) + shape, **kw)
+                    h5.create_dataset("label", data=np.array([CLASS_LABELS[c] for c, _ in tasks], np.float64),
+                                      track_times=False)
+                    results = pool.map(_simulate_task, tasks) if pool else map(_simulate_task, tasks)
+                    for i, (f, tq) in enumerate(results):
+                        dsf[i] = f
+                        dst[i] = tq
+                    h5.attrs["seed"] = int(seed)
+                    h5.attrs["objects_per_class"] = int(objects_per_class)
+                    h5.attrs["generator_version"] = GENERATOR_VERSION
+                    h5.attrs["split"] = "train" if path.name == TRAIN_FILE else "test"
+                    h5.attrs["parameters"] = json.dumps(PARAMS, sort_keys=True)
+                    h5.attrs["classes"] = json.dumps(dict(zip(CLASS_KINDS, CLASS_LABELS)))
+            if log:
+                log(f"wrote {path} ({len(tasks)} objects, {time.time() - t0:.1f} s)")
+    finally:
+        if pool:
+            pool.shutdown()
+    return paths
+
+
+# ----------------------------------------------------------------------------- checks
+def contact_features(force) -> np.ndarray:
+    """Per-whisker contact features (N, 62): fraction of frames in contact and mean log(1 + |F|)
+    at the base node, each averaged over sweeps and frames."""
+    mag = np.linalg.norm(np.asarray(force)[..., 0, :], axis=-1)  # (N, 12, 110, 31)
+    return np.concatenate([(mag > 0).mean((1, 2)), np.log1p(mag).mean((1, 2))], axis=1)
+
+
+def contact_rates(force) -> np.ndarray:
+    """Per-whisker fraction of sweeps with any contact, (31,)."""
+    mag = np.linalg.norm(np.asarray(force)[..., 0, :], axis=-1)
+    return (mag > 0).any(axis=2).mean(axis=(0, 1))
+
+
+def nearest_class_mean_accuracy(x_train, y_train, x_test, y_test) -> float:
+    """Accuracy of a nearest-class-mean classifier on standardised features."""
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-9
+    a, b = (x_train - mu) / sd, (x_test - mu) / sd
+    classes = np.unique(y_train)
+    means = np.stack([a[y_train == c].mean(0) for c in classes])
+    pred = classes[((b[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
+    return float((pred == y_test).mean())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--objects-per-class", type=int, default=91)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    args = ap.parse_args(argv)
+    if args.objects_per_class < 1:
+        ap.error("--objects-per-class must be >= 1")
+    generate_dataset(args.out, args.objects_per_class, args.seed, args.workers, log=print)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
