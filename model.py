@@ -232,8 +232,10 @@ class BarrelCortexRSNN(nn.Module):
         current = self.thalamus_input(self.encoder(x.to(dtype)))   # (T, batch, 200)
         s = ALIFState(state.mem_thal, state.spk_thal, self.config.init_b)
         spikes = []
-        for t in range(current.shape[0]):
-            s = alif_step(current[t], s, self.thal_tau_m, self.thal_tau_adp,
+        # unbind, not current[t]: indexing would accumulate a (T, batch, 200) gradient at
+        # every step in the backward, quadratic in T
+        for current_t in current.unbind(0):
+            s = alif_step(current_t, s, self.thal_tau_m, self.thal_tau_adp,
                           self.config.init_b, self.config.beta)
             spikes.append(s.spike)
         return torch.stack(spikes)

@@ -1,0 +1,164 @@
+"""Time the reference and the fast engine on the same input (ms per time step).
+
+    python benchmarks/bench_step.py [--batch 128] [--steps 50] [--device cpu] [--memory]
+
+Runs a warm-up, then reports the median of several repeats of the forward pass (no grad) and
+of forward + backward (loss on the summed output) for each engine, in the same process on
+the same input (spiking encoder, random whisker spikes, the published initial state).
+``--memory`` also measures, in a fresh subprocess, the peak RSS of one full-length training
+step of the fast engine (T = 550, batch 128: forward, backward, Adam step, constraint).
+The last line printed is one JSON object with the results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from model import ModelConfig, build_model  # noqa: E402
+
+
+def make_input(batch, steps, rate, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(batch, 2, 1, steps, 93, generator=g) < rate).float()
+    return x.to(device)
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_once(model, x, engine, backward, device):
+    """Seconds for one forward (no grad) or forward + backward pass."""
+    model.zero_grad(set_to_none=True)
+    sync(device)
+    t0 = time.perf_counter()
+    if backward:
+        out = model(x, engine=engine).output
+        labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        torch.nn.functional.cross_entropy(out / x.shape[3], labels).backward()
+    else:
+        with torch.no_grad():
+            model(x, engine=engine)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def time_engines(model, x, engines, repeats, backward, device):
+    """Median ms per time step of each engine; the repeats of the engines are interleaved
+    (fast, reference, fast, ...) so that load from other processes hits both alike."""
+    for engine in engines:                               # warm-up (compilation, caches)
+        run_once(model, x, engine, backward, device)
+    times = {engine: [] for engine in engines}
+    for _ in range(repeats):
+        for engine in engines:
+            times[engine].append(run_once(model, x, engine, backward, device))
+    return {e: statistics.median(t) / x.shape[3] * 1e3 for e, t in times.items()}
+
+
+def training_step_memory(batch=128, steps=550, rate=0.05):
+    """One full-length fast-engine training step in this (fresh) process; prints JSON."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(engine="fast"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    # the dataset's full sample shape: 12 sweeps, of which sweep 0 drives the network
+    x = (torch.rand(batch, 2, 12, steps, 93, generator=g) < rate).float()
+    labels = torch.randint(0, 3, (batch,), generator=g)
+    # warm-up on a short sequence (numba cache load, thread pools), not in the timing
+    model(x[:, :, :, :10]).output.sum().backward()
+    model.zero_grad(set_to_none=True)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    t0 = time.perf_counter()
+    out = model(x).output
+    t1 = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(out / steps, labels)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    model.constrain_()
+    t2 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB -> GiB
+    print(json.dumps({"peak_rss_gb": peak, "rss_before_step_gb": rss0,
+                      "forward_s": t1 - t0, "train_step_s": t2 - t0}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=50, help="sequence length T of timed runs")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=0.05, help="input spike probability")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure peak RSS of a T=550, batch-128 training step")
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--_memory-child", dest="memory_child", action="store_true",
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        training_step_memory(args.batch, args.steps, args.rate)
+        return
+
+    dtype = getattr(torch, args.dtype)
+    model = build_model(ModelConfig(), device=args.device, dtype=dtype)
+    x = make_input(args.batch, args.steps, args.rate, device=args.device).to(dtype)
+    with torch.no_grad():
+        res = model(x, record_spikes=True, engine="fast")
+    rate = res.spikes.float().mean().item()
+    print(f"device={args.device} batch={args.batch} T={args.steps} dtype={args.dtype} "
+          f"torch_threads={torch.get_num_threads()} cortical spike rate={rate:.4f}")
+    engines = ["fast"] + ([] if args.skip_reference else ["reference"])
+    fwd = time_engines(model, x, engines, args.repeats, False, args.device)
+    fb = time_engines(model, x, engines, args.repeats, True, args.device)
+    results = {e: (fwd[e], fb[e]) for e in engines}
+    for engine in engines:
+        print(f"{engine:>9}: forward {fwd[engine]:9.2f} ms/step   "
+              f"forward+backward {fb[engine]:9.2f} ms/step")
+    fast, ref = results["fast"], results.get("reference")
+    peak = epoch_min = None
+    if args.memory:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child",
+               "--batch", "128", "--steps", "550", "--rate", str(args.rate)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        mem = json.loads(proc.stdout.strip().splitlines()[-1])
+        peak = mem["peak_rss_gb"]
+        print(f"training step T=550 B=128: peak RSS {peak:.2f} GiB, forward "
+              f"{mem['forward_s']:.1f} s, forward+backward+step {mem['train_step_s']:.1f} s")
+        # one epoch of the paper's spiking training: 218 training samples (batches of 128
+        # and 90) and 55 test samples evaluated without grad, all at T = 550; the time per
+        # step is taken as linear in the batch (measured at 128), the evaluation as the
+        # forward share of the measured step scaled to 55 samples.
+        epoch_s = mem["train_step_s"] * (128 + 90) / 128 + mem["forward_s"] * 55 / 128
+        epoch_min = 100 * epoch_s / 60
+        print(f"extrapolated epoch {epoch_s:.1f} s -> 100 epochs {epoch_min:.1f} min")
+    print(json.dumps({
+        "reference_ms_per_step": ref[1] if ref else None,
+        "fast_ms_per_step": fast[1],
+        "speedup": ref[1] / fast[1] if ref else None,
+        "forward_speedup": ref[0] / fast[0] if ref else None,
+        "reference_forward_ms_per_step": ref[0] if ref else None,
+        "fast_forward_ms_per_step": fast[0],
+        "peak_rss_gb_T550_B128": peak,
+        "extrapolated_100_epochs_min": epoch_min,
+        "batch": args.batch,
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

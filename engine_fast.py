@@ -1,0 +1,563 @@
+"""Fast engine: the whole sequence in one custom autograd Function with a hand-written BPTT.
+
+Same semantics as ``engine_reference.run_cortex`` (the specification), much faster:
+
+* The recurrent weights are gathered once per forward into sparse form: CSR by
+  postsynaptic row (for the backward ``W^T gI``) and CSC by presynaptic column (for the
+  event-driven forward). Each row/column is split at the population boundary that
+  separates "this step's spikes" (presynaptic population before the postsynaptic one)
+  from "previous step's spikes", so the Gauss-Seidel order is exact without per-block
+  matrices. Structurally empty blocks (L2/3 -> L4) simply have no entries.
+* CPU: numba kernels, parallel over batch blocks (one per thread).
+  - forward: per step, the thalamic and recurrent input currents are accumulated from the
+    outgoing connections of *active* neurons only (spikes are ~5 % active);
+  - backward: reverse time, reverse population order; ``W^T gI`` runs row by row with the
+    batch as the contiguous inner (SIMD) loop; the weight gradients at connected entries are
+    accumulated event-driven (only where the presynaptic neuron spiked); tau gradients are
+    accumulated by hand.
+* Saved for the backward: spikes (uint8) and input currents for all steps, plus the
+  membrane / adaptation state every ``CHUNK`` steps; membrane and adaptation inside a chunk
+  are recomputed (bit-identically) in the backward.
+* The readout is time-parallel (BLAS over chunks of steps) and part of the Function.
+* Inference (no grad): the forward runs in chunks of steps and keeps nothing per step
+  except what the caller asks to record.
+* Other devices (CUDA): ``_run_torch``, a torch-ops engine (dense matmuls over whole
+  population ranges, thalamic input and readout for all steps at once, per-step autograd).
+
+Internal layout is (T, N, B): batch innermost, so kernels vectorise over the batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from numba import get_num_threads, njit, prange
+
+from neuron import SURROGATE_SCALE, SURROGATE_SIGMA, decay_factors, spike_fn
+
+CHUNK = int(os.environ.get("ENGINE_FAST_CHUNK", 32))   # steps per chunk (checkpoint interval)
+
+
+# ---------------------------------------------------------------------------- numba kernels
+@njit(parallel=True, cache=True)
+def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha, oma, rho,
+               omr, consts, v, bb, sp, i_out, s_out, m_out, save_i, save_m, nblocks):
+    """Advance the state (v, bb, sp: (N, B), updated in place) over ``thal.shape[0]`` steps."""
+    n_steps, n_thal = thal.shape[0], thal.shape[1]
+    n, batch = v.shape
+    npop = off.shape[0] - 1
+    b0, beta = consts[0], consts[1]
+    for blk in prange(nblocks):
+        lo = blk * batch // nblocks
+        hi = (blk + 1) * batch // nblocks
+        nbl = hi - lo
+        acc = np.empty((n, nbl), dtype=v.dtype)
+        lanes = np.empty(nbl, dtype=np.int64)
+        xs = np.empty(nbl, dtype=v.dtype)
+        for tt in range(n_steps):
+            acc[:] = 0
+            # thalamic input of this step
+            for k in range(n_thal):
+                cnt = 0
+                for j in range(nbl):
+                    x = thal[tt, k, lo + j]
+                    if x != 0:
+                        lanes[cnt] = j
+                        xs[cnt] = x
+                        cnt += 1
+                if cnt > 0:
+                    for e in range(tcolptr[k], tcolptr[k + 1]):
+                        r = trow[e]
+                        w = tval[e]
+                        for q in range(cnt):
+                            acc[r, lanes[q]] += w * xs[q]
+            # previous step's spikes -> their own and later populations
+            for p in range(n):
+                cnt = 0
+                for j in range(nbl):
+                    x = sp[p, lo + j]
+                    if x != 0:
+                        lanes[cnt] = j
+                        xs[cnt] = x
+                        cnt += 1
+                if cnt > 0:
+                    for e in range(colptr[p], csplit[p]):
+                        r = crow[e]
+                        w = cval[e]
+                        for q in range(cnt):
+                            acc[r, lanes[q]] += w * xs[q]
+            for i in range(npop):
+                for u in range(off[i], off[i + 1]):
+                    a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
+                    acc_r, sp_r, bb_r, v_r = acc[u], sp[u, lo:hi], bb[u, lo:hi], v[u, lo:hi]
+                    so_r = s_out[tt, u, lo:hi]
+                    for j in range(nbl):
+                        cur = acc_r[j]
+                        s_prev = sp_r[j]
+                        bn = r_ * bb_r[j] + om_r * s_prev
+                        thr = b0 + beta * bn
+                        vn = v_r[j] * a + om_a * cur - thr * s_prev
+                        v_r[j] = vn
+                        bb_r[j] = bn
+                        spk = vn - thr > 0
+                        sp_r[j] = spk
+                        so_r[j] = spk
+                    if save_i:
+                        io_r = i_out[tt, u, lo:hi]
+                        for j in range(nbl):
+                            io_r[j] = acc_r[j]
+                    if save_m:
+                        mo_r = m_out[tt, u, lo:hi]
+                        for j in range(nbl):
+                            mo_r[j] = v_r[j]
+                # this step's spikes of population i -> later populations
+                for p in range(off[i], off[i + 1]):
+                    cnt = 0
+                    for j in range(nbl):
+                        if sp[p, lo + j] != 0:
+                            lanes[cnt] = j
+                            cnt += 1
+                    if cnt > 0:
+                        for e in range(csplit[p], colptr[p + 1]):
+                            r = crow[e]
+                            w = cval[e]
+                            for q in range(cnt):
+                                acc[r, lanes[q]] += w
+
+
+@njit(parallel=True, cache=True)
+def _bwd_chunk(i_c, s_c, s_prev0, thal_c, vck, bck, gro_c,
+               rowptr, col, val, rsplit, colptr, crow, csplit, tcolptr, trow, tval,
+               off, alpha, oma, rho, omr, consts,
+               gs_carry, gv_carry, gb_carry, gw, gwth, galpha, grho, gthal_c, nblocks):
+    """BPTT over one chunk of steps (reverse time, reverse population order).
+
+    gs_carry / gv_carry / gb_carry (N, B): on entry dL/ds, alpha*dL/dv, rho*dL/db flowing into
+    the chunk's last step from later steps; on exit the same for the step before the chunk.
+    gw (blocks, nnz) CSC order, gwth (blocks, tnnz) CSC order, galpha / grho (blocks, N).
+    """
+    n_steps, n, batch = i_c.shape
+    n_thal = thal_c.shape[1]
+    npop = off.shape[0] - 1
+    b0, beta = consts[0], consts[1]
+    two_var, norm, scale, one = consts[2], consts[3], consts[4], consts[5]
+    for blk in prange(nblocks):
+        lo = blk * batch // nblocks
+        hi = (blk + 1) * batch // nblocks
+        nbl = hi - lo
+        vbuf = np.empty((n_steps, n, nbl), dtype=i_c.dtype)
+        bbuf = np.empty((n_steps, n, nbl), dtype=i_c.dtype)
+        # recompute membrane and adaptation inside the chunk (same ops as the forward)
+        for tt in range(n_steps):
+            for u in range(n):
+                a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
+                i_r, vb, bbr = i_c[tt, u, lo:hi], vbuf[tt, u], bbuf[tt, u]
+                if tt == 0:
+                    s_pr, v_pr, b_pr = s_prev0[u, lo:hi], vck[u, lo:hi], bck[u, lo:hi]
+                    for j in range(nbl):
+                        s_prev = s_pr[j]
+                        bn = r_ * b_pr[j] + om_r * s_prev
+                        thr = b0 + beta * bn
+                        vb[j] = v_pr[j] * a + om_a * i_r[j] - thr * s_prev
+                        bbr[j] = bn
+                else:
+                    s_pu, v_pr, b_pr = s_c[tt - 1, u, lo:hi], vbuf[tt - 1, u], bbuf[tt - 1, u]
+                    for j in range(nbl):
+                        s_prev = s_pu[j] * one
+                        bn = r_ * b_pr[j] + om_r * s_prev
+                        thr = b0 + beta * bn
+                        vb[j] = v_pr[j] * a + om_a * i_r[j] - thr * s_prev
+                        bbr[j] = bn
+        gi = np.empty((n, nbl), dtype=i_c.dtype)
+        gsp = np.empty((n, nbl), dtype=i_c.dtype)
+        # block-local contiguous copies of the carried gradients (vectorisable rows)
+        gsc = np.empty((n, nbl), dtype=i_c.dtype)
+        gvc = np.empty((n, nbl), dtype=i_c.dtype)
+        gbc = np.empty((n, nbl), dtype=i_c.dtype)
+        for u in range(n):
+            for j in range(nbl):
+                gsc[u, j] = gs_carry[u, lo + j]
+                gvc[u, j] = gv_carry[u, lo + j]
+                gbc[u, j] = gb_carry[u, lo + j]
+        sprev_l = np.empty(nbl, dtype=i_c.dtype)
+        vprev_l = np.empty(nbl, dtype=i_c.dtype)
+        bprev_l = np.empty(nbl, dtype=i_c.dtype)
+        accl = np.empty(nbl, dtype=i_c.dtype)
+        lanes = np.empty(nbl, dtype=np.int64)
+        xs = np.empty(nbl, dtype=i_c.dtype)
+        for tt in range(n_steps - 1, -1, -1):
+            gsp[:] = 0
+            for i in range(npop - 1, -1, -1):
+                for u in range(off[i], off[i + 1]):
+                    a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
+                    if tt == 0:
+                        for j in range(nbl):
+                            sprev_l[j] = s_prev0[u, lo + j]
+                            vprev_l[j] = vck[u, lo + j]
+                            bprev_l[j] = bck[u, lo + j]
+                    else:
+                        s_pu, v_pr, b_pr = s_c[tt - 1, u, lo:hi], vbuf[tt - 1, u], bbuf[tt - 1, u]
+                        for j in range(nbl):
+                            sprev_l[j] = s_pu[j] * one
+                            vprev_l[j] = v_pr[j]
+                            bprev_l[j] = b_pr[j]
+                    gs_r, gro_r, gv_r, gb_r = gsc[u], gro_c[tt, u, lo:hi], gvc[u], gbc[u]
+                    vb, bbr, i_r, gi_r, gsp_r = vbuf[tt, u], bbuf[tt, u], i_c[tt, u, lo:hi], gi[u], gsp[u]
+                    ga = 0.0
+                    gr = 0.0
+                    for j in range(nbl):
+                        s_prev = sprev_l[j]
+                        thr = b0 + beta * bbr[j]
+                        x = vb[j] - thr
+                        sg = math.exp(-(x * x) / two_var) / norm * scale
+                        gx = (gs_r[j] + gro_r[j]) * sg
+                        gv = gx + gv_r[j]
+                        gthr = -gx - gv * s_prev
+                        gb = beta * gthr + gb_r[j]
+                        gi_r[j] = gv * om_a
+                        ga += gv * (vprev_l[j] - i_r[j])
+                        gr += gb * (bprev_l[j] - s_prev)
+                        gsp_r[j] += -gv * thr + gb * om_r
+                        gv_r[j] = a * gv
+                        gb_r[j] = r_ * gb
+                    galpha[blk, u] += ga
+                    grho[blk, u] += gr
+                # gI of population i -> spikes of earlier populations (this step) and of
+                # itself and later populations (previous step)
+                for u in range(off[i], off[i + 1]):
+                    gi_r = gi[u]
+                    for e in range(rowptr[u], rsplit[u]):
+                        w = val[e]
+                        tgt = gsc[col[e]]
+                        for j in range(nbl):
+                            tgt[j] += w * gi_r[j]
+                    for e in range(rsplit[u], rowptr[u + 1]):
+                        w = val[e]
+                        tgt = gsp[col[e]]
+                        for j in range(nbl):
+                            tgt[j] += w * gi_r[j]
+            # weight gradients, event-driven over the presynaptic spikes
+            for p in range(n):
+                cnt = 0
+                for j in range(nbl):
+                    if s_c[tt, p, lo + j] != 0:
+                        lanes[cnt] = j
+                        cnt += 1
+                if cnt > 0:
+                    for e in range(csplit[p], colptr[p + 1]):
+                        r = crow[e]
+                        acc = 0.0
+                        for q in range(cnt):
+                            acc += gi[r, lanes[q]]
+                        gw[blk, e] += acc
+                cnt = 0
+                for j in range(nbl):
+                    if tt > 0:
+                        x = s_c[tt - 1, p, lo + j] * one
+                    else:
+                        x = s_prev0[p, lo + j]
+                    if x != 0:
+                        lanes[cnt] = j
+                        xs[cnt] = x
+                        cnt += 1
+                if cnt > 0:
+                    for e in range(colptr[p], csplit[p]):
+                        r = crow[e]
+                        acc = 0.0
+                        for q in range(cnt):
+                            acc += xs[q] * gi[r, lanes[q]]
+                        gw[blk, e] += acc
+            # thalamic weights and thalamic spikes
+            for k in range(n_thal):
+                cnt = 0
+                for j in range(nbl):
+                    x = thal_c[tt, k, lo + j]
+                    accl[j] = 0
+                    if x != 0:
+                        lanes[cnt] = j
+                        xs[cnt] = x
+                        cnt += 1
+                for e in range(tcolptr[k], tcolptr[k + 1]):
+                    w = tval[e]
+                    g = gi[trow[e]]
+                    for j in range(nbl):
+                        accl[j] += w * g[j]
+                    if cnt > 0:
+                        acc = 0.0
+                        for q in range(cnt):
+                            acc += xs[q] * g[lanes[q]]
+                        gwth[blk, e] += acc
+                tgt = gthal_c[tt, k, lo:hi]
+                for j in range(nbl):
+                    tgt[j] = accl[j]
+            gsc, gsp = gsp, gsc
+        for u in range(n):
+            for j in range(nbl):
+                gs_carry[u, lo + j] = gsc[u, j]
+                gv_carry[u, lo + j] = gvc[u, j]
+                gb_carry[u, lo + j] = gbc[u, j]
+
+
+# ---------------------------------------------------------------------------- structure
+class _Structure:
+    """Sparse index structures of the recurrent and thalamocortical masks (cached per model)."""
+
+    def __init__(self, model):
+        off = np.asarray(model.population_offsets, dtype=np.int64)
+        n = int(off[-1])
+        pop = np.repeat(np.arange(len(off) - 1), np.diff(off))
+        mask = model.recurrent.mask.detach().cpu().numpy().astype(bool)
+        rows, cols = np.nonzero(mask)                       # CSR (post-major) order
+        rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+        self.n, self.off, self.nnz = n, off, len(rows)
+        self.rec_flat = torch.from_numpy(rows * n + cols)
+        self.rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
+        self.col = cols.astype(np.int32)
+        self.col_t = torch.from_numpy(cols)
+        key = rows * n + cols
+        # first entry of row u whose presynaptic population is >= pop(u)
+        self.rsplit = np.searchsorted(key, np.arange(n) * n + off[pop]).astype(np.int64)
+        order = np.lexsort((rows, cols))                    # CSC (pre-major) order
+        self.cperm = torch.from_numpy(order)
+        self.crow = rows[order].astype(np.int32)
+        self.colptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))]).astype(np.int64)
+        ckey = cols[order] * n + rows[order]
+        # first entry of column p whose postsynaptic population is > pop(p)
+        self.csplit = np.searchsorted(ckey, np.arange(n) * n + off[pop + 1]).astype(np.int64)
+
+        tmask = model.thalamocortical.mask.detach().cpu().numpy().astype(bool)
+        n_thal = tmask.shape[1]
+        trows, tcols = np.nonzero(tmask)
+        torder = np.lexsort((trows, tcols))
+        trows, tcols = trows[torder].astype(np.int64), tcols[torder].astype(np.int64)
+        self.th_flat = torch.from_numpy(trows * n_thal + tcols)
+        self.trow = trows.astype(np.int32)
+        self.tcolptr = np.concatenate([[0], np.cumsum(np.bincount(tcols, minlength=n_thal))]).astype(np.int64)
+        self.readout_index = model.readout_index.detach().cpu().long()
+
+
+def _structure(model) -> _Structure:
+    m, tm = model.recurrent.mask, model.thalamocortical.mask
+    key = (m.data_ptr(), m._version, tm.data_ptr(), tm._version, tuple(model.population_offsets))
+    cached = model.__dict__.get("_engine_fast_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    st = _Structure(model)
+    model.__dict__["_engine_fast_cache"] = (key, st)
+    return st
+
+
+def _fresh(x):
+    """A new C-contiguous copy (``contiguous()`` may return a view for size-1 dims)."""
+    return torch.empty(x.shape, dtype=x.dtype).copy_(x)
+
+
+def _nblocks(batch):
+    return max(1, min(get_num_threads(), batch))
+
+
+# ---------------------------------------------------------------------------- autograd Function
+class _CortexFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, st, opts, vals, tvals, alpha, rho, w1, b1, w2, b2, thal, v0, s0):
+        record_spikes, record_mem, need_grad, b0, beta = opts
+        dtype = vals.dtype
+        T, B = thal.shape[0], thal.shape[1]
+        n, K = st.n, CHUNK
+        nblk = _nblocks(B)
+        cval = vals.detach()[st.cperm].contiguous()
+        oma, omr = 1 - alpha, 1 - rho
+        consts = torch.tensor([b0, beta], dtype=dtype)
+        thal_t = _fresh(thal.detach().permute(0, 2, 1))                # (T, 200, B)
+        v = _fresh(v0.detach().t())                                   # (N, B) own copies:
+        sp = _fresh(s0.detach().t())                                  # updated in place
+        bb = torch.full_like(v, b0)
+        keep_s = need_grad or record_spikes
+        s_all = torch.empty((T if keep_s else min(K, T), n, B), dtype=torch.uint8)
+        i_all = torch.empty((T, n, B) if need_grad else (1, 1, 1), dtype=dtype)
+        m_all = torch.empty((T, n, B) if record_mem else (1, 1, 1), dtype=dtype)
+        nck = (T + K - 1) // K
+        vck = torch.empty((nck, n, B) if need_grad else (1, 1, 1), dtype=dtype)
+        bck = torch.empty_like(vck)
+        h_all = torch.empty((T, w1.shape[0], B) if need_grad else (1, 1, 1), dtype=dtype)
+        p_all = torch.empty((T, w2.shape[0], B) if need_grad else (1, 1, 1), dtype=dtype)
+        out = torch.zeros(w2.shape[0], B, dtype=dtype)
+        ro = st.readout_index
+        a_np, oma_np, r_np, omr_np = (x.detach().contiguous().numpy() for x in (alpha, oma, rho, omr))
+        for c in range(nck):
+            t0, t1 = c * K, min(T, (c + 1) * K)
+            if need_grad:
+                vck[c].copy_(v)
+                bck[c].copy_(bb)
+            s_c = s_all[t0:t1] if keep_s else s_all[:t1 - t0]
+            i_c = i_all[t0:t1] if need_grad else i_all
+            m_c = m_all[t0:t1] if record_mem else m_all
+            _fwd_chunk(thal_t[t0:t1].numpy(), st.tcolptr, st.trow, tvals.detach().numpy(),
+                       st.colptr, st.crow, cval.numpy(), st.csplit, st.off, a_np, oma_np, r_np,
+                       omr_np, consts.numpy(), v.numpy(), bb.numpy(), sp.numpy(), i_c.numpy(),
+                       s_c.numpy(), m_c.numpy(), need_grad, record_mem, nblk)
+            r0 = max(t0, 1)
+            if r0 < t1:           # readout for t >= 1, time-parallel over the chunk
+                x = s_c[r0 - t0:].index_select(1, ro).to(dtype)          # (k, 3606, B)
+                h = torch.matmul(w1, x) + b1[:, None]
+                p = torch.softmax(torch.matmul(w2, h) + b2[:, None], dim=1)
+                out += p.sum(0)
+                if need_grad:
+                    h_all[r0:t1] = h
+                    p_all[r0:t1] = p
+        if need_grad:
+            ctx.st, ctx.T, ctx.B, ctx.b0, ctx.beta = st, T, B, b0, beta
+            ctx.save_for_backward(vals, tvals, alpha, rho, w1, w2, thal_t, s0, s_all, i_all,
+                                  vck, bck, h_all, p_all)
+        spikes = s_all.permute(0, 2, 1).to(dtype, memory_format=torch.contiguous_format) if record_spikes else torch.empty(0, dtype=dtype)
+        mem = m_all.permute(0, 2, 1).contiguous() if record_mem else torch.empty(0, dtype=dtype)
+        ctx.mark_non_differentiable(spikes, mem)
+        return out.t().contiguous(), spikes, mem
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gout, _gs, _gm):
+        (vals, tvals, alpha, rho, w1, w2, thal_t, s0, s_all, i_all, vck, bck, h_all,
+         p_all) = (t.detach() for t in ctx.saved_tensors)
+        st, T, B = ctx.st, ctx.T, ctx.B
+        dtype, n, K = vals.dtype, st.n, CHUNK
+        nblk = _nblocks(B)
+        ro = st.readout_index
+        # readout backward (time-parallel)
+        gw1 = torch.zeros_like(w1)
+        gb1 = torch.zeros(w1.shape[0], dtype=dtype)
+        gw2 = torch.zeros_like(w2)
+        gb2 = torch.zeros(w2.shape[0], dtype=dtype)
+        gp = gout.t().to(dtype)                                         # (3, B)
+        g_h = None
+        if T > 1:
+            p = p_all[1:]
+            gl = p * (gp - (p * gp).sum(1, keepdim=True))               # (T-1, 3, B)
+            gw2 = torch.einsum("tcb,thb->ch", gl, h_all[1:])
+            gb2 = gl.sum((0, 2))
+            g_h = torch.zeros((T, w1.shape[0], B), dtype=dtype)
+            g_h[1:] = torch.matmul(w2.t(), gl)
+            gb1 = g_h.sum((0, 2))
+        oma, omr = 1 - alpha, 1 - rho
+        a_np, oma_np, r_np, omr_np = (x.contiguous().numpy() for x in (alpha, oma, rho, omr))
+        sig = SURROGATE_SIGMA
+        consts = torch.tensor([ctx.b0, ctx.beta, 2 * sig ** 2, math.sqrt(2 * math.pi) * sig,
+                               SURROGATE_SCALE, 1.0], dtype=dtype)
+        gs_c = torch.zeros((n, B), dtype=dtype)
+        gv_c = torch.zeros((n, B), dtype=dtype)
+        gb_c = torch.zeros((n, B), dtype=dtype)
+        gw = torch.zeros((nblk, st.nnz), dtype=dtype)
+        gwth = torch.zeros((nblk, len(st.trow)), dtype=dtype)
+        galpha = torch.zeros((nblk, n), dtype=dtype)
+        grho = torch.zeros((nblk, n), dtype=dtype)
+        gthal = torch.empty_like(thal_t)
+        s0_t = _fresh(s0.t())
+        gro = torch.zeros((min(K, T), n, B), dtype=dtype)
+        nck = (T + K - 1) // K
+        for c in range(nck - 1, -1, -1):
+            t0, t1 = c * K, min(T, (c + 1) * K)
+            gro_c = gro[:t1 - t0]
+            if g_h is not None:
+                x = s_all[t0:t1].index_select(1, ro).to(dtype)           # (k, 3606, B)
+                gh = g_h[t0:t1]
+                gw1 += torch.einsum("thb,tnb->hn", gh, x)
+                gro_c.index_copy_(1, ro, torch.matmul(w1.t(), gh))
+            s_prev0 = s0_t if t0 == 0 else s_all[t0 - 1].to(dtype)
+            _bwd_chunk(i_all[t0:t1].numpy(), s_all[t0:t1].numpy(), s_prev0.numpy(),
+                       thal_t[t0:t1].numpy(), vck[c].numpy(), bck[c].numpy(), gro_c.numpy(),
+                       st.rowptr, st.col, vals.numpy(), st.rsplit, st.colptr, st.crow,
+                       st.csplit, st.tcolptr, st.trow, tvals.numpy(), st.off, a_np, oma_np,
+                       r_np, omr_np, consts.numpy(), gs_c.numpy(), gv_c.numpy(), gb_c.numpy(),
+                       gw.numpy(), gwth.numpy(), galpha.numpy(), grho.numpy(),
+                       gthal[t0:t1].numpy(), nblk)
+        gvals = torch.empty(st.nnz, dtype=dtype)
+        gvals[st.cperm] = gw.sum(0)
+        return (None, None, gvals, gwth.sum(0), galpha.sum(0), grho.sum(0), gw1, gb1, gw2, gb2,
+                gthal.permute(0, 2, 1), gv_c.t(), gs_c.t())
+
+
+# ---------------------------------------------------------------------------- entry points
+def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = False,
+               record_mem: bool = False):
+    """Simulate the 13 cortical populations over the sequence (same contract as the reference).
+
+    thal_spikes: (T, batch, 200) VPM spikes; state: the model's InitialState.
+    Returns ``(output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)``.
+    """
+    if thal_spikes.device.type != "cpu":
+        return _run_torch(model, thal_spikes, state, record_spikes, record_mem)
+    cfg = model.config
+    st = _structure(model)
+    dtype = model.tau_m.dtype
+    # signed, masked weights at the connected entries only: weight * mask * sign[pre]
+    w = model.recurrent.weight
+    vals = w.reshape(-1)[st.rec_flat] * model.pre_sign.to(dtype)[st.col_t]
+    tvals = model.thalamocortical.weight.reshape(-1)[st.th_flat]
+    alpha, rho = decay_factors(model.tau_m, model.tau_adp)
+    ro1, ro2 = model.readout[0], model.readout[1]
+    inputs = (vals, tvals, alpha, rho, ro1.weight, ro1.bias, ro2.weight, ro2.bias,
+              thal_spikes.to(dtype), state.mem.to(dtype), state.spk.to(dtype))
+    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    opts = (record_spikes, record_mem, need_grad, float(cfg.init_b), float(cfg.beta))
+    if need_grad:
+        out, spikes, mem = _CortexFunction.apply(st, opts, *inputs)
+    else:
+        with torch.no_grad():
+            out, spikes, mem = _CortexFunction.forward(_NoCtx(), st, opts,
+                                                       *(t.detach() for t in inputs))
+    return out, (spikes if record_spikes else None), (mem if record_mem else None)
+
+
+class _NoCtx:
+    """Stand-in context for the inference path (no autograd graph)."""
+
+    def mark_non_differentiable(self, *args):
+        pass
+
+
+def _run_torch(model, thal_spikes, state, record_spikes=False, record_mem=False):
+    """Torch-ops engine (any device, e.g. CUDA): per-step autograd, one dense matmul per
+    population for this step's presynaptic spikes, the previous step's contributions of all
+    populations in one matmul, thalamic input and readout for all steps at once."""
+    cfg = model.config
+    off = model.population_offsets
+    w = model.signed_recurrent_weight()
+    pop = torch.repeat_interleave(torch.arange(len(off) - 1, device=w.device),
+                                  torch.as_tensor(np.diff(off), device=w.device))
+    prev_mask = (pop[None, :] >= pop[:, None]).to(w.dtype)           # source pop >= target pop
+    w_prev_t = (w * prev_mask).t()
+    w_t = w.t()
+    alpha, rho = decay_factors(model.tau_m, model.tau_adp)
+    thal_current = thal_spikes @ model.thalamocortical.effective_weight().t()   # (T, B, N)
+    spk, mem = state.spk, state.mem
+    b = torch.full_like(mem, cfg.init_b)
+    spikes, mems = [], []
+    for t in range(thal_spikes.shape[0]):
+        base = thal_current[t] + spk @ w_prev_t
+        new_spk, new_mem, new_b = [], [], []
+        for i in range(len(off) - 1):
+            lo, hi = off[i], off[i + 1]
+            cur = base[:, lo:hi]
+            if i > 0:
+                cur = cur + torch.cat(new_spk, dim=1) @ w_t[:lo, lo:hi]
+            sp_prev = spk[:, lo:hi]
+            bi = rho[lo:hi] * b[:, lo:hi] + (1 - rho[lo:hi]) * sp_prev
+            thr = cfg.init_b + cfg.beta * bi
+            m = mem[:, lo:hi] * alpha[lo:hi] + (1 - alpha[lo:hi]) * cur - thr * sp_prev
+            new_spk.append(spike_fn(m - thr))
+            new_mem.append(m)
+            new_b.append(bi)
+        spk, mem, b = torch.cat(new_spk, 1), torch.cat(new_mem, 1), torch.cat(new_b, 1)
+        spikes.append(spk)
+        if record_mem:
+            mems.append(mem)
+    all_spk = torch.stack(spikes)
+    if thal_spikes.shape[0] > 1:
+        out = model.readout_sum(all_spk[1:])
+    else:
+        out = torch.zeros(spk.shape[0], cfg.n_classes, dtype=spk.dtype, device=spk.device)
+    return (out, all_spk if record_spikes else None,
+            torch.stack(mems) if record_mem else None)
