@@ -14,20 +14,16 @@ Outputs in ``--out``: ``deprivation.csv`` (n_removed, trial, whiskers, accuracy)
 """
 from __future__ import annotations
 
-import copy
 import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common import atomic_path, atomic_write_json, atomic_write_text, select_device
 from training import _flag, evaluate, load_checkpoint
-
-N_WHISKERS = 31
-
+from whisker_dataset import N_WHISKERS
 
 @dataclass
 class DeprivationConfig:
@@ -55,45 +51,6 @@ def whisker_sets(trials: int, seed: int, max_removed: int = 8) -> list[tuple[int
         for _ in range(trials):
             sets.append(tuple(sorted(int(w) for w in rng.choice(N_WHISKERS, k, replace=False))))
     return sets
-
-
-def _floor_probabilities() -> torch.Tensor:
-    """Spike probability of an untouched node for (force, torque), shape (2,)."""
-    from whisker_dataset import spike_probabilities
-
-    zero = np.zeros((1, 1, 1, 1, 1, 3), np.float32)
-    pf, pt = spike_probabilities(zero, zero)
-    return torch.tensor([float(pf.ravel()[0]), float(pt.ravel()[0])], dtype=torch.float32)
-
-
-def deprived_view(dataset, whiskers) -> object:
-    """A shallow copy of an intact test dataset with ``whiskers`` removed.
-
-    Equals building the dataset with ``deprived_whiskers=whiskers`` (checked in the tests)
-    without reading the file again: spiking probabilities of the whisker's 3 nodes are set to
-    the floor value, real-valued features of the whisker to 0.
-    """
-    whiskers = sorted(set(int(w) for w in whiskers))
-    if not whiskers:
-        return dataset
-    view = copy.copy(dataset)
-    if hasattr(dataset, "probs"):                      # spiking: (N, 2, 12, 110, 93)
-        cols = torch.tensor([3 * w + j for w in whiskers for j in range(3)])
-        probs = dataset.probs.clone()
-        floor = _floor_probabilities()
-        for c in range(2):
-            probs[:, c, ..., cols] = floor[c]
-        view.probs = probs
-        view.deprived_whiskers = tuple(whiskers)
-    elif hasattr(dataset, "samples"):                  # real-valued: (N, 1, 12, T, 558)
-        cols = torch.tensor([18 * w + j for w in whiskers for j in range(18)])
-        samples = dataset.samples.clone()
-        samples[..., cols] = 0.0
-        view.samples = samples
-        view.deprived_whiskers = tuple(whiskers)
-    else:
-        raise TypeError(f"cannot deprive a {type(dataset).__name__}")
-    return view
 
 
 def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
@@ -133,7 +90,7 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
         from tqdm import tqdm
         iterator = tqdm(sets, desc="deprivation", leave=False, dynamic_ncols=True)
     for ws in iterator:
-        res = evaluate(model, deprived_view(base, ws), indices, cfg.batch_size, device)
+        res = evaluate(model, base.deprived(ws), indices, cfg.batch_size, device)
         k = len(ws)
         per_k[k] = per_k.get(k, 0) + 1
         rows.append({"n_removed": k, "trial": per_k[k] - 1,

@@ -286,17 +286,6 @@ def dataset_labels(dataset) -> np.ndarray:
     return np.asarray(labels.cpu() if torch.is_tensor(labels) else labels).astype(np.int64)
 
 
-def _engine_of(model, engine: Optional[str]) -> str:
-    engine = engine or model.config.engine
-    if engine == "fast":
-        try:
-            import engine_fast  # noqa: F401
-        except ImportError:
-            warnings.warn("engine_fast is not available: using the reference engine")
-            return "reference"
-    return engine
-
-
 @torch.no_grad()
 def record_spikes(model, dataset, batch_size: int = 16, device="cpu",
                   max_samples: Optional[int] = None, indices=None, keep_trains: bool = False,
@@ -312,7 +301,7 @@ def record_spikes(model, dataset, batch_size: int = 16, device="cpu",
     labels_all = dataset_labels(dataset)
     idx = (np.asarray(indices, dtype=np.int64) if indices is not None
            else balanced_indices(labels_all, max_samples))
-    engine = _engine_of(model, engine)
+    engine = engine or model.config.engine
     dtype = model.tau_m.dtype
     counts, trains = [], []
     batches = [idx[i:i + batch_size] for i in range(0, len(idx), max(1, batch_size))]
@@ -786,7 +775,7 @@ def cv_point(config: dict, x: torch.Tensor, init_w: float, init_b: float,
         torch.set_num_threads(threads)
     cfg = dict(config, init_w=float(init_w), init_b=float(init_b))
     model = build_model(ModelConfig(**cfg)).eval()
-    engine = _engine_of(model, engine)
+    engine = engine or model.config.engine
     parts = []
     for i in range(0, x.shape[0], batch_size):
         out = model(x[i:i + batch_size].to(model.tau_m.dtype), record_spikes=True, engine=engine)

@@ -34,6 +34,7 @@ whisker).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Iterable
 
@@ -224,6 +225,25 @@ class SpikingWhiskerDataset(torch.utils.data.Dataset):
                 self.probs[start:start + m, 1] = torch.from_numpy(pt.reshape(m, N_SWEEPS, N_STEPS, -1))
             self.labels = torch.from_numpy(wf.labels.copy())
 
+    def deprived(self, whiskers) -> "SpikingWhiskerDataset":
+        """A copy with ``whiskers`` also silenced, without reading the file again.
+
+        Equals a dataset built with those ``deprived_whiskers``: the whiskers' probabilities
+        become the floor value of an untouched node, and the spikes of the other whiskers
+        stay the same (the uniforms depend only on seed, epoch and index).
+        """
+        idx = _parse_deprived(whiskers)
+        view = copy.copy(self)
+        view.deprived_whiskers = tuple(sorted(set(self.deprived_whiskers) | set(idx.tolist())))
+        if idx.size:
+            zero = np.zeros((1, 3), np.float32)
+            floor = (float(_prob(zero, FORCE_OFFSET)[0]), float(_prob(zero, TORQUE_OFFSET)[0]))
+            nodes = torch.as_tensor((idx[:, None] * N_NODES + np.arange(N_NODES)).ravel())
+            view.probs = self.probs.clone()
+            for channel in range(2):
+                view.probs[:, channel, ..., nodes] = floor[channel]
+        return view
+
     @property
     def spiking_shape(self) -> tuple[int, ...]:
         return (len(self), 2, N_SWEEPS, N_SPIKE_STEPS, N_WHISKERS, N_NODES)
@@ -270,6 +290,22 @@ class RealValuedWhiskerDataset(torch.utils.data.Dataset):
                 self.samples[start:start + len(f)] = torch.from_numpy(
                     np.ascontiguousarray(rv).reshape(len(f), 1, N_SWEEPS, self.n_steps, -1))
             self.labels = torch.from_numpy(wf.labels.copy())
+
+    def deprived(self, whiskers) -> "RealValuedWhiskerDataset":
+        """A copy with ``whiskers`` also silenced (their features 0), without reading the file.
+
+        Equals a dataset built with those ``deprived_whiskers``: a whisker with zero force and
+        torque normalises to zero, and the other whiskers' features do not change.
+        """
+        idx = _parse_deprived(whiskers)
+        view = copy.copy(self)
+        view.deprived_whiskers = tuple(sorted(set(self.deprived_whiskers) | set(idx.tolist())))
+        if idx.size:
+            features = N_NODES * 6
+            cols = torch.as_tensor((idx[:, None] * features + np.arange(features)).ravel())
+            view.samples = self.samples.clone()
+            view.samples[..., cols] = 0.0
+        return view
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

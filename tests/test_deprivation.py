@@ -12,22 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from deprivation import DeprivationConfig, deprived_view, run_deprivation, whisker_sets
+from deprivation import DeprivationConfig, run_deprivation, whisker_sets
 from training import CheckpointError, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "RSNN_bfd_whisker_deprivation.py"
 
 
-def default_engine() -> str:
-    try:
-        import engine_fast  # noqa: F401
-        return "fast"
-    except Exception:
-        return "reference"
-
-
-ENGINE = default_engine()
+ENGINE = "fast"
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +74,19 @@ def test_whisker_sets_draw_from_all_31_whiskers():
     assert drawn == set(range(31))   # the original code never removed whisker 30
 
 
-def test_deprived_view_equals_deprived_dataset(data_dir):
+def test_deprived_copy_equals_deprived_dataset(data_dir):
     from whisker_dataset import RealValuedWhiskerDataset, SpikingWhiskerDataset
     removed = (0, 7, 30)
     base = SpikingWhiskerDataset(data_dir / "snn_test3.h5", seed=3, n_steps=40)
     ref = SpikingWhiskerDataset(data_dir / "snn_test3.h5", seed=3, n_steps=40,
                                 deprived_whiskers=removed)
-    view = deprived_view(base, removed)
+    view = base.deprived(removed)
     for i in range(len(base)):
         assert torch.equal(view[i][0], ref[i][0])
     assert torch.equal(base.probs, SpikingWhiskerDataset(data_dir / "snn_test3.h5").probs)
     rbase = RealValuedWhiskerDataset(data_dir / "snn_test3.h5", n_steps=20)
     rref = RealValuedWhiskerDataset(data_dir / "snn_test3.h5", n_steps=20, deprived_whiskers=removed)
-    assert torch.equal(deprived_view(rbase, removed).samples, rref.samples)
+    assert torch.equal(rbase.deprived(removed).samples, rref.samples)
 
 
 # ------------------------------------------------------------------------------- outputs

@@ -20,23 +20,12 @@ def assert_rel(actual, expected, rtol, what):
     assert err <= rtol, f"{what}: max relative error {err:.3e} > {rtol:.0e}"
 
 
-def engine_available(engine):
-    if engine == "fast":
-        try:
-            import engine_fast  # noqa: F401
-        except ImportError:
-            return False
-    return True
-
-
 @pytest.mark.golden
 @pytest.mark.parametrize("engine", ["reference", "fast"])
 @pytest.mark.parametrize("path", golden_cases("*_forward.npz"))
 def test_golden_forward_backward(path, engine):
     """Spikes bit for bit, output and loss to 1e-9, gradients to 1e-6 (float64)."""
     require_golden_file(path)
-    if not engine_available(engine):
-        pytest.skip(f"{engine} engine not built")
     case = np.load(path)
     model, x, labels, state = model_from_case(case, engine=engine)
     result = model(x, state=state, record_spikes=True)

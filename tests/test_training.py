@@ -22,16 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 T = 8
 
 
-def default_engine() -> str:
-    """The fast engine when it is importable, else the reference engine."""
-    try:
-        import engine_fast  # noqa: F401
-        return "fast"
-    except Exception:
-        return "reference"
-
-
-ENGINE = default_engine()
+ENGINE = "fast"
 
 
 def env1():

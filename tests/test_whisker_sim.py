@@ -1,6 +1,5 @@
 """Whisker simulator tests: geometry, determinism, layout, round trip, learnability, contact spread."""
 import hashlib
-import os
 from concurrent.futures import ProcessPoolExecutor
 
 import h5py
