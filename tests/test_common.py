@@ -1,0 +1,39 @@
+"""Device choice and atomic writes."""
+import os
+
+import pytest
+import torch
+
+from common import atomic_path, atomic_write_json, make_generator, select_device
+
+
+def test_select_device():
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        select_device("tpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            select_device("cuda")
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
+    path = tmp_path / "results.json"
+    atomic_write_json({"accuracy": 0.5}, path)
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half-writ")
+            raise RuntimeError("killed half-way")
+    assert path.read_text().strip().startswith("{") and "0.5" in path.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]   # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
+
+
+def test_make_generator_is_independent_of_the_global_rng():
+    torch.manual_seed(0)
+    a = torch.rand(3, generator=make_generator(5))
+    torch.manual_seed(1)
+    b = torch.rand(3, generator=make_generator(5))
+    assert torch.equal(a, b)
