@@ -871,8 +871,7 @@ class AnalysisConfig:
                           default="data")
     analysis: str = _meta("which analysis", default="all", choices=("all",) + ANALYSES)
     device: str = _meta("auto, cpu, cuda or cuda:N", default="auto")
-    engine: Optional[str] = _meta("engine for the forward passes (default: the checkpoint's; "
-                                  "fast falls back to reference if absent)",
+    engine: Optional[str] = _meta("engine for the forward passes (default: the checkpoint's)",
                                   choices=("fast", "reference"))
     batch_size: int = _meta("samples per forward pass", default=16)
     max_samples: Optional[int] = _meta("ANOVA: at most this many samples, class-balanced "
