@@ -18,7 +18,12 @@ Same semantics as ``engine_reference.run_cortex`` (the specification), much fast
 * Saved for the backward: spikes (uint8) and input currents for all steps, plus the
   membrane / adaptation state every ``CHUNK`` steps; membrane and adaptation inside a chunk
   are recomputed (bit-identically) in the backward.
-* The readout is time-parallel (BLAS over chunks of steps) and part of the Function.
+* The readout is part of the Function. It has no nonlinearity between its two layers, so
+  logits = M x + c with M = w2 w1 (3 x 3606) and c = w2 b1 + b2: the forward kernel adds the
+  rows of M^T of the readout neurons that spiked (event-driven, spikes are binary for
+  t >= 1); the backward kernel gives the spike gradient M^T dL/dlogits and accumulates
+  G = sum_t,b dL/dlogits x^T event-driven, from which gw1 = w2^T G, gw2 = G w1^T + gb2 b1^T,
+  gb1 = w2^T gb2. No (T, 128, B) hidden layer is formed or stored.
 * Inference (no grad): the forward runs in chunks of steps and keeps nothing per step
   except what the caller asks to record.
 * Other devices (CUDA): ``_run_torch``, a torch-ops engine (dense matmuls over whole
@@ -43,11 +48,19 @@ CHUNK = int(os.environ.get("ENGINE_FAST_CHUNK", 32))   # steps per chunk (checkp
 # ---------------------------------------------------------------------------- numba kernels
 @njit(parallel=True, cache=True)
 def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha, oma, rho,
-               omr, consts, v, bb, sp, i_out, s_out, m_out, save_i, save_m, nblocks):
-    """Advance the state (v, bb, sp: (N, B), updated in place) over ``thal.shape[0]`` steps."""
+               omr, consts, ro_pos, m_ro_t, c_ro, v, bb, sp, i_out, s_out, m_out, logits,
+               save_i, save_m, nblocks):
+    """Advance the state (v, bb, sp: (N, B), updated in place) over ``thal.shape[0]`` steps.
+
+    Also computes the readout logits (k, B, n_classes) event-driven: ``c_ro`` plus the rows
+    of ``m_ro_t`` of the readout neurons (``ro_pos[u] >= 0``) that spiked this step. Spikes
+    made here are binary, so only the value 1 ever enters the readout (the non-binary
+    initial state is the previous step of step 0 and is never read out).
+    """
     n_steps, n_thal = thal.shape[0], thal.shape[1]
     n, batch = v.shape
     npop = off.shape[0] - 1
+    ncls = c_ro.shape[0]
     b0, beta = consts[0], consts[1]
     for blk in prange(nblocks):
         lo = blk * batch // nblocks
@@ -58,6 +71,9 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
         xs = np.empty(nbl, dtype=v.dtype)
         for tt in range(n_steps):
             acc[:] = 0
+            for j in range(nbl):
+                for m in range(ncls):
+                    logits[tt, lo + j, m] = c_ro[m]
             # thalamic input of this step
             for k in range(n_thal):
                 cnt = 0
@@ -125,10 +141,16 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
                             w = cval[e]
                             for q in range(cnt):
                                 acc[r, lanes[q]] += w
+                        pos = ro_pos[p]
+                        if pos >= 0:
+                            for q in range(cnt):
+                                lg = logits[tt, lo + lanes[q]]
+                                for m in range(ncls):
+                                    lg[m] += m_ro_t[pos, m]
 
 
 @njit(parallel=True, cache=True)
-def _bwd_chunk(i_c, s_c, s_prev0, thal_c, vck, bck, gro_c,
+def _bwd_chunk(i_c, s_c, s_prev0, thal_c, vck, bck, ro_pos, m_ro_t, gl_c, g_ro,
                rowptr, col, val, rsplit, colptr, crow, csplit, tcolptr, trow, tval,
                off, alpha, oma, rho, omr, consts,
                gs_carry, gv_carry, gb_carry, gw, gwth, galpha, grho, gthal_c, nblocks):
@@ -137,7 +159,11 @@ def _bwd_chunk(i_c, s_c, s_prev0, thal_c, vck, bck, gro_c,
     gs_carry / gv_carry / gb_carry (N, B): on entry dL/ds, alpha*dL/dv, rho*dL/db flowing into
     the chunk's last step from later steps; on exit the same for the step before the chunk.
     gw (blocks, nnz) CSC order, gwth (blocks, tnnz) CSC order, galpha / grho (blocks, N).
+    Readout: gl_c (k, B, n_classes) = dL/dlogits; the readout gradient reaching the spike of
+    readout neuron u (``ro_pos[u] >= 0``) is ``m_ro_t[pos] . gl``; g_ro (blocks, 3606,
+    n_classes) accumulates sum_{t,b} x gl^T event-driven over the readout spikes.
     """
+    ncls = gl_c.shape[2]
     n_steps, n, batch = i_c.shape
     n_thal = thal_c.shape[1]
     npop = off.shape[0] - 1
@@ -187,6 +213,7 @@ def _bwd_chunk(i_c, s_c, s_prev0, thal_c, vck, bck, gro_c,
         accl = np.empty(nbl, dtype=i_c.dtype)
         lanes = np.empty(nbl, dtype=np.int64)
         xs = np.empty(nbl, dtype=i_c.dtype)
+        gro_r = np.zeros(nbl, dtype=i_c.dtype)
         for tt in range(n_steps - 1, -1, -1):
             gsp[:] = 0
             for i in range(npop - 1, -1, -1):
@@ -203,7 +230,17 @@ def _bwd_chunk(i_c, s_c, s_prev0, thal_c, vck, bck, gro_c,
                             sprev_l[j] = s_pu[j] * one
                             vprev_l[j] = v_pr[j]
                             bprev_l[j] = b_pr[j]
-                    gs_r, gro_r, gv_r, gb_r = gsc[u], gro_c[tt, u, lo:hi], gvc[u], gbc[u]
+                    pos = ro_pos[u]
+                    if pos >= 0:
+                        for j in range(nbl):
+                            g = 0.0
+                            for m in range(ncls):
+                                g += m_ro_t[pos, m] * gl_c[tt, lo + j, m]
+                            gro_r[j] = g
+                    else:
+                        for j in range(nbl):
+                            gro_r[j] = 0
+                    gs_r, gv_r, gb_r = gsc[u], gvc[u], gbc[u]
                     vb, bbr, i_r, gi_r, gsp_r = vbuf[tt, u], bbuf[tt, u], i_c[tt, u, lo:hi], gi[u], gsp[u]
                     ga = 0.0
                     gr = 0.0
@@ -252,6 +289,11 @@ def _bwd_chunk(i_c, s_c, s_prev0, thal_c, vck, bck, gro_c,
                         for q in range(cnt):
                             acc += gi[r, lanes[q]]
                         gw[blk, e] += acc
+                    pos = ro_pos[p]
+                    if pos >= 0:
+                        for q in range(cnt):
+                            for m in range(ncls):
+                                g_ro[blk, pos, m] += gl_c[tt, lo + lanes[q], m]
                 cnt = 0
                 for j in range(nbl):
                     if tt > 0:
@@ -336,6 +378,9 @@ class _Structure:
         self.trow = trows.astype(np.int32)
         self.tcolptr = np.concatenate([[0], np.cumsum(np.bincount(tcols, minlength=n_thal))]).astype(np.int64)
         self.readout_index = model.readout_index.detach().cpu().long()
+        # position of each neuron in the readout vector, -1 for neurons not read out
+        self.ro_pos = np.full(n, -1, dtype=np.int64)
+        self.ro_pos[self.readout_index.numpy()] = np.arange(len(self.readout_index))
 
 
 def _structure(model) -> _Structure:
@@ -382,11 +427,14 @@ class _CortexFunction(torch.autograd.Function):
         nck = (T + K - 1) // K
         vck = torch.empty((nck, n, B) if need_grad else (1, 1, 1), dtype=dtype)
         bck = torch.empty_like(vck)
-        h_all = torch.empty((T, w1.shape[0], B) if need_grad else (1, 1, 1), dtype=dtype)
-        p_all = torch.empty((T, w2.shape[0], B) if need_grad else (1, 1, 1), dtype=dtype)
-        out = torch.zeros(w2.shape[0], B, dtype=dtype)
-        ro = st.readout_index
+        n_cls = w2.shape[0]
+        logits = torch.empty((T, B, n_cls), dtype=dtype)
+        # the readout has no nonlinearity between its two layers: logits = M x + c with
+        # M = w2 w1 (3 x 3606), c = w2 b1 + b2; computed event-driven in the kernel
+        m_ro_t = torch.matmul(w2.detach(), w1.detach()).t().contiguous()   # (3606, 3)
+        c_ro = (torch.matmul(w2.detach(), b1.detach()) + b2.detach()).contiguous()
         a_np, oma_np, r_np, omr_np = (x.detach().contiguous().numpy() for x in (alpha, oma, rho, omr))
+        tv_np, cv_np = tvals.detach().numpy(), cval.numpy()
         for c in range(nck):
             t0, t1 = c * K, min(T, (c + 1) * K)
             if need_grad:
@@ -395,52 +443,46 @@ class _CortexFunction(torch.autograd.Function):
             s_c = s_all[t0:t1] if keep_s else s_all[:t1 - t0]
             i_c = i_all[t0:t1] if need_grad else i_all
             m_c = m_all[t0:t1] if record_mem else m_all
-            _fwd_chunk(thal_t[t0:t1].numpy(), st.tcolptr, st.trow, tvals.detach().numpy(),
-                       st.colptr, st.crow, cval.numpy(), st.csplit, st.off, a_np, oma_np, r_np,
-                       omr_np, consts.numpy(), v.numpy(), bb.numpy(), sp.numpy(), i_c.numpy(),
-                       s_c.numpy(), m_c.numpy(), need_grad, record_mem, nblk)
-            r0 = max(t0, 1)
-            if r0 < t1:           # readout for t >= 1, time-parallel over the chunk
-                x = s_c[r0 - t0:].index_select(1, ro).to(dtype)          # (k, 3606, B)
-                h = torch.matmul(w1, x) + b1[:, None]
-                p = torch.softmax(torch.matmul(w2, h) + b2[:, None], dim=1)
-                out += p.sum(0)
-                if need_grad:
-                    h_all[r0:t1] = h
-                    p_all[r0:t1] = p
+            _fwd_chunk(thal_t[t0:t1].numpy(), st.tcolptr, st.trow, tv_np, st.colptr, st.crow,
+                       cv_np, st.csplit, st.off, a_np, oma_np, r_np, omr_np, consts.numpy(),
+                       st.ro_pos, m_ro_t.numpy(), c_ro.numpy(), v.numpy(), bb.numpy(),
+                       sp.numpy(), i_c.numpy(), s_c.numpy(), m_c.numpy(), logits[t0:t1].numpy(),
+                       need_grad, record_mem, nblk)
+        # readout for t >= 1
+        if T > 1:
+            p_all = torch.softmax(logits[1:], dim=2)                  # (T-1, B, 3)
+            out = p_all.sum(0)
+        else:
+            p_all = torch.empty((0, B, n_cls), dtype=dtype)
+            out = torch.zeros(B, n_cls, dtype=dtype)
         if need_grad:
             ctx.st, ctx.T, ctx.B, ctx.b0, ctx.beta = st, T, B, b0, beta
-            ctx.save_for_backward(vals, tvals, alpha, rho, w1, w2, thal_t, s0, s_all, i_all,
-                                  vck, bck, h_all, p_all)
+            ctx.save_for_backward(vals, tvals, alpha, rho, w1, b1, w2, thal_t, s0, s_all, i_all,
+                                  vck, bck, p_all)
         spikes = s_all.permute(0, 2, 1).to(dtype, memory_format=torch.contiguous_format) if record_spikes else torch.empty(0, dtype=dtype)
         mem = m_all.permute(0, 2, 1).contiguous() if record_mem else torch.empty(0, dtype=dtype)
         ctx.mark_non_differentiable(spikes, mem)
-        return out.t().contiguous(), spikes, mem
+        return out, spikes, mem
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gout, _gs, _gm):
-        (vals, tvals, alpha, rho, w1, w2, thal_t, s0, s_all, i_all, vck, bck, h_all,
+        (vals, tvals, alpha, rho, w1, b1, w2, thal_t, s0, s_all, i_all, vck, bck,
          p_all) = (t.detach() for t in ctx.saved_tensors)
         st, T, B = ctx.st, ctx.T, ctx.B
         dtype, n, K = vals.dtype, st.n, CHUNK
         nblk = _nblocks(B)
         ro = st.readout_index
-        # readout backward (time-parallel)
-        gw1 = torch.zeros_like(w1)
-        gb1 = torch.zeros(w1.shape[0], dtype=dtype)
-        gw2 = torch.zeros_like(w2)
-        gb2 = torch.zeros(w2.shape[0], dtype=dtype)
-        gp = gout.t().to(dtype)                                         # (3, B)
-        g_h = None
+        # readout backward. With gl = dL/dlogits, x the readout spikes, h = w1 x + b1:
+        #   dL/dx = M^T gl (M = w2 w1),  gw1 = w2^T G,  gw2 = G w1^T + gb2 b1^T,
+        #   gb1 = w2^T gb2,  where G = sum_{t,b} gl x^T (3 x 3606) and gb2 = sum gl.
+        gp = gout.to(dtype)                                             # (B, 3)
+        gl_all = torch.zeros((T, B, w2.shape[0]), dtype=dtype)
         if T > 1:
-            p = p_all[1:]
-            gl = p * (gp - (p * gp).sum(1, keepdim=True))               # (T-1, 3, B)
-            gw2 = torch.einsum("tcb,thb->ch", gl, h_all[1:])
-            gb2 = gl.sum((0, 2))
-            g_h = torch.zeros((T, w1.shape[0], B), dtype=dtype)
-            g_h[1:] = torch.matmul(w2.t(), gl)
-            gb1 = g_h.sum((0, 2))
+            p = p_all
+            gl_all[1:] = p * (gp - (p * gp).sum(2, keepdim=True))      # (T-1, B, 3)
+        m_ro_t = torch.matmul(w2, w1).t().contiguous()                 # (3606, 3)
+        g_ro = torch.zeros((nblk, len(ro), w2.shape[0]), dtype=dtype)  # G^T per block
         oma, omr = 1 - alpha, 1 - rho
         a_np, oma_np, r_np, omr_np = (x.contiguous().numpy() for x in (alpha, oma, rho, omr))
         sig = SURROGATE_SIGMA
@@ -455,24 +497,23 @@ class _CortexFunction(torch.autograd.Function):
         grho = torch.zeros((nblk, n), dtype=dtype)
         gthal = torch.empty_like(thal_t)
         s0_t = _fresh(s0.t())
-        gro = torch.zeros((min(K, T), n, B), dtype=dtype)
         nck = (T + K - 1) // K
         for c in range(nck - 1, -1, -1):
             t0, t1 = c * K, min(T, (c + 1) * K)
-            gro_c = gro[:t1 - t0]
-            if g_h is not None:
-                x = s_all[t0:t1].index_select(1, ro).to(dtype)           # (k, 3606, B)
-                gh = g_h[t0:t1]
-                gw1 += torch.einsum("thb,tnb->hn", gh, x)
-                gro_c.index_copy_(1, ro, torch.matmul(w1.t(), gh))
             s_prev0 = s0_t if t0 == 0 else s_all[t0 - 1].to(dtype)
             _bwd_chunk(i_all[t0:t1].numpy(), s_all[t0:t1].numpy(), s_prev0.numpy(),
-                       thal_t[t0:t1].numpy(), vck[c].numpy(), bck[c].numpy(), gro_c.numpy(),
+                       thal_t[t0:t1].numpy(), vck[c].numpy(), bck[c].numpy(), st.ro_pos,
+                       m_ro_t.numpy(), gl_all[t0:t1].numpy(), g_ro.numpy(),
                        st.rowptr, st.col, vals.numpy(), st.rsplit, st.colptr, st.crow,
                        st.csplit, st.tcolptr, st.trow, tvals.numpy(), st.off, a_np, oma_np,
                        r_np, omr_np, consts.numpy(), gs_c.numpy(), gv_c.numpy(), gb_c.numpy(),
                        gw.numpy(), gwth.numpy(), galpha.numpy(), grho.numpy(),
                        gthal[t0:t1].numpy(), nblk)
+        g_ro = g_ro.sum(0).t()                                          # (3, 3606)
+        gb2 = gl_all.sum((0, 1))
+        gw1 = torch.matmul(w2.t(), g_ro)
+        gb1 = torch.matmul(w2.t(), gb2)
+        gw2 = torch.matmul(g_ro, w1.t()) + gb2[:, None] * b1[None, :]
         gvals = torch.empty(st.nnz, dtype=dtype)
         gvals[st.cperm] = gw.sum(0)
         return (None, None, gvals, gwth.sum(0), galpha.sum(0), grho.sum(0), gw1, gb1, gw2, gb2,

@@ -70,6 +70,35 @@ def test_chunk_boundaries_and_state_gradients(model64, monkeypatch, chunk):
     _assert_same(model64, x, state, labels)
 
 
+def test_readout_positions(model64):
+    """The forward / backward kernels find readout neurons through ``ro_pos``."""
+    st = engine_fast._structure(model64)
+    ro = model64.readout_index.numpy()
+    assert (st.ro_pos[ro] == np.arange(len(ro))).all()
+    others = np.ones(model64.n_neurons, dtype=bool)
+    others[ro] = False
+    assert (st.ro_pos[others] == -1).all()
+
+
+@pytest.mark.parametrize("steps,chunk", [(2, 1), (5, 2)])
+def test_event_driven_readout_with_strong_readout(model64, monkeypatch, steps, chunk):
+    """Event-driven readout (logits = w2 w1 x + w2 b1 + b2) and its gradients (w1, b1, w2,
+    b2, spikes) with a sharp softmax; the first readout step (t = 1) at a chunk start and
+    inside a chunk. The non-binary initial "spikes" (t = -1) never enter the readout."""
+    import copy
+    monkeypatch.setattr(engine_fast, "CHUNK", chunk)
+    model = copy.deepcopy(model64)
+    with torch.no_grad():
+        for layer in model.readout:
+            layer.weight.mul_(8.0)
+            layer.bias.add_(torch.linspace(-1.0, 1.0, layer.bias.numel(), dtype=torch.float64))
+    x, state, labels = _inputs(model, 3, steps=steps, seed=20 + steps, grad_state=True)
+    # initial "spikes" far from binary on the readout neurons
+    with torch.no_grad():
+        state.spk[:, model.readout_index] *= 0.37
+    _assert_same(model, x, state, labels)
+
+
 def test_single_step(model64):
     """T = 1: no readout step, the output is zero (and differentiable in the fast engine)."""
     x, state, _ = _inputs(model64, 2, steps=1, seed=5)
