@@ -46,6 +46,20 @@ CHUNK = int(os.environ.get("ENGINE_FAST_CHUNK", 32))   # steps per chunk (checkp
 
 
 # ---------------------------------------------------------------------------- numba kernels
+@njit(inline="always")
+def _active_lanes(row, lanes, xs):
+    """Collect the batch lanes where ``row`` (one neuron's values over a batch block) is
+    nonzero: their positions into ``lanes`` and values into ``xs``; returns their count."""
+    cnt = 0
+    for j in range(row.shape[0]):
+        x = row[j]
+        if x != 0:
+            lanes[cnt] = j
+            xs[cnt] = x
+            cnt += 1
+    return cnt
+
+
 @njit(parallel=True, cache=True)
 def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha, oma, rho,
                omr, consts, ro_pos, m_ro_t, c_ro, v, bb, sp, i_out, s_out, m_out, logits,
@@ -76,13 +90,7 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
                     logits[tt, lo + j, m] = c_ro[m]
             # thalamic input of this step
             for k in range(n_thal):
-                cnt = 0
-                for j in range(nbl):
-                    x = thal[tt, k, lo + j]
-                    if x != 0:
-                        lanes[cnt] = j
-                        xs[cnt] = x
-                        cnt += 1
+                cnt = _active_lanes(thal[tt, k, lo:hi], lanes, xs)
                 if cnt > 0:
                     for e in range(tcolptr[k], tcolptr[k + 1]):
                         r = trow[e]
@@ -91,13 +99,7 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
                             acc[r, lanes[q]] += w * xs[q]
             # previous step's spikes -> their own and later populations
             for p in range(n):
-                cnt = 0
-                for j in range(nbl):
-                    x = sp[p, lo + j]
-                    if x != 0:
-                        lanes[cnt] = j
-                        xs[cnt] = x
-                        cnt += 1
+                cnt = _active_lanes(sp[p, lo:hi], lanes, xs)
                 if cnt > 0:
                     for e in range(colptr[p], csplit[p]):
                         r = crow[e]
@@ -294,16 +296,10 @@ def _bwd_chunk(i_c, s_c, s_prev0, thal_c, vck, bck, ro_pos, m_ro_t, gl_c, g_ro,
                         for q in range(cnt):
                             for m in range(ncls):
                                 g_ro[blk, pos, m] += gl_c[tt, lo + lanes[q], m]
-                cnt = 0
-                for j in range(nbl):
-                    if tt > 0:
-                        x = s_c[tt - 1, p, lo + j] * one
-                    else:
-                        x = s_prev0[p, lo + j]
-                    if x != 0:
-                        lanes[cnt] = j
-                        xs[cnt] = x
-                        cnt += 1
+                if tt > 0:
+                    cnt = _active_lanes(s_c[tt - 1, p, lo:hi], lanes, xs)
+                else:
+                    cnt = _active_lanes(s_prev0[p, lo:hi], lanes, xs)
                 if cnt > 0:
                     for e in range(colptr[p], csplit[p]):
                         r = crow[e]
