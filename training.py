@@ -121,22 +121,24 @@ class TrainConfig:
         return self
 
 
+def _default(name: str, default):
+    """A field of :class:`TrainConfig` with another default (same flag help and choices)."""
+    return field(default=default, metadata=TrainConfig.__dataclass_fields__[name].metadata)
+
+
 @dataclass
 class SpikingConfig(TrainConfig):
-    """``RSNN_bfd_SpikingBased.py``: spike-encoded input, T = 550, b0 0.04, init_w 0.06."""
-    encoder: str = _flag("spiking", "input encoding", ("spiking", "realvalued"))
-    out: str = _flag("runs/spiking", "run directory (checkpoints, metrics, plot)")
-    init_b: float = _flag(0.04, "baseline threshold b0")
-    init_w: float = _flag(0.06, "recurrent / thalamic weights start in U[0, init_w]")
+    """``RSNN_bfd_SpikingBased.py``: spike-encoded input, T = 550, b0 0.04, init_w 0.06
+    (the defaults of :class:`TrainConfig`)."""
 
 
 @dataclass
 class RealValuedConfig(TrainConfig):
     """``RSNN_bfd_RealValued.py``: real-valued input, T = 110, b0 0.03, init_w 0.05."""
-    encoder: str = _flag("realvalued", "input encoding", ("spiking", "realvalued"))
-    out: str = _flag("runs/realvalued", "run directory (checkpoints, metrics, plot)")
-    init_b: float = _flag(0.03, "baseline threshold b0")
-    init_w: float = _flag(0.05, "recurrent / thalamic weights start in U[0, init_w]")
+    encoder: str = _default("encoder", "realvalued")
+    out: str = _default("out", "runs/realvalued")
+    init_b: float = _default("init_b", 0.03)
+    init_w: float = _default("init_w", 0.05)
 
 
 def build_parser(config_cls, defaults=None, description: str | None = None,
