@@ -26,8 +26,7 @@ Same semantics as ``engine_reference.run_cortex`` (the specification), much fast
   gb1 = w2^T gb2. No (T, 128, B) hidden layer is formed or stored.
 * Inference (no grad): the forward runs in chunks of steps and keeps nothing per step
   except what the caller asks to record.
-* Other devices (CUDA): ``_run_torch``, a torch-ops engine (dense matmuls over whole
-  population ranges, thalamic input and readout for all steps at once, per-step autograd).
+* Other devices (CUDA): the same algorithm with dense torch ops, in ``engine_torch``.
 
 Internal layout is (T, N, B): batch innermost, so kernels vectorise over the batch.
 """
@@ -40,9 +39,13 @@ import numpy as np
 import torch
 from numba import get_num_threads, njit, prange
 
-from neuron import SURROGATE_SCALE, SURROGATE_SIGMA, decay_factors, spike_fn
+import engine_torch
+from neuron import SURROGATE_SCALE, SURROGATE_SIGMA, decay_factors
 
 CHUNK = int(os.environ.get("ENGINE_FAST_CHUNK", 32))   # steps per chunk (checkpoint interval)
+# "numba" (CPU kernels below) or "torch" (engine_torch, dense torch ops); default: numba on
+# the CPU, torch on every other device (CUDA)
+BACKEND = os.environ.get("ENGINE_FAST_BACKEND") or None
 
 
 # ---------------------------------------------------------------------------- numba kernels
@@ -524,8 +527,15 @@ def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = Fa
     thal_spikes: (T, batch, 200) VPM spikes; state: the model's InitialState.
     Returns ``(output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)``.
     """
-    if thal_spikes.device.type != "cpu":
-        return _run_torch(model, thal_spikes, state, record_spikes, record_mem)
+    backend = BACKEND or ("numba" if thal_spikes.device.type == "cpu" else "torch")
+    if backend not in ("numba", "torch"):
+        raise ValueError(f"ENGINE_FAST_BACKEND must be 'numba' or 'torch', got {backend!r}")
+    if backend == "numba" and thal_spikes.device.type != "cpu":
+        raise ValueError("the numba backend of the fast engine runs on the CPU only; "
+                         "unset ENGINE_FAST_BACKEND to use the torch backend on "
+                         f"{thal_spikes.device}")
+    if backend == "torch":
+        return engine_torch.run_cortex(model, thal_spikes, state, record_spikes, record_mem)
     cfg = model.config
     st = _structure(model)
     dtype = model.tau_m.dtype
@@ -553,48 +563,3 @@ class _NoCtx:
 
     def mark_non_differentiable(self, *args):
         pass
-
-
-def _run_torch(model, thal_spikes, state, record_spikes=False, record_mem=False):
-    """Torch-ops engine (any device, e.g. CUDA): per-step autograd, one dense matmul per
-    population for this step's presynaptic spikes, the previous step's contributions of all
-    populations in one matmul, thalamic input and readout for all steps at once."""
-    cfg = model.config
-    off = model.population_offsets
-    w = model.signed_recurrent_weight()
-    pop = torch.repeat_interleave(torch.arange(len(off) - 1, device=w.device),
-                                  torch.as_tensor(np.diff(off), device=w.device))
-    prev_mask = (pop[None, :] >= pop[:, None]).to(w.dtype)           # source pop >= target pop
-    w_prev_t = (w * prev_mask).t()
-    w_t = w.t()
-    alpha, rho = decay_factors(model.tau_m, model.tau_adp)
-    thal_current = thal_spikes @ model.thalamocortical.effective_weight().t()   # (T, B, N)
-    spk, mem = state.spk, state.mem
-    b = torch.full_like(mem, cfg.init_b)
-    spikes, mems = [], []
-    for t in range(thal_spikes.shape[0]):
-        base = thal_current[t] + spk @ w_prev_t
-        new_spk, new_mem, new_b = [], [], []
-        for i in range(len(off) - 1):
-            lo, hi = off[i], off[i + 1]
-            cur = base[:, lo:hi]
-            if i > 0:
-                cur = cur + torch.cat(new_spk, dim=1) @ w_t[:lo, lo:hi]
-            sp_prev = spk[:, lo:hi]
-            bi = rho[lo:hi] * b[:, lo:hi] + (1 - rho[lo:hi]) * sp_prev
-            thr = cfg.init_b + cfg.beta * bi
-            m = mem[:, lo:hi] * alpha[lo:hi] + (1 - alpha[lo:hi]) * cur - thr * sp_prev
-            new_spk.append(spike_fn(m - thr))
-            new_mem.append(m)
-            new_b.append(bi)
-        spk, mem, b = torch.cat(new_spk, 1), torch.cat(new_mem, 1), torch.cat(new_b, 1)
-        spikes.append(spk)
-        if record_mem:
-            mems.append(mem)
-    all_spk = torch.stack(spikes)
-    if thal_spikes.shape[0] > 1:
-        out = model.readout_sum(all_spk[1:])
-    else:
-        out = torch.zeros(spk.shape[0], cfg.n_classes, dtype=spk.dtype, device=spk.device)
-    return (out, all_spk if record_spikes else None,
-            torch.stack(mems) if record_mem else None)

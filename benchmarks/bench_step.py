@@ -5,8 +5,9 @@
 Runs a warm-up, then reports the median of several repeats of the forward pass (no grad) and
 of forward + backward (loss on the summed output) for each engine, in the same process on
 the same input (spiking encoder, random whisker spikes, the published initial state).
-``--memory`` also measures, in a fresh subprocess, the peak RSS of one full-length training
-step of the fast engine (T = 550, batch 128: forward, backward, Adam step, constraint).
+``--memory`` also measures, in a fresh subprocess, the peak RSS (and on CUDA the peak GPU
+memory) of one full-length training step of the fast engine (T = 550, batch 128: forward,
+backward, Adam step, constraint) on ``--device``.
 The last line printed is one JSON object with the results.
 """
 from __future__ import annotations
@@ -68,30 +69,37 @@ def time_engines(model, x, engines, repeats, backward, device):
     return {e: statistics.median(t) / x.shape[3] * 1e3 for e, t in times.items()}
 
 
-def training_step_memory(batch=128, steps=550, rate=0.05):
+def training_step_memory(batch=128, steps=550, rate=0.05, device="cpu"):
     """One full-length fast-engine training step in this (fresh) process; prints JSON."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(engine="fast"))
+    model = build_model(ModelConfig(engine="fast"), device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     # the dataset's full sample shape: 12 sweeps, of which sweep 0 drives the network
-    x = (torch.rand(batch, 2, 12, steps, 93, generator=g) < rate).float()
-    labels = torch.randint(0, 3, (batch,), generator=g)
+    x = (torch.rand(batch, 2, 12, steps, 93, generator=g) < rate).float().to(device)
+    labels = torch.randint(0, 3, (batch,), generator=g).to(device)
     # warm-up on a short sequence (numba cache load, thread pools), not in the timing
     model(x[:, :, :, :10]).output.sum().backward()
     model.zero_grad(set_to_none=True)
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    sync(device)
     t0 = time.perf_counter()
     out = model(x).output
+    sync(device)
     t1 = time.perf_counter()
     loss = torch.nn.functional.cross_entropy(out / steps, labels)
     opt.zero_grad()
     loss.backward()
     opt.step()
     model.constrain_()
+    sync(device)
     t2 = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB -> GiB
-    print(json.dumps({"peak_rss_gb": peak, "rss_before_step_gb": rss0,
+    gpu = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else None
+    print(json.dumps({"peak_rss_gb": peak, "rss_before_step_gb": rss0, "peak_gpu_gb": gpu,
                       "forward_s": t1 - t0, "train_step_s": t2 - t0}))
 
 
@@ -110,7 +118,7 @@ def main():
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
-        training_step_memory(args.batch, args.steps, args.rate)
+        training_step_memory(args.batch, args.steps, args.rate, args.device)
         return
 
     dtype = getattr(torch, args.dtype)
@@ -129,14 +137,16 @@ def main():
         print(f"{engine:>9}: forward {fwd[engine]:9.2f} ms/step   "
               f"forward+backward {fb[engine]:9.2f} ms/step")
     fast, ref = results["fast"], results.get("reference")
-    peak = epoch_min = None
+    peak = peak_gpu = epoch_min = None
     if args.memory:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child",
-               "--batch", "128", "--steps", "550", "--rate", str(args.rate)]
+               "--batch", "128", "--steps", "550", "--rate", str(args.rate),
+               "--device", args.device]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         mem = json.loads(proc.stdout.strip().splitlines()[-1])
-        peak = mem["peak_rss_gb"]
-        print(f"training step T=550 B=128: peak RSS {peak:.2f} GiB, forward "
+        peak, peak_gpu = mem["peak_rss_gb"], mem["peak_gpu_gb"]
+        gpu_note = f", peak GPU memory {peak_gpu:.2f} GiB" if peak_gpu is not None else ""
+        print(f"training step T=550 B=128: peak RSS {peak:.2f} GiB{gpu_note}, forward "
               f"{mem['forward_s']:.1f} s, forward+backward+step {mem['train_step_s']:.1f} s")
         # one epoch of the paper's spiking training: 218 training samples (batches of 128
         # and 90) and 55 test samples evaluated without grad, all at T = 550; the time per
@@ -153,6 +163,7 @@ def main():
         "reference_forward_ms_per_step": ref[0] if ref else None,
         "fast_forward_ms_per_step": fast[0],
         "peak_rss_gb_T550_B128": peak,
+        "peak_gpu_gb_T550_B128": peak_gpu,
         "extrapolated_100_epochs_min": epoch_min,
         "batch": args.batch,
         "device": args.device,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import engine_fast
 from conftest import ROOT, golden_cases, require_golden_file
 from golden_utils import (encoder_weight_grad, expected_spikes, model_from_case,
                           recurrent_value_grad)
@@ -20,26 +21,37 @@ def assert_rel(actual, expected, rtol, what):
     assert err <= rtol, f"{what}: max relative error {err:.3e} > {rtol:.0e}"
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+
+# (engine, fast-engine backend, device); the torch backend is the one CUDA runs
+ENGINES = [pytest.param("reference", None, "cpu", id="reference"),
+           pytest.param("fast", "numba", "cpu", id="fast"),
+           pytest.param("fast", "torch", "cpu", id="fast-torch"),
+           pytest.param("fast", None, "cuda", id="fast-cuda", marks=needs_cuda),
+           pytest.param("reference", None, "cuda", id="reference-cuda", marks=needs_cuda)]
+
+
 @pytest.mark.golden
-@pytest.mark.parametrize("engine", ["reference", "fast"])
+@pytest.mark.parametrize("engine,backend,device", ENGINES)
 @pytest.mark.parametrize("path", golden_cases("*_forward.npz"))
-def test_golden_forward_backward(path, engine):
+def test_golden_forward_backward(path, engine, backend, device, monkeypatch):
     """Spikes bit for bit, output and loss to 1e-9, gradients to 1e-6 (float64)."""
     require_golden_file(path)
+    monkeypatch.setattr(engine_fast, "BACKEND", backend)
     case = np.load(path)
-    model, x, labels, state = model_from_case(case, engine=engine)
+    model, x, labels, state = model_from_case(case, engine=engine, device=device)
     result = model(x, state=state, record_spikes=True)
     T = x.shape[3]
     loss = torch.nn.functional.cross_entropy(result.output / T, labels)
     loss.backward()
 
-    spikes = result.spikes.detach().numpy()
+    spikes = result.spikes.detach().cpu().numpy()
     assert set(np.unique(spikes)) <= {0.0, 1.0}
     expected = expected_spikes(case)
     mismatch = (spikes.astype(bool) != expected)
     assert not mismatch.any(), (f"{mismatch.sum()} spikes differ, first at step "
                                 f"{np.nonzero(mismatch.any((1, 2)))[0][0]}")
-    assert_rel(result.output.detach().numpy(), case["out"], 1e-9, "out")
+    assert_rel(result.output.detach().cpu().numpy(), case["out"], 1e-9, "out")
     assert_rel(loss.item(), case["loss"], 1e-9, "loss")
     grads = {
         "grad_tau_m": model.tau_m.grad,
@@ -53,7 +65,7 @@ def test_golden_forward_backward(path, engine):
         if key.startswith("grad_"):
             assert key in grads, f"golden case lists {key}, which the test does not check"
     for key, grad in grads.items():
-        assert_rel(grad.numpy() if torch.is_tensor(grad) else grad, case[key], 1e-6, key)
+        assert_rel(grad.cpu().numpy() if torch.is_tensor(grad) else grad, case[key], 1e-6, key)
 
 
 @pytest.fixture(scope="module")
@@ -163,14 +175,3 @@ def test_importing_scripts_has_no_side_effects(script, tmp_path):
             "assert torch.equal(torch.get_rng_state(), s), 'global RNG touched'")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120)
     assert list(tmp_path.iterdir()) == [], "importing the script wrote files"
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
-@pytest.mark.parametrize("path", golden_cases("*_forward.npz"))
-def test_golden_on_cuda(path):
-    require_golden_file(path)
-    case = np.load(path)
-    model, x, labels, state = model_from_case(case, engine="fast", device="cuda")
-    result = model(x, state=state, record_spikes=True)
-    assert not (result.spikes.cpu().numpy().astype(bool) != expected_spikes(case)).any()
-    assert_rel(result.output.detach().cpu().numpy(), case["out"], 1e-9, "out")
