@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
     n, batch = v.shape
     npop = off.shape[0] - 1
     ncls = c_ro.shape[0]
-    b0, beta = consts[0], consts[1]
+    b0, beta, tiny = consts[0], consts[1], consts[2]
     for blk in prange(nblocks):
         lo = blk * batch // nblocks
         hi = (blk + 1) * batch // nblocks
@@ -118,6 +119,7 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
                         cur = acc_r[j]
                         s_prev = sp_r[j]
                         bn = r_ * bb_r[j] + om_r * s_prev
+                        bn = bn if bn >= tiny else 0.0     # flush subnormals (see docstring)
                         thr = b0 + beta * bn
                         vn = v_r[j] * a + om_a * cur - thr * s_prev
                         v_r[j] = vn
@@ -155,190 +157,126 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
 
 
 @njit(parallel=True, cache=True)
-def _bwd_chunk(i_c, s_c, s_prev0, thal_c, vck, bck, ro_pos, m_ro_t, gl_c, g_ro,
-               rowptr, col, val, rsplit, colptr, crow, csplit, tcolptr, trow, tval,
-               off, alpha, oma, rho, omr, consts,
-               gs_carry, gv_carry, gb_carry, gw, gwth, galpha, grho, gthal_c, nblocks):
-    """BPTT over one chunk of steps (reverse time, reverse population order).
+def _recompute_chunk(i_c, s_c, s_prev0, vck, bck, alpha, oma, rho, omr, consts, vbuf, bbuf,
+                     ybuf):
+    """Membrane and adaptation of a chunk's steps from its checkpoint (the forward's ops, so
+    bit-identical), and ``y = -(x^2) / (2 sigma^2)`` with ``x = v - threshold``, the exponent
+    of the surrogate derivative (exponentiated afterwards by torch's vectorised exp).
 
-    gs_carry / gv_carry / gb_carry (N, B): on entry dL/ds, alpha*dL/dv, rho*dL/db flowing into
-    the chunk's last step from later steps; on exit the same for the step before the chunk.
-    gw (blocks, nnz) CSC order, gwth (blocks, tnnz) CSC order, galpha / grho (blocks, N).
-    Readout: gl_c (k, B, n_classes) = dL/dlogits; the readout gradient reaching the spike of
-    readout neuron u (``ro_pos[u] >= 0``) is ``m_ro_t[pos] . gl``; g_ro (blocks, 3606,
-    n_classes) accumulates sum_{t,b} x gl^T event-driven over the readout spikes.
+    (k, N, B) arrays; the recursion is per neuron, so neurons run in parallel.
     """
-    ncls = gl_c.shape[2]
     n_steps, n, batch = i_c.shape
-    n_thal = thal_c.shape[1]
-    npop = off.shape[0] - 1
-    b0, beta = consts[0], consts[1]
-    two_var, norm, scale, one = consts[2], consts[3], consts[4], consts[5]
-    for blk in prange(nblocks):
-        lo = blk * batch // nblocks
-        hi = (blk + 1) * batch // nblocks
-        nbl = hi - lo
-        vbuf = np.empty((n_steps, n, nbl), dtype=i_c.dtype)
-        bbuf = np.empty((n_steps, n, nbl), dtype=i_c.dtype)
-        # recompute membrane and adaptation inside the chunk (same ops as the forward)
+    b0, beta, two_var, one, tiny = consts[0], consts[1], consts[2], consts[5], consts[6]
+    for u in prange(n):
+        a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
         for tt in range(n_steps):
-            for u in range(n):
-                a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
-                i_r, vb, bbr = i_c[tt, u, lo:hi], vbuf[tt, u], bbuf[tt, u]
+            i_r, vb, bbr, yb = i_c[tt, u], vbuf[tt, u], bbuf[tt, u], ybuf[tt, u]
+            for j in range(batch):
                 if tt == 0:
-                    s_pr, v_pr, b_pr = s_prev0[u, lo:hi], vck[u, lo:hi], bck[u, lo:hi]
-                    for j in range(nbl):
-                        s_prev = s_pr[j]
-                        bn = r_ * b_pr[j] + om_r * s_prev
-                        thr = b0 + beta * bn
-                        vb[j] = v_pr[j] * a + om_a * i_r[j] - thr * s_prev
-                        bbr[j] = bn
+                    s_prev, v_prev, b_prev = s_prev0[u, j], vck[u, j], bck[u, j]
                 else:
-                    s_pu, v_pr, b_pr = s_c[tt - 1, u, lo:hi], vbuf[tt - 1, u], bbuf[tt - 1, u]
-                    for j in range(nbl):
-                        s_prev = s_pu[j] * one
-                        bn = r_ * b_pr[j] + om_r * s_prev
-                        thr = b0 + beta * bn
-                        vb[j] = v_pr[j] * a + om_a * i_r[j] - thr * s_prev
-                        bbr[j] = bn
-        gi = np.empty((n, nbl), dtype=i_c.dtype)
-        gsp = np.empty((n, nbl), dtype=i_c.dtype)
-        # block-local contiguous copies of the carried gradients (vectorisable rows)
-        gsc = np.empty((n, nbl), dtype=i_c.dtype)
-        gvc = np.empty((n, nbl), dtype=i_c.dtype)
-        gbc = np.empty((n, nbl), dtype=i_c.dtype)
-        for u in range(n):
-            for j in range(nbl):
-                gsc[u, j] = gs_carry[u, lo + j]
-                gvc[u, j] = gv_carry[u, lo + j]
-                gbc[u, j] = gb_carry[u, lo + j]
-        sprev_l = np.empty(nbl, dtype=i_c.dtype)
-        vprev_l = np.empty(nbl, dtype=i_c.dtype)
-        bprev_l = np.empty(nbl, dtype=i_c.dtype)
-        accl = np.empty(nbl, dtype=i_c.dtype)
-        lanes = np.empty(nbl, dtype=np.int64)
-        xs = np.empty(nbl, dtype=i_c.dtype)
-        gro_r = np.zeros(nbl, dtype=i_c.dtype)
-        for tt in range(n_steps - 1, -1, -1):
-            gsp[:] = 0
-            for i in range(npop - 1, -1, -1):
-                for u in range(off[i], off[i + 1]):
-                    a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
-                    if tt == 0:
-                        for j in range(nbl):
-                            sprev_l[j] = s_prev0[u, lo + j]
-                            vprev_l[j] = vck[u, lo + j]
-                            bprev_l[j] = bck[u, lo + j]
-                    else:
-                        s_pu, v_pr, b_pr = s_c[tt - 1, u, lo:hi], vbuf[tt - 1, u], bbuf[tt - 1, u]
-                        for j in range(nbl):
-                            sprev_l[j] = s_pu[j] * one
-                            vprev_l[j] = v_pr[j]
-                            bprev_l[j] = b_pr[j]
-                    pos = ro_pos[u]
-                    if pos >= 0:
-                        for j in range(nbl):
-                            g = 0.0
-                            for m in range(ncls):
-                                g += m_ro_t[pos, m] * gl_c[tt, lo + j, m]
-                            gro_r[j] = g
-                    else:
-                        for j in range(nbl):
-                            gro_r[j] = 0
-                    gs_r, gv_r, gb_r = gsc[u], gvc[u], gbc[u]
-                    vb, bbr, i_r, gi_r, gsp_r = vbuf[tt, u], bbuf[tt, u], i_c[tt, u, lo:hi], gi[u], gsp[u]
-                    ga = 0.0
-                    gr = 0.0
-                    for j in range(nbl):
-                        s_prev = sprev_l[j]
-                        thr = b0 + beta * bbr[j]
-                        x = vb[j] - thr
-                        sg = math.exp(-(x * x) / two_var) / norm * scale
-                        gx = (gs_r[j] + gro_r[j]) * sg
-                        gv = gx + gv_r[j]
-                        gthr = -gx - gv * s_prev
-                        gb = beta * gthr + gb_r[j]
-                        gi_r[j] = gv * om_a
-                        ga += gv * (vprev_l[j] - i_r[j])
-                        gr += gb * (bprev_l[j] - s_prev)
-                        gsp_r[j] += -gv * thr + gb * om_r
-                        gv_r[j] = a * gv
-                        gb_r[j] = r_ * gb
-                    galpha[blk, u] += ga
-                    grho[blk, u] += gr
-                # gI of population i -> spikes of earlier populations (this step) and of
-                # itself and later populations (previous step)
-                for u in range(off[i], off[i + 1]):
-                    gi_r = gi[u]
-                    for e in range(rowptr[u], rsplit[u]):
-                        w = val[e]
-                        tgt = gsc[col[e]]
-                        for j in range(nbl):
-                            tgt[j] += w * gi_r[j]
-                    for e in range(rsplit[u], rowptr[u + 1]):
-                        w = val[e]
-                        tgt = gsp[col[e]]
-                        for j in range(nbl):
-                            tgt[j] += w * gi_r[j]
-            # weight gradients, event-driven over the presynaptic spikes
-            for p in range(n):
-                cnt = 0
-                for j in range(nbl):
-                    if s_c[tt, p, lo + j] != 0:
-                        lanes[cnt] = j
-                        cnt += 1
-                if cnt > 0:
-                    for e in range(csplit[p], colptr[p + 1]):
-                        r = crow[e]
-                        acc = 0.0
-                        for q in range(cnt):
-                            acc += gi[r, lanes[q]]
-                        gw[blk, e] += acc
-                    pos = ro_pos[p]
-                    if pos >= 0:
-                        for q in range(cnt):
-                            for m in range(ncls):
-                                g_ro[blk, pos, m] += gl_c[tt, lo + lanes[q], m]
-                if tt > 0:
-                    cnt = _active_lanes(s_c[tt - 1, p, lo:hi], lanes, xs)
-                else:
-                    cnt = _active_lanes(s_prev0[p, lo:hi], lanes, xs)
-                if cnt > 0:
-                    for e in range(colptr[p], csplit[p]):
-                        r = crow[e]
-                        acc = 0.0
-                        for q in range(cnt):
-                            acc += xs[q] * gi[r, lanes[q]]
-                        gw[blk, e] += acc
-            # thalamic weights and thalamic spikes
-            for k in range(n_thal):
-                cnt = 0
-                for j in range(nbl):
-                    x = thal_c[tt, k, lo + j]
-                    accl[j] = 0
-                    if x != 0:
-                        lanes[cnt] = j
-                        xs[cnt] = x
-                        cnt += 1
+                    s_prev = s_c[tt - 1, u, j] * one
+                    v_prev, b_prev = vbuf[tt - 1, u, j], bbuf[tt - 1, u, j]
+                bn = r_ * b_prev + om_r * s_prev
+                bn = bn if bn >= tiny else 0.0
+                thr = b0 + beta * bn
+                vn = v_prev * a + om_a * i_r[j] - thr * s_prev
+                vb[j] = vn
+                bbr[j] = bn
+                x = vn - thr
+                yb[j] = -(x * x) / two_var
+
+
+@njit(parallel=True, cache=True)
+def _bwd_step_tail(gx, gv, s_prev, v_prev, b_prev, i_t, b_t, alpha, rho, omr, consts,
+                   gv_carry, gb_carry, gs_prev, galpha, grho):
+    """The part of one BPTT step that is not sequential over populations.
+
+    (N, B) arrays. In: gx = dL/d(v - thr) through the spike, gv = dL/dv of this step; the
+    carried gv_carry = alpha * dL/dv and gb_carry = rho * dL/db of the next step.
+    Out: gs_prev = dL/ds of the previous step through this step's reset and adaptation
+    (its current through W_prev is added by the caller); the new carries; galpha, grho (N,)
+    accumulate the time-constant gradients.
+    """
+    n, batch = gx.shape
+    b0, beta, one = consts[0], consts[1], consts[5]
+    for u in prange(n):
+        a, r_, om_r = alpha[u], rho[u], omr[u]
+        ga = 0.0
+        gr = 0.0
+        for j in range(batch):
+            s_p = s_prev[u, j] * one
+            g_v = gv[u, j]
+            thr = b0 + beta * b_t[u, j]
+            gthr = -gx[u, j] - g_v * s_p
+            gb = beta * gthr + gb_carry[u, j]
+            ga += g_v * (v_prev[u, j] - i_t[u, j])
+            gr += gb * (b_prev[u, j] - s_p)
+            gs_prev[u, j] = -g_v * thr + gb * om_r
+            gv_carry[u, j] = a * g_v
+            gb_carry[u, j] = r_ * gb
+        galpha[u] += ga
+        grho[u] += gr
+
+
+@njit(parallel=True, cache=True)
+def _weight_grads_chunk(gi_c, s_c, s_prev0, thal_c, gl_c, ro_pos, colptr, crow, csplit,
+                        tcolptr, trow, gw, gwth, g_ro):
+    """Weight gradients of a chunk, event-driven over the presynaptic spikes.
+
+    gi_c (k, N, B) dL/dI; s_c (k, N, B) spikes (uint8), s_prev0 (N, B) the spikes before the
+    chunk; thal_c (k, 200, B). gw (nnz,) in CSC order: entry e of column p (presynaptic)
+    gets sum over steps and lanes of gi[post] x presynaptic spike (this step's spike if the
+    postsynaptic population comes later, else the previous step's). gwth (tnnz,) likewise
+    for the thalamic weights; g_ro (3606, n_classes) accumulates the readout's
+    sum_t,b x gl^T. Each presynaptic neuron owns its column, so columns run in parallel.
+    """
+    n_steps, n, batch = gi_c.shape
+    n_thal = thal_c.shape[1]
+    ncls = gl_c.shape[2]
+    for p in prange(n):
+        lanes = np.empty(batch, dtype=np.int64)
+        xs = np.empty(batch, dtype=gi_c.dtype)
+        pos = ro_pos[p]
+        for tt in range(n_steps):
+            cnt = _active_lanes(s_c[tt, p], lanes, xs)
+            if cnt > 0:
+                g = gi_c[tt]
+                for e in range(csplit[p], colptr[p + 1]):
+                    r = crow[e]
+                    acc = 0.0
+                    for q in range(cnt):
+                        acc += g[r, lanes[q]]
+                    gw[e] += acc
+                if pos >= 0:
+                    for q in range(cnt):
+                        for m in range(ncls):
+                            g_ro[pos, m] += gl_c[tt, lanes[q], m]
+            if tt > 0:
+                cnt = _active_lanes(s_c[tt - 1, p], lanes, xs)
+            else:
+                cnt = _active_lanes(s_prev0[p], lanes, xs)
+            if cnt > 0:
+                g = gi_c[tt]
+                for e in range(colptr[p], csplit[p]):
+                    r = crow[e]
+                    acc = 0.0
+                    for q in range(cnt):
+                        acc += xs[q] * g[r, lanes[q]]
+                    gw[e] += acc
+    for k in prange(n_thal):
+        lanes = np.empty(batch, dtype=np.int64)
+        xs = np.empty(batch, dtype=gi_c.dtype)
+        for tt in range(n_steps):
+            cnt = _active_lanes(thal_c[tt, k], lanes, xs)
+            if cnt > 0:
+                g = gi_c[tt]
                 for e in range(tcolptr[k], tcolptr[k + 1]):
-                    w = tval[e]
-                    g = gi[trow[e]]
-                    for j in range(nbl):
-                        accl[j] += w * g[j]
-                    if cnt > 0:
-                        acc = 0.0
-                        for q in range(cnt):
-                            acc += xs[q] * g[lanes[q]]
-                        gwth[blk, e] += acc
-                tgt = gthal_c[tt, k, lo:hi]
-                for j in range(nbl):
-                    tgt[j] = accl[j]
-            gsc, gsp = gsp, gsc
-        for u in range(n):
-            for j in range(nbl):
-                gs_carry[u, lo + j] = gsc[u, j]
-                gv_carry[u, lo + j] = gvc[u, j]
-                gb_carry[u, lo + j] = gbc[u, j]
+                    r = trow[e]
+                    acc = 0.0
+                    for q in range(cnt):
+                        acc += xs[q] * g[r, lanes[q]]
+                    gwth[e] += acc
 
 
 # ---------------------------------------------------------------------------- structure
@@ -376,6 +314,34 @@ class _Structure:
         self.th_flat = torch.from_numpy(trows * n_thal + tcols)
         self.trow = trows.astype(np.int32)
         self.tcolptr = np.concatenate([[0], np.cumsum(np.bincount(tcols, minlength=n_thal))]).astype(np.int64)
+        self.tcolptr_t = torch.from_numpy(self.tcolptr)
+        self.trow_t = torch.from_numpy(trows)
+        self.n_thal = n_thal
+
+        # CSR blocks of W^T for the backward's dL/ds = W^T dL/dI (torch sparse, MKL):
+        # block i (i >= 1): this step's spikes of the populations before i <- population i,
+        # shape (off[i], size_i); "prev": the previous step's spikes <- every population
+        # (presynaptic population not before the postsynaptic one), shape (N, N).
+        # Each is (crow_indices, col_indices, positions of its values in CSR order, shape).
+        def transposed_csr(edges, n_rows, row_of, col_of):
+            order = np.lexsort((col_of, row_of))
+            crow = np.concatenate([[0], np.cumsum(np.bincount(row_of, minlength=n_rows))])
+            return (torch.from_numpy(crow.astype(np.int64)),
+                    torch.from_numpy(col_of[order].astype(np.int64)),
+                    torch.from_numpy(edges[order].astype(np.int64)))
+
+        edge = np.arange(len(rows))
+        this_step = np.zeros(len(rows), dtype=bool)
+        for u in range(n):
+            this_step[self.rowptr[u]:self.rsplit[u]] = True
+        self.blocks = [None]
+        for i in range(1, len(off) - 1):
+            lo, hi = off[i], off[i + 1]
+            sel = this_step & (rows >= lo) & (rows < hi)
+            self.blocks.append(transposed_csr(edge[sel], lo, cols[sel], rows[sel] - lo)
+                               + ((int(lo), int(hi - lo)),))
+        sel = ~this_step
+        self.prev_block = transposed_csr(edge[sel], n, cols[sel], rows[sel]) + ((n, n),)
         self.readout_index = model.readout_index.detach().cpu().long()
         # position of each neuron in the readout vector, -1 for neurons not read out
         self.ro_pos = np.full(n, -1, dtype=np.int64)
@@ -398,6 +364,13 @@ def _fresh(x):
     return torch.empty(x.shape, dtype=x.dtype).copy_(x)
 
 
+def _csr(crow, col, values, shape):
+    """A torch sparse CSR matrix (its products run on MKL); indices are built valid."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
 def _nblocks(batch):
     return max(1, min(get_num_threads(), batch))
 
@@ -414,7 +387,7 @@ class _CortexFunction(torch.autograd.Function):
         nblk = _nblocks(B)
         cval = vals.detach()[st.cperm].contiguous()
         oma, omr = 1 - alpha, 1 - rho
-        consts = torch.tensor([b0, beta], dtype=dtype)
+        consts = torch.tensor([b0, beta, torch.finfo(dtype).tiny], dtype=dtype)
         thal_t = _fresh(thal.detach().permute(0, 2, 1))                # (T, 200, B)
         v = _fresh(v0.detach().t())                                   # (N, B) own copies:
         sp = _fresh(s0.detach().t())                                  # updated in place
@@ -470,7 +443,7 @@ class _CortexFunction(torch.autograd.Function):
          p_all) = (t.detach() for t in ctx.saved_tensors)
         st, T, B = ctx.st, ctx.T, ctx.B
         dtype, n, K = vals.dtype, st.n, CHUNK
-        nblk = _nblocks(B)
+        off = [int(o) for o in st.off]
         ro = st.readout_index
         # readout backward. With gl = dL/dlogits, x the readout spikes, h = w1 x + b1:
         #   dL/dx = M^T gl (M = w2 w1),  gw1 = w2^T G,  gw2 = G w1^T + gb2 b1^T,
@@ -481,42 +454,85 @@ class _CortexFunction(torch.autograd.Function):
             p = p_all
             gl_all[1:] = p * (gp - (p * gp).sum(2, keepdim=True))      # (T-1, B, 3)
         m_ro_t = torch.matmul(w2, w1).t().contiguous()                 # (3606, 3)
-        g_ro = torch.zeros((nblk, len(ro), w2.shape[0]), dtype=dtype)  # G^T per block
+        g_ro = torch.zeros((len(ro), w2.shape[0]), dtype=dtype)        # G^T
+
+        def csr(block, values):
+            crow, col, pos, shape = block
+            return _csr(crow, col, values[pos], shape)
+
+        w_blocks = [None] + [csr(b, vals) for b in st.blocks[1:]]      # W[pop i, :lo]^T
+        w_prev_t = csr(st.prev_block, vals)                            # W_prev^T
+        w_th_t = _csr(st.tcolptr_t, st.trow_t, tvals, (st.n_thal, n))
         oma, omr = 1 - alpha, 1 - rho
+        oma_col = oma[:, None]
         a_np, oma_np, r_np, omr_np = (x.contiguous().numpy() for x in (alpha, oma, rho, omr))
         sig = SURROGATE_SIGMA
         consts = torch.tensor([ctx.b0, ctx.beta, 2 * sig ** 2, math.sqrt(2 * math.pi) * sig,
-                               SURROGATE_SCALE, 1.0], dtype=dtype)
-        gs_c = torch.zeros((n, B), dtype=dtype)
-        gv_c = torch.zeros((n, B), dtype=dtype)
-        gb_c = torch.zeros((n, B), dtype=dtype)
-        gw = torch.zeros((nblk, st.nnz), dtype=dtype)
-        gwth = torch.zeros((nblk, len(st.trow)), dtype=dtype)
-        galpha = torch.zeros((nblk, n), dtype=dtype)
-        grho = torch.zeros((nblk, n), dtype=dtype)
+                               SURROGATE_SCALE, 1.0, torch.finfo(dtype).tiny], dtype=dtype)
+        consts_np = consts.numpy()
+        gs = torch.zeros((n, B), dtype=dtype)        # dL/ds of the step being processed
+        gv_c = torch.zeros((n, B), dtype=dtype)      # alpha * dL/dv of the next step
+        gb_c = torch.zeros((n, B), dtype=dtype)      # rho * dL/db of the next step
+        gx, gv, gs_tail = (torch.empty((n, B), dtype=dtype) for _ in range(3))
+        galpha = torch.zeros(n, dtype=dtype)
+        grho = torch.zeros(n, dtype=dtype)
+        gw = torch.zeros(st.nnz, dtype=dtype)                           # CSC order
+        gwth = torch.zeros(len(st.trow), dtype=dtype)
         gthal = torch.empty_like(thal_t)
+        kb = min(K, T)
+        vbuf, bbuf, sg, gi_c = (torch.empty((kb, n, B), dtype=dtype) for _ in range(4))
         s0_t = _fresh(s0.t())
         nck = (T + K - 1) // K
         for c in range(nck - 1, -1, -1):
             t0, t1 = c * K, min(T, (c + 1) * K)
+            k = t1 - t0
             s_prev0 = s0_t if t0 == 0 else s_all[t0 - 1].to(dtype)
-            _bwd_chunk(i_all[t0:t1].numpy(), s_all[t0:t1].numpy(), s_prev0.numpy(),
-                       thal_t[t0:t1].numpy(), vck[c].numpy(), bck[c].numpy(), st.ro_pos,
-                       m_ro_t.numpy(), gl_all[t0:t1].numpy(), g_ro.numpy(),
-                       st.rowptr, st.col, vals.numpy(), st.rsplit, st.colptr, st.crow,
-                       st.csplit, st.tcolptr, st.trow, tvals.numpy(), st.off, a_np, oma_np,
-                       r_np, omr_np, consts.numpy(), gs_c.numpy(), gv_c.numpy(), gb_c.numpy(),
-                       gw.numpy(), gwth.numpy(), galpha.numpy(), grho.numpy(),
-                       gthal[t0:t1].numpy(), nblk)
-        g_ro = g_ro.sum(0).t()                                          # (3, 3606)
+            s_c, i_c = s_all[t0:t1], i_all[t0:t1]
+            _recompute_chunk(i_c.numpy(), s_c.numpy(), s_prev0.numpy(), vck[c].numpy(),
+                             bck[c].numpy(), a_np, oma_np, r_np, omr_np, consts_np,
+                             vbuf[:k].numpy(), bbuf[:k].numpy(), sg[:k].numpy())
+            # the surrogate derivative exp(y) / (sqrt(2 pi) sigma) * scale, vectorised
+            sg_k = sg[:k]
+            torch.exp(sg_k, out=sg_k)
+            sg_k.div_(consts[3]).mul_(consts[4])
+            for kk in range(k - 1, -1, -1):
+                t = t0 + kk
+                if t >= 1:     # the readout's gradient reaching the readout neurons' spikes
+                    gs.index_add_(0, ro, torch.mm(m_ro_t, gl_all[t].t()))
+                gi = gi_c[kk]
+                # populations in reverse order: population i's dL/dI reaches this step's
+                # spikes of the populations before it
+                for i in range(len(off) - 2, -1, -1):
+                    lo, hi = off[i], off[i + 1]
+                    torch.mul(gs[lo:hi], sg_k[kk, lo:hi], out=gx[lo:hi])
+                    torch.add(gx[lo:hi], gv_c[lo:hi], out=gv[lo:hi])
+                    torch.mul(gv[lo:hi], oma_col[lo:hi], out=gi[lo:hi])
+                    if i > 0:
+                        gs[:lo].addmm_(w_blocks[i], gi[lo:hi])
+                if kk > 0:
+                    s_prev, v_prev, b_prev = s_c[kk - 1].to(dtype), vbuf[kk - 1], bbuf[kk - 1]
+                else:
+                    s_prev, v_prev, b_prev = s_prev0, vck[c], bck[c]
+                _bwd_step_tail(gx.numpy(), gv.numpy(), s_prev.numpy(), v_prev.numpy(),
+                               b_prev.numpy(), i_c[kk].numpy(), bbuf[kk].numpy(), a_np, r_np,
+                               omr_np, consts_np, gv_c.numpy(), gb_c.numpy(),
+                               gs_tail.numpy(), galpha.numpy(), grho.numpy())
+                # dL/ds of the previous step: reset, adaptation, and the current via W_prev
+                torch.addmm(gs_tail, w_prev_t, gi, out=gs)
+                gthal[t] = torch.mm(w_th_t, gi)
+            _weight_grads_chunk(gi_c[:k].numpy(), s_c.numpy(), s_prev0.numpy(),
+                                thal_t[t0:t1].numpy(), gl_all[t0:t1].numpy(), st.ro_pos,
+                                st.colptr, st.crow, st.csplit, st.tcolptr, st.trow,
+                                gw.numpy(), gwth.numpy(), g_ro.numpy())
+        g_ro = g_ro.t()                                                 # (3, 3606)
         gb2 = gl_all.sum((0, 1))
         gw1 = torch.matmul(w2.t(), g_ro)
         gb1 = torch.matmul(w2.t(), gb2)
         gw2 = torch.matmul(g_ro, w1.t()) + gb2[:, None] * b1[None, :]
         gvals = torch.empty(st.nnz, dtype=dtype)
-        gvals[st.cperm] = gw.sum(0)
-        return (None, None, gvals, gwth.sum(0), galpha.sum(0), grho.sum(0), gw1, gb1, gw2, gb2,
-                gthal.permute(0, 2, 1), gv_c.t(), gs_c.t())
+        gvals[st.cperm] = gw
+        return (None, None, gvals, gwth, galpha, grho, gw1, gb1, gw2, gb2,
+                gthal.permute(0, 2, 1), gv_c.t(), gs.t())
 
 
 # ---------------------------------------------------------------------------- entry points
