@@ -221,62 +221,61 @@ def _bwd_step_tail(gx, gv, s_prev, v_prev, b_prev, i_t, b_t, alpha, rho, omr, co
 
 @njit(parallel=True, cache=True)
 def _weight_grads_chunk(gi_c, s_c, s_prev0, thal_c, gl_c, ro_pos, colptr, crow, csplit,
-                        tcolptr, trow, gw, gwth, g_ro):
+                        tcolptr, trow, gw, gwth, g_ro, nblocks):
     """Weight gradients of a chunk, event-driven over the presynaptic spikes.
 
     gi_c (k, N, B) dL/dI; s_c (k, N, B) spikes (uint8), s_prev0 (N, B) the spikes before the
-    chunk; thal_c (k, 200, B). gw (nnz,) in CSC order: entry e of column p (presynaptic)
-    gets sum over steps and lanes of gi[post] x presynaptic spike (this step's spike if the
-    postsynaptic population comes later, else the previous step's). gwth (tnnz,) likewise
-    for the thalamic weights; g_ro (3606, n_classes) accumulates the readout's
-    sum_t,b x gl^T. Each presynaptic neuron owns its column, so columns run in parallel.
+    chunk; thal_c (k, 200, B). gw (blocks, nnz) in CSC order: entry e of column p
+    (presynaptic) gets the sum over steps and lanes of gi[post] x presynaptic spike (this
+    step's spike if the postsynaptic population comes later, else the previous step's).
+    gwth (blocks, tnnz) likewise for the thalamic weights; g_ro (blocks, 3606, n_classes)
+    accumulates the readout's sum_t,b x gl^T. Parallel over batch blocks, each with its own
+    accumulators, so that a block's dL/dI of one step stays in cache.
     """
     n_steps, n, batch = gi_c.shape
     n_thal = thal_c.shape[1]
     ncls = gl_c.shape[2]
-    for p in prange(n):
-        lanes = np.empty(batch, dtype=np.int64)
-        xs = np.empty(batch, dtype=gi_c.dtype)
-        pos = ro_pos[p]
+    for blk in prange(nblocks):
+        lo = blk * batch // nblocks
+        hi = (blk + 1) * batch // nblocks
+        lanes = np.empty(hi - lo, dtype=np.int64)
+        xs = np.empty(hi - lo, dtype=gi_c.dtype)
         for tt in range(n_steps):
-            cnt = _active_lanes(s_c[tt, p], lanes, xs)
-            if cnt > 0:
-                g = gi_c[tt]
-                for e in range(csplit[p], colptr[p + 1]):
-                    r = crow[e]
-                    acc = 0.0
-                    for q in range(cnt):
-                        acc += g[r, lanes[q]]
-                    gw[e] += acc
-                if pos >= 0:
-                    for q in range(cnt):
-                        for m in range(ncls):
-                            g_ro[pos, m] += gl_c[tt, lanes[q], m]
-            if tt > 0:
-                cnt = _active_lanes(s_c[tt - 1, p], lanes, xs)
-            else:
-                cnt = _active_lanes(s_prev0[p], lanes, xs)
-            if cnt > 0:
-                g = gi_c[tt]
-                for e in range(colptr[p], csplit[p]):
-                    r = crow[e]
-                    acc = 0.0
-                    for q in range(cnt):
-                        acc += xs[q] * g[r, lanes[q]]
-                    gw[e] += acc
-    for k in prange(n_thal):
-        lanes = np.empty(batch, dtype=np.int64)
-        xs = np.empty(batch, dtype=gi_c.dtype)
-        for tt in range(n_steps):
-            cnt = _active_lanes(thal_c[tt, k], lanes, xs)
-            if cnt > 0:
-                g = gi_c[tt]
-                for e in range(tcolptr[k], tcolptr[k + 1]):
-                    r = trow[e]
-                    acc = 0.0
-                    for q in range(cnt):
-                        acc += xs[q] * g[r, lanes[q]]
-                    gwth[e] += acc
+            g = gi_c[tt]
+            for p in range(n):
+                cnt = _active_lanes(s_c[tt, p, lo:hi], lanes, xs)
+                if cnt > 0:
+                    for e in range(csplit[p], colptr[p + 1]):
+                        r = crow[e]
+                        acc = 0.0
+                        for q in range(cnt):
+                            acc += g[r, lo + lanes[q]]
+                        gw[blk, e] += acc
+                    pos = ro_pos[p]
+                    if pos >= 0:
+                        for q in range(cnt):
+                            for m in range(ncls):
+                                g_ro[blk, pos, m] += gl_c[tt, lo + lanes[q], m]
+                if tt > 0:
+                    cnt = _active_lanes(s_c[tt - 1, p, lo:hi], lanes, xs)
+                else:
+                    cnt = _active_lanes(s_prev0[p, lo:hi], lanes, xs)
+                if cnt > 0:
+                    for e in range(colptr[p], csplit[p]):
+                        r = crow[e]
+                        acc = 0.0
+                        for q in range(cnt):
+                            acc += xs[q] * g[r, lo + lanes[q]]
+                        gw[blk, e] += acc
+            for k in range(n_thal):
+                cnt = _active_lanes(thal_c[tt, k, lo:hi], lanes, xs)
+                if cnt > 0:
+                    for e in range(tcolptr[k], tcolptr[k + 1]):
+                        r = trow[e]
+                        acc = 0.0
+                        for q in range(cnt):
+                            acc += xs[q] * g[r, lo + lanes[q]]
+                        gwth[blk, e] += acc
 
 
 # ---------------------------------------------------------------------------- structure
@@ -314,8 +313,8 @@ class _Structure:
         self.th_flat = torch.from_numpy(trows * n_thal + tcols)
         self.trow = trows.astype(np.int32)
         self.tcolptr = np.concatenate([[0], np.cumsum(np.bincount(tcols, minlength=n_thal))]).astype(np.int64)
-        self.tcolptr_t = torch.from_numpy(self.tcolptr)
-        self.trow_t = torch.from_numpy(trows)
+        self.tcolptr_t = torch.from_numpy(self.tcolptr.astype(np.int32))
+        self.trow_t = torch.from_numpy(self.trow)
         self.n_thal = n_thal
 
         # CSR blocks of W^T for the backward's dL/ds = W^T dL/dI (torch sparse, MKL):
@@ -326,8 +325,9 @@ class _Structure:
         def transposed_csr(edges, n_rows, row_of, col_of):
             order = np.lexsort((col_of, row_of))
             crow = np.concatenate([[0], np.cumsum(np.bincount(row_of, minlength=n_rows))])
-            return (torch.from_numpy(crow.astype(np.int64)),
-                    torch.from_numpy(col_of[order].astype(np.int64)),
+            # int32 indices: MKL's, so torch does not convert them at every product
+            return (torch.from_numpy(crow.astype(np.int32)),
+                    torch.from_numpy(col_of[order].astype(np.int32)),
                     torch.from_numpy(edges[order].astype(np.int64)))
 
         edge = np.arange(len(rows))
@@ -454,7 +454,8 @@ class _CortexFunction(torch.autograd.Function):
             p = p_all
             gl_all[1:] = p * (gp - (p * gp).sum(2, keepdim=True))      # (T-1, B, 3)
         m_ro_t = torch.matmul(w2, w1).t().contiguous()                 # (3606, 3)
-        g_ro = torch.zeros((len(ro), w2.shape[0]), dtype=dtype)        # G^T
+        nblk = _nblocks(B)
+        g_ro = torch.zeros((nblk, len(ro), w2.shape[0]), dtype=dtype)  # G^T per block
 
         def csr(block, values):
             crow, col, pos, shape = block
@@ -476,8 +477,8 @@ class _CortexFunction(torch.autograd.Function):
         gx, gv, gs_tail = (torch.empty((n, B), dtype=dtype) for _ in range(3))
         galpha = torch.zeros(n, dtype=dtype)
         grho = torch.zeros(n, dtype=dtype)
-        gw = torch.zeros(st.nnz, dtype=dtype)                           # CSC order
-        gwth = torch.zeros(len(st.trow), dtype=dtype)
+        gw = torch.zeros((nblk, st.nnz), dtype=dtype)                   # CSC order
+        gwth = torch.zeros((nblk, len(st.trow)), dtype=dtype)
         gthal = torch.empty_like(thal_t)
         kb = min(K, T)
         vbuf, bbuf, sg, gi_c = (torch.empty((kb, n, B), dtype=dtype) for _ in range(4))
@@ -491,10 +492,10 @@ class _CortexFunction(torch.autograd.Function):
             _recompute_chunk(i_c.numpy(), s_c.numpy(), s_prev0.numpy(), vck[c].numpy(),
                              bck[c].numpy(), a_np, oma_np, r_np, omr_np, consts_np,
                              vbuf[:k].numpy(), bbuf[:k].numpy(), sg[:k].numpy())
-            # the surrogate derivative exp(y) / (sqrt(2 pi) sigma) * scale, vectorised
+            # the surrogate derivative exp(y) * scale / (sqrt(2 pi) sigma), vectorised
             sg_k = sg[:k]
             torch.exp(sg_k, out=sg_k)
-            sg_k.div_(consts[3]).mul_(consts[4])
+            sg_k.mul_(consts[4] / consts[3])
             for kk in range(k - 1, -1, -1):
                 t = t0 + kk
                 if t >= 1:     # the readout's gradient reaching the readout neurons' spikes
@@ -523,15 +524,15 @@ class _CortexFunction(torch.autograd.Function):
             _weight_grads_chunk(gi_c[:k].numpy(), s_c.numpy(), s_prev0.numpy(),
                                 thal_t[t0:t1].numpy(), gl_all[t0:t1].numpy(), st.ro_pos,
                                 st.colptr, st.crow, st.csplit, st.tcolptr, st.trow,
-                                gw.numpy(), gwth.numpy(), g_ro.numpy())
-        g_ro = g_ro.t()                                                 # (3, 3606)
+                                gw.numpy(), gwth.numpy(), g_ro.numpy(), nblk)
+        g_ro = g_ro.sum(0).t()                                          # (3, 3606)
         gb2 = gl_all.sum((0, 1))
         gw1 = torch.matmul(w2.t(), g_ro)
         gb1 = torch.matmul(w2.t(), gb2)
         gw2 = torch.matmul(g_ro, w1.t()) + gb2[:, None] * b1[None, :]
         gvals = torch.empty(st.nnz, dtype=dtype)
-        gvals[st.cperm] = gw
-        return (None, None, gvals, gwth, galpha, grho, gw1, gb1, gw2, gb2,
+        gvals[st.cperm] = gw.sum(0)
+        return (None, None, gvals, gwth.sum(0), galpha, grho, gw1, gb1, gw2, gb2,
                 gthal.permute(0, 2, 1), gv_c.t(), gs.t())
 
 
