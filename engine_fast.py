@@ -187,28 +187,31 @@ def _recompute_chunk(i_c, s_c, s_prev0, vck, bck, alpha, oma, rho, omr, consts, 
                 yb[j] = -(x * x) / two_var
 
 
-@njit(parallel=True, cache=True)
-def _bwd_step_tail(gx, gv, s_prev, v_prev, b_prev, i_t, b_t, alpha, rho, omr, consts,
-                   gv_carry, gb_carry, gs_prev, galpha, grho):
-    """The part of one BPTT step that is not sequential over populations.
+@njit(cache=True, fastmath=True)
+def _bwd_population(lo, hi, gs, sg, s_prev, v_prev, b_prev, i_t, b_t, alpha, oma, rho, omr,
+                    consts, gv_carry, gb_carry, gi, gs_prev, galpha, grho):
+    """One BPTT step of the neurons ``lo:hi`` (one population); (N, B) arrays.
 
-    (N, B) arrays. In: gx = dL/d(v - thr) through the spike, gv = dL/dv of this step; the
-    carried gv_carry = alpha * dL/dv and gb_carry = rho * dL/db of the next step.
-    Out: gs_prev = dL/ds of the previous step through this step's reset and adaptation
-    (its current through W_prev is added by the caller); the new carries; galpha, grho (N,)
+    In: gs = dL/ds of this step (complete: later steps, the readout and the later
+    populations of this step), sg the surrogate derivative, the carried
+    gv_carry = alpha * dL/dv and gb_carry = rho * dL/db of the next step. Out: gi = dL/dI;
+    gs_prev = dL/ds of the previous step through this step's reset and adaptation (its
+    current through W_prev is added by the caller); the new carries; galpha, grho (N,)
     accumulate the time-constant gradients.
     """
-    n, batch = gx.shape
     b0, beta, one = consts[0], consts[1], consts[5]
-    for u in prange(n):
-        a, r_, om_r = alpha[u], rho[u], omr[u]
+    batch = gs.shape[1]
+    for u in range(lo, hi):
+        a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
         ga = 0.0
         gr = 0.0
         for j in range(batch):
             s_p = s_prev[u, j] * one
-            g_v = gv[u, j]
+            gx = gs[u, j] * sg[u, j]
+            g_v = gx + gv_carry[u, j]
+            gi[u, j] = g_v * om_a
             thr = b0 + beta * b_t[u, j]
-            gthr = -gx[u, j] - g_v * s_p
+            gthr = -gx - g_v * s_p
             gb = beta * gthr + gb_carry[u, j]
             ga += g_v * (v_prev[u, j] - i_t[u, j])
             gr += gb * (b_prev[u, j] - s_p)
@@ -465,7 +468,6 @@ class _CortexFunction(torch.autograd.Function):
         w_prev_t = csr(st.prev_block, vals)                            # W_prev^T
         w_th_t = _csr(st.tcolptr_t, st.trow_t, tvals, (st.n_thal, n))
         oma, omr = 1 - alpha, 1 - rho
-        oma_col = oma[:, None]
         a_np, oma_np, r_np, omr_np = (x.contiguous().numpy() for x in (alpha, oma, rho, omr))
         sig = SURROGATE_SIGMA
         consts = torch.tensor([ctx.b0, ctx.beta, 2 * sig ** 2, math.sqrt(2 * math.pi) * sig,
@@ -474,9 +476,11 @@ class _CortexFunction(torch.autograd.Function):
         gs = torch.zeros((n, B), dtype=dtype)        # dL/ds of the step being processed
         gv_c = torch.zeros((n, B), dtype=dtype)      # alpha * dL/dv of the next step
         gb_c = torch.zeros((n, B), dtype=dtype)      # rho * dL/db of the next step
-        gx, gv, gs_tail = (torch.empty((n, B), dtype=dtype) for _ in range(3))
+        gs_tail = torch.empty((n, B), dtype=dtype)
         galpha = torch.zeros(n, dtype=dtype)
         grho = torch.zeros(n, dtype=dtype)
+        gs_np, gv_np, gb_np, gs_tail_np, galpha_np, grho_np = (
+            x.numpy() for x in (gs, gv_c, gb_c, gs_tail, galpha, grho))
         gw = torch.zeros((nblk, st.nnz), dtype=dtype)                   # CSC order
         gwth = torch.zeros((nblk, len(st.trow)), dtype=dtype)
         gthal = torch.empty_like(thal_t)
@@ -501,23 +505,21 @@ class _CortexFunction(torch.autograd.Function):
                 if t >= 1:     # the readout's gradient reaching the readout neurons' spikes
                     gs.index_add_(0, ro, torch.mm(m_ro_t, gl_all[t].t()))
                 gi = gi_c[kk]
+                if kk > 0:
+                    s_prev, v_prev, b_prev = s_c[kk - 1], vbuf[kk - 1], bbuf[kk - 1]
+                else:
+                    s_prev, v_prev, b_prev = s_prev0, vck[c], bck[c]
+                step = (gs_np, sg_k[kk].numpy(), s_prev.numpy(), v_prev.numpy(),
+                        b_prev.numpy(), i_c[kk].numpy(), bbuf[kk].numpy(), a_np, oma_np,
+                        r_np, omr_np, consts_np, gv_np, gb_np, gi.numpy(), gs_tail_np,
+                        galpha_np, grho_np)
                 # populations in reverse order: population i's dL/dI reaches this step's
                 # spikes of the populations before it
                 for i in range(len(off) - 2, -1, -1):
                     lo, hi = off[i], off[i + 1]
-                    torch.mul(gs[lo:hi], sg_k[kk, lo:hi], out=gx[lo:hi])
-                    torch.add(gx[lo:hi], gv_c[lo:hi], out=gv[lo:hi])
-                    torch.mul(gv[lo:hi], oma_col[lo:hi], out=gi[lo:hi])
+                    _bwd_population(lo, hi, *step)
                     if i > 0:
                         gs[:lo].addmm_(w_blocks[i], gi[lo:hi])
-                if kk > 0:
-                    s_prev, v_prev, b_prev = s_c[kk - 1].to(dtype), vbuf[kk - 1], bbuf[kk - 1]
-                else:
-                    s_prev, v_prev, b_prev = s_prev0, vck[c], bck[c]
-                _bwd_step_tail(gx.numpy(), gv.numpy(), s_prev.numpy(), v_prev.numpy(),
-                               b_prev.numpy(), i_c[kk].numpy(), bbuf[kk].numpy(), a_np, r_np,
-                               omr_np, consts_np, gv_c.numpy(), gb_c.numpy(),
-                               gs_tail.numpy(), galpha.numpy(), grho.numpy())
                 # dL/ds of the previous step: reset, adaptation, and the current via W_prev
                 torch.addmm(gs_tail, w_prev_t, gi, out=gs)
                 gthal[t] = torch.mm(w_th_t, gi)
