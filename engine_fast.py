@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from numba import get_num_threads, njit, prange
 
+import engine_reference
 import engine_torch
 from neuron import SURROGATE_SCALE, SURROGATE_SIGMA, decay_factors
 
@@ -279,6 +280,69 @@ def _weight_grads_chunk(gi_c, s_c, s_prev0, thal_c, gl_c, ro_pos, colptr, crow, 
                         for q in range(cnt):
                             acc += xs[q] * g[r, lo + lanes[q]]
                         gwth[blk, e] += acc
+
+
+@njit(parallel=True, cache=True)
+def _thalamus_forward(cur, v0, s0, alpha, oma, rho, omr, consts, s_out, v_out, b_out):
+    """The VPM units over the sequence; each batch lane runs in parallel.
+
+    cur (T, B, 200) input current; v0, s0 (B, 200) initial state; writes spikes, membranes
+    and adaptations (T, B, 200). Same operations as ``neuron.alif_step``.
+    """
+    n_steps, batch, n = cur.shape
+    b0, beta, tiny = consts[0], consts[1], consts[2]
+    for j in prange(batch):
+        for tt in range(n_steps):
+            for u in range(n):
+                if tt == 0:
+                    s_prev, v_prev, b_prev = s0[j, u], v0[j, u], b0
+                else:
+                    s_prev, v_prev, b_prev = s_out[tt - 1, j, u], v_out[tt - 1, j, u], b_out[tt - 1, j, u]
+                bn = rho[u] * b_prev + omr[u] * s_prev
+                bn = bn if bn >= tiny else 0.0     # flush subnormals, as in the cortex
+                thr = b0 + beta * bn
+                vn = v_prev * alpha[u] + oma[u] * cur[tt, j, u] - thr * s_prev
+                v_out[tt, j, u] = vn
+                b_out[tt, j, u] = bn
+                s_out[tt, j, u] = 1.0 if vn - thr > 0 else 0.0
+
+
+@njit(parallel=True, cache=True)
+def _thalamus_backward(g_out, cur, s_out, v_out, b_out, v0, s0, alpha, oma, rho, omr, consts,
+                       g_cur, gv0, gs0, galpha, grho):
+    """BPTT of ``_thalamus_forward``; each batch lane in parallel.
+
+    g_out (T, B, 200) dL/dspikes. Writes g_cur (T, B, 200) dL/dcurrent, gv0 / gs0 (B, 200)
+    for the initial state, and galpha / grho (B, 200) per lane (summed by the caller).
+    """
+    n_steps, batch, n = cur.shape
+    b0, beta, two_var, norm, scale = consts[0], consts[1], consts[3], consts[4], consts[5]
+    for j in prange(batch):
+        gs = np.zeros(n, dtype=cur.dtype)
+        gvc = np.zeros(n, dtype=cur.dtype)
+        gbc = np.zeros(n, dtype=cur.dtype)
+        for tt in range(n_steps - 1, -1, -1):
+            for u in range(n):
+                if tt == 0:
+                    s_prev, v_prev, b_prev = s0[j, u], v0[j, u], b0
+                else:
+                    s_prev, v_prev, b_prev = s_out[tt - 1, j, u], v_out[tt - 1, j, u], b_out[tt - 1, j, u]
+                thr = b0 + beta * b_out[tt, j, u]
+                x = v_out[tt, j, u] - thr
+                sg = math.exp(-(x * x) / two_var) / norm * scale
+                gx = (gs[u] + g_out[tt, j, u]) * sg
+                gv = gx + gvc[u]
+                g_cur[tt, j, u] = gv * oma[u]
+                gthr = -gx - gv * s_prev
+                gb = beta * gthr + gbc[u]
+                galpha[j, u] += gv * (v_prev - cur[tt, j, u])
+                grho[j, u] += gb * (b_prev - s_prev)
+                gs[u] = -gv * thr + gb * omr[u]
+                gvc[u] = alpha[u] * gv
+                gbc[u] = rho[u] * gb
+        for u in range(n):
+            gv0[j, u] = gvc[u]
+            gs0[j, u] = gs[u]
 
 
 # ---------------------------------------------------------------------------- structure
@@ -538,7 +602,74 @@ class _CortexFunction(torch.autograd.Function):
                 gthal.permute(0, 2, 1), gv_c.t(), gs.t())
 
 
+class _ThalamusFunction(torch.autograd.Function):
+    """The VPM layer as one autograd Function (numba forward, hand-written BPTT).
+
+    Inputs: current (T, B, 200), alpha, rho (200,), v0, s0 (B, 200); output spikes (T, B, 200).
+    """
+
+    @staticmethod
+    def forward(ctx, b0, beta, current, alpha, rho, v0, s0):
+        dtype = current.dtype
+        cur = _fresh(current.detach())
+        v0, s0 = _fresh(v0.detach()), _fresh(s0.detach())
+        alpha, rho = alpha.detach().contiguous(), rho.detach().contiguous()
+        oma, omr = 1 - alpha, 1 - rho
+        s_out, v_out, b_out = (torch.empty_like(cur) for _ in range(3))
+        consts = torch.tensor([b0, beta, torch.finfo(dtype).tiny], dtype=dtype)
+        _thalamus_forward(cur.numpy(), v0.numpy(), s0.numpy(), alpha.numpy(), oma.numpy(),
+                          rho.numpy(), omr.numpy(), consts.numpy(), s_out.numpy(),
+                          v_out.numpy(), b_out.numpy())
+        ctx.consts = (b0, beta)
+        ctx.save_for_backward(cur, s_out, v_out, b_out, v0, s0, alpha, rho)
+        return s_out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_spikes):
+        cur, s_out, v_out, b_out, v0, s0, alpha, rho = ctx.saved_tensors
+        b0, beta = ctx.consts
+        dtype = cur.dtype
+        sig = SURROGATE_SIGMA
+        consts = torch.tensor([b0, beta, 0.0, 2 * sig ** 2, math.sqrt(2 * math.pi) * sig,
+                               SURROGATE_SCALE], dtype=dtype)
+        g_cur = torch.empty_like(cur)
+        gv0, gs0 = torch.empty_like(v0), torch.empty_like(s0)
+        galpha, grho = torch.zeros_like(v0), torch.zeros_like(v0)
+        _thalamus_backward(_fresh(g_spikes.to(dtype)).numpy(), cur.numpy(), s_out.numpy(),
+                           v_out.numpy(), b_out.numpy(), v0.numpy(), s0.numpy(),
+                           alpha.numpy(), (1 - alpha).numpy(), rho.numpy(),
+                           (1 - rho).numpy(), consts.numpy(), g_cur.numpy(), gv0.numpy(),
+                           gs0.numpy(), galpha.numpy(), grho.numpy())
+        return None, None, g_cur, galpha.sum(0), grho.sum(0), gv0, gs0
+
+
 # ---------------------------------------------------------------------------- entry points
+def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
+    """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200).
+
+    CPU: one numba Function; other devices: the reference's per-step loop (200 units are
+    too few to be worth a custom kernel there).
+    """
+    if _backend(current.device) == "torch":
+        return engine_reference.run_thalamus(model, current, state)
+    cfg = model.config
+    dtype = current.dtype
+    alpha, rho = decay_factors(model.thal_tau_m, model.thal_tau_adp)
+    return _ThalamusFunction.apply(float(cfg.init_b), float(cfg.beta), current, alpha, rho,
+                                   state.mem_thal.to(dtype), state.spk_thal.to(dtype))
+
+
+def _backend(device) -> str:
+    backend = BACKEND or ("numba" if device.type == "cpu" else "torch")
+    if backend not in ("numba", "torch"):
+        raise ValueError(f"ENGINE_FAST_BACKEND must be 'numba' or 'torch', got {backend!r}")
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError("the numba backend of the fast engine runs on the CPU only; "
+                         f"unset ENGINE_FAST_BACKEND to use the torch backend on {device}")
+    return backend
+
+
 def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = False,
                record_mem: bool = False):
     """Simulate the 13 cortical populations over the sequence (same contract as the reference).
@@ -546,13 +677,7 @@ def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = Fa
     thal_spikes: (T, batch, 200) VPM spikes; state: the model's InitialState.
     Returns ``(output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)``.
     """
-    backend = BACKEND or ("numba" if thal_spikes.device.type == "cpu" else "torch")
-    if backend not in ("numba", "torch"):
-        raise ValueError(f"ENGINE_FAST_BACKEND must be 'numba' or 'torch', got {backend!r}")
-    if backend == "numba" and thal_spikes.device.type != "cpu":
-        raise ValueError("the numba backend of the fast engine runs on the CPU only; "
-                         "unset ENGINE_FAST_BACKEND to use the torch backend on "
-                         f"{thal_spikes.device}")
+    backend = _backend(thal_spikes.device)
     if backend == "torch":
         return engine_torch.run_cortex(model, thal_spikes, state, record_spikes, record_mem)
     cfg = model.config

@@ -10,6 +10,19 @@ import torch
 from neuron import ALIFState, alif_step
 
 
+def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
+    """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200)."""
+    cfg = model.config
+    s = ALIFState(state.mem_thal, state.spk_thal, cfg.init_b)
+    spikes = []
+    # unbind, not current[t]: indexing would accumulate a (T, batch, 200) gradient at
+    # every step in the backward, quadratic in T
+    for current_t in current.unbind(0):
+        s = alif_step(current_t, s, model.thal_tau_m, model.thal_tau_adp, cfg.init_b, cfg.beta)
+        spikes.append(s.spike)
+    return torch.stack(spikes)
+
+
 def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = False,
                record_mem: bool = False):
     """Simulate the 13 cortical populations over the sequence.

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from neuron import surrogate_derivative, decay_factors
+from neuron import decay_factors, surrogate_derivative
 
 INFERENCE_CHUNK = 64   # steps whose spikes are held before the readout is applied (no grad)
 

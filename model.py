@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from anatomy import Anatomy, load_anatomy
-from neuron import BETA, ALIFState, alif_step
+from neuron import BETA
 from SparseLinear import SparseLinear
 
 ENCODERS = ("spiking", "realvalued")
@@ -222,23 +222,19 @@ class BarrelCortexRSNN(nn.Module):
         return state
 
     # ------------------------------------------------------------------ forward
-    def thalamus(self, x: torch.Tensor, state: InitialState, record: bool = False):
+    def thalamus_current(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder and thalamic input layer: x (batch, channels, T, features) of the driving
+        sweep -> VPM input current (T, batch, 200)."""
+        return self.thalamus_input(self.encoder(x.to(self.tau_m.dtype)))
+
+    def thalamus(self, x: torch.Tensor, state: InitialState, engine: str | None = None):
         """Encoder and VPM layer for the whole sequence.
 
         x: (batch, channels, T, features) of the driving sweep. Returns the thalamic spikes
         (T, batch, 200).
         """
-        dtype = self.tau_m.dtype
-        current = self.thalamus_input(self.encoder(x.to(dtype)))   # (T, batch, 200)
-        s = ALIFState(state.mem_thal, state.spk_thal, self.config.init_b)
-        spikes = []
-        # unbind, not current[t]: indexing would accumulate a (T, batch, 200) gradient at
-        # every step in the backward, quadratic in T
-        for current_t in current.unbind(0):
-            s = alif_step(current_t, s, self.thal_tau_m, self.thal_tau_adp,
-                          self.config.init_b, self.config.beta)
-            spikes.append(s.spike)
-        return torch.stack(spikes)
+        run_thalamus, _ = _engine(engine or self.config.engine)
+        return run_thalamus(self, self.thalamus_current(x), state)
 
     def forward(self, x: torch.Tensor, state: InitialState | None = None,
                 record_spikes: bool = False, record_mem: bool = False,
@@ -253,14 +249,9 @@ class BarrelCortexRSNN(nn.Module):
         batch = x.shape[0]
         state = self._check_state(state, batch) if state is not None else \
             self.initial_state(batch)
-        thal_spikes = self.thalamus(x[:, :, self.config.sweep], state)
-        engine = engine or self.config.engine
-        if engine == "reference":
-            from engine_reference import run_cortex
-        elif engine == "fast":
-            from engine_fast import run_cortex
-        else:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        run_thalamus, run_cortex = _engine(engine or self.config.engine)
+        thal_spikes = run_thalamus(self, self.thalamus_current(x[:, :, self.config.sweep]),
+                                   state)
         output, spikes, mem = run_cortex(self, thal_spikes, state, record_spikes, record_mem)
         return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None)
 
@@ -268,6 +259,17 @@ class BarrelCortexRSNN(nn.Module):
         """Summed readout softmax. spikes: (T', batch, 4218) of steps 1..T-1 -> (batch, 3)."""
         logits = self.readout(spikes[..., self.readout_index])
         return torch.softmax(logits, dim=-1).sum(0)
+
+
+def _engine(name: str):
+    """(run_thalamus, run_cortex) of the engine ``name``."""
+    if name == "reference":
+        import engine_reference as engine
+    elif name == "fast":
+        import engine_fast as engine
+    else:
+        raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
+    return engine.run_thalamus, engine.run_cortex
 
 
 def _linear(n_in: int, n_out: int, generator, xavier: bool) -> nn.Linear:

@@ -121,22 +121,8 @@ def main():
         training_step_memory(args.batch, args.steps, args.rate, args.device)
         return
 
-    dtype = getattr(torch, args.dtype)
-    model = build_model(ModelConfig(), device=args.device, dtype=dtype)
-    x = make_input(args.batch, args.steps, args.rate, device=args.device).to(dtype)
-    with torch.no_grad():
-        res = model(x, record_spikes=True, engine="fast")
-    rate = res.spikes.float().mean().item()
-    print(f"device={args.device} batch={args.batch} T={args.steps} dtype={args.dtype} "
-          f"torch_threads={torch.get_num_threads()} cortical spike rate={rate:.4f}")
-    engines = ["fast"] + ([] if args.skip_reference else ["reference"])
-    fwd = time_engines(model, x, engines, args.repeats, False, args.device)
-    fb = time_engines(model, x, engines, args.repeats, True, args.device)
-    results = {e: (fwd[e], fb[e]) for e in engines}
-    for engine in engines:
-        print(f"{engine:>9}: forward {fwd[engine]:9.2f} ms/step   "
-              f"forward+backward {fb[engine]:9.2f} ms/step")
-    fast, ref = results["fast"], results.get("reference")
+    # the full-length training step first, in a fresh process, before this process's own
+    # runs (the reference's autograd graphs) have taken memory that the child would compete for
     peak = peak_gpu = epoch_min = None
     if args.memory:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child",
@@ -155,6 +141,22 @@ def main():
         epoch_s = mem["train_step_s"] * (128 + 90) / 128 + mem["forward_s"] * 55 / 128
         epoch_min = 100 * epoch_s / 60
         print(f"extrapolated epoch {epoch_s:.1f} s -> 100 epochs {epoch_min:.1f} min")
+    dtype = getattr(torch, args.dtype)
+    model = build_model(ModelConfig(), device=args.device, dtype=dtype)
+    x = make_input(args.batch, args.steps, args.rate, device=args.device).to(dtype)
+    with torch.no_grad():
+        res = model(x, record_spikes=True, engine="fast")
+    rate = res.spikes.float().mean().item()
+    print(f"device={args.device} batch={args.batch} T={args.steps} dtype={args.dtype} "
+          f"torch_threads={torch.get_num_threads()} cortical spike rate={rate:.4f}")
+    engines = ["fast"] + ([] if args.skip_reference else ["reference"])
+    fwd = time_engines(model, x, engines, args.repeats, False, args.device)
+    fb = time_engines(model, x, engines, args.repeats, True, args.device)
+    results = {e: (fwd[e], fb[e]) for e in engines}
+    for engine in engines:
+        print(f"{engine:>9}: forward {fwd[engine]:9.2f} ms/step   "
+              f"forward+backward {fb[engine]:9.2f} ms/step")
+    fast, ref = results["fast"], results.get("reference")
     print(json.dumps({
         "reference_ms_per_step": ref[1] if ref else None,
         "fast_ms_per_step": fast[1],
