@@ -1,29 +1,39 @@
 """Fast engine: the whole sequence in one custom autograd Function with a hand-written BPTT.
 
-Same semantics as ``engine_reference.run_cortex`` (the specification), much faster:
+Same semantics as ``engine_reference`` (the specification), much faster:
 
-* The recurrent weights are gathered once per forward into sparse form: CSR by
-  postsynaptic row (for the backward ``W^T gI``) and CSC by presynaptic column (for the
-  event-driven forward). Each row/column is split at the population boundary that
-  separates "this step's spikes" (presynaptic population before the postsynaptic one)
-  from "previous step's spikes", so the Gauss-Seidel order is exact without per-block
-  matrices. Structurally empty blocks (L2/3 -> L4) simply have no entries.
-* CPU: numba kernels, parallel over batch blocks (one per thread).
-  - forward: per step, the thalamic and recurrent input currents are accumulated from the
-    outgoing connections of *active* neurons only (spikes are ~5 % active);
-  - backward: reverse time, reverse population order; ``W^T gI`` runs row by row with the
-    batch as the contiguous inner (SIMD) loop; the weight gradients at connected entries are
-    accumulated event-driven (only where the presynaptic neuron spiked); tau gradients are
-    accumulated by hand.
+* The recurrent weights are gathered once per forward into sparse form: CSC by presynaptic
+  column for the event-driven forward, and CSR blocks of W^T (torch sparse, MKL) for the
+  backward's ``dL/ds = W^T dL/dI``. Each neuron's connections are split at the population
+  boundary that separates "this step's spikes" (presynaptic population before the
+  postsynaptic one) from "previous step's spikes", so the Gauss-Seidel order is exact.
+  Structurally empty blocks (L2/3 -> L4) simply have no entries.
+* CPU forward: numba, parallel over batch blocks (one per thread). Per step the thalamic and
+  recurrent input currents are accumulated from the outgoing connections of *active*
+  neurons only (a few per cent spike).
+* CPU backward, chunk by chunk in reverse time:
+  - membrane and adaptation of the chunk are recomputed from the checkpoint (numba, the
+    forward's operations, so bit-identical), and the surrogate derivatives exponentiated by
+    torch's vectorised exp;
+  - per step, populations in reverse order: one fused numba kernel per population (neuron
+    gradient, carries, reset and adaptation paths, tau gradients), then one sparse product
+    of its dL/dI with W^T into this step's spikes of the earlier populations; after the
+    last population one sparse product into the previous step's spikes;
+  - the weight gradients at connected entries are accumulated event-driven, only where the
+    presynaptic neuron spiked.
 * Saved for the backward: spikes (uint8) and input currents for all steps, plus the
-  membrane / adaptation state every ``CHUNK`` steps; membrane and adaptation inside a chunk
-  are recomputed (bit-identically) in the backward.
+  membrane / adaptation state every ``CHUNK`` steps.
 * The readout is part of the Function. It has no nonlinearity between its two layers, so
   logits = M x + c with M = w2 w1 (3 x 3606) and c = w2 b1 + b2: the forward kernel adds the
   rows of M^T of the readout neurons that spiked (event-driven, spikes are binary for
-  t >= 1); the backward kernel gives the spike gradient M^T dL/dlogits and accumulates
+  t >= 1); the backward adds the spike gradient M^T dL/dlogits and accumulates
   G = sum_t,b dL/dlogits x^T event-driven, from which gw1 = w2^T G, gw2 = G w1^T + gb2 b1^T,
   gb1 = w2^T gb2. No (T, 128, B) hidden layer is formed or stored.
+* The VPM layer (200 units, no recurrence) is a second Function, parallel over the batch.
+* Subnormal adaptation values are flushed to zero: float32 ``b`` of a silent neuron decays
+  below the smallest normal float after ~430 steps, and arithmetic on subnormals is many
+  times slower on the CPU. The threshold ``b0 + beta * b`` absorbs such a ``b`` entirely, so
+  spikes and membranes are unchanged (float64 never gets there in practice).
 * Inference (no grad): the forward runs in chunks of steps and keeps nothing per step
   except what the caller asks to record.
 * Other devices (CUDA): the same algorithm with dense torch ops, in ``engine_torch``.
