@@ -198,7 +198,7 @@ def _recompute_chunk(i_c, s_c, s_prev0, vck, bck, alpha, oma, rho, omr, consts, 
                 yb[j] = -(x * x) / two_var
 
 
-@njit(cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True)
 def _bwd_population(lo, hi, gs, sg, s_prev, v_prev, b_prev, i_t, b_t, alpha, oma, rho, omr,
                     consts, gv_carry, gb_carry, gi, gs_prev, galpha, grho):
     """One BPTT step of the neurons ``lo:hi`` (one population); (N, B) arrays.
@@ -212,7 +212,7 @@ def _bwd_population(lo, hi, gs, sg, s_prev, v_prev, b_prev, i_t, b_t, alpha, oma
     """
     b0, beta, one = consts[0], consts[1], consts[5]
     batch = gs.shape[1]
-    for u in range(lo, hi):
+    for u in prange(lo, hi):
         a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
         ga = 0.0
         gr = 0.0
