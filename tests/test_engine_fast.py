@@ -113,3 +113,16 @@ def test_subnormal_adaptation_is_flushed_without_changing_results(model64):
     torch.testing.assert_close(fast.spikes, ref.spikes, rtol=0, atol=0)
     torch.testing.assert_close(fast.thal_spikes, ref.thal_spikes, rtol=0, atol=0)
     torch.testing.assert_close(fast.mem, ref.mem)
+
+
+def test_flush_denormal_context_restores_the_previous_setting():
+    """The CPU backward runs with flush-to-zero (fading gradients turn subnormal and slow
+    every product many-fold) and leaves the caller's setting as it found it."""
+    probe = torch.tensor([1e-40], dtype=torch.float32)             # subnormal in float32
+    for before in (False, True):
+        if not torch.set_flush_denormal(before):
+            pytest.skip("this CPU cannot flush denormals")
+        with engine_fast._FlushDenormal():
+            assert (probe * 1.0).item() == 0.0
+        assert ((probe * 1.0).item() == 0.0) == before
+    torch.set_flush_denormal(False)
