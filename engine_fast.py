@@ -374,12 +374,7 @@ class _Structure:
         rows, cols = rows.astype(np.int64), cols.astype(np.int64)
         self.n, self.off, self.nnz = n, off, len(rows)
         self.rec_flat = torch.from_numpy(rows * n + cols)
-        self.rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
-        self.col = cols.astype(np.int32)
         self.col_t = torch.from_numpy(cols)
-        key = rows * n + cols
-        # first entry of row u whose presynaptic population is >= pop(u)
-        self.rsplit = np.searchsorted(key, np.arange(n) * n + off[pop]).astype(np.int64)
         order = np.lexsort((rows, cols))                    # CSC (pre-major) order
         self.cperm = torch.from_numpy(order)
         self.crow = rows[order].astype(np.int32)
@@ -414,9 +409,8 @@ class _Structure:
                     torch.from_numpy(edges[order].astype(np.int64)))
 
         edge = np.arange(len(rows))
-        this_step = np.zeros(len(rows), dtype=bool)
-        for u in range(n):
-            this_step[self.rowptr[u]:self.rsplit[u]] = True
+        # the postsynaptic neuron sees this step's spike: presynaptic population before its own
+        this_step = pop[cols] < pop[rows]
         self.blocks = [None]
         for i in range(1, len(off) - 1):
             lo, hi = off[i], off[i + 1]
