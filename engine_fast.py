@@ -75,6 +75,33 @@ def _active_lanes(row, lanes, xs):
     return cnt
 
 
+@njit(inline="always")
+def _scatter_edges(e0, e1, rows, vals, lanes, xs, cnt, acc):
+    """Event-driven input current: for the connections e0:e1 of one presynaptic neuron,
+    ``acc[rows[e], lanes[q]] += vals[e] * xs[q]`` over its ``cnt`` active lanes."""
+    if cnt == 0:
+        return
+    for e in range(e0, e1):
+        r = rows[e]
+        w = vals[e]
+        for q in range(cnt):
+            acc[r, lanes[q]] += w * xs[q]
+
+
+@njit(inline="always")
+def _gather_edges(e0, e1, rows, g, lo, lanes, xs, cnt, out):
+    """Event-driven weight gradient: for the connections e0:e1 of one presynaptic neuron,
+    ``out[e] += sum_q xs[q] * g[rows[e], lo + lanes[q]]`` over its ``cnt`` active lanes."""
+    if cnt == 0:
+        return
+    for e in range(e0, e1):
+        r = rows[e]
+        acc = 0.0
+        for q in range(cnt):
+            acc += xs[q] * g[r, lo + lanes[q]]
+        out[e] += acc
+
+
 @njit(parallel=True, cache=True)
 def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha, oma, rho,
                omr, consts, ro_pos, m_ro_t, c_ro, v, bb, sp, i_out, s_out, m_out, logits,
@@ -106,21 +133,11 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
             # thalamic input of this step
             for k in range(n_thal):
                 cnt = _active_lanes(thal[tt, k, lo:hi], lanes, xs)
-                if cnt > 0:
-                    for e in range(tcolptr[k], tcolptr[k + 1]):
-                        r = trow[e]
-                        w = tval[e]
-                        for q in range(cnt):
-                            acc[r, lanes[q]] += w * xs[q]
+                _scatter_edges(tcolptr[k], tcolptr[k + 1], trow, tval, lanes, xs, cnt, acc)
             # previous step's spikes -> their own and later populations
             for p in range(n):
                 cnt = _active_lanes(sp[p, lo:hi], lanes, xs)
-                if cnt > 0:
-                    for e in range(colptr[p], csplit[p]):
-                        r = crow[e]
-                        w = cval[e]
-                        for q in range(cnt):
-                            acc[r, lanes[q]] += w * xs[q]
+                _scatter_edges(colptr[p], csplit[p], crow, cval, lanes, xs, cnt, acc)
             for i in range(npop):
                 for u in range(off[i], off[i + 1]):
                     a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
@@ -148,17 +165,10 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
                             mo_r[j] = v_r[j]
                 # this step's spikes of population i -> later populations
                 for p in range(off[i], off[i + 1]):
-                    cnt = 0
-                    for j in range(nbl):
-                        if sp[p, lo + j] != 0:
-                            lanes[cnt] = j
-                            cnt += 1
+                    cnt = _active_lanes(sp[p, lo:hi], lanes, xs)    # binary: xs are 1
                     if cnt > 0:
-                        for e in range(csplit[p], colptr[p + 1]):
-                            r = crow[e]
-                            w = cval[e]
-                            for q in range(cnt):
-                                acc[r, lanes[q]] += w
+                        _scatter_edges(csplit[p], colptr[p + 1], crow, cval, lanes, xs, cnt,
+                                       acc)
                         pos = ro_pos[p]
                         if pos >= 0:
                             for q in range(cnt):
@@ -263,14 +273,10 @@ def _weight_grads_chunk(gi_c, s_c, s_prev0, thal_c, gl_c, ro_pos, colptr, crow, 
         for tt in range(n_steps):
             g = gi_c[tt]
             for p in range(n):
-                cnt = _active_lanes(s_c[tt, p, lo:hi], lanes, xs)
+                cnt = _active_lanes(s_c[tt, p, lo:hi], lanes, xs)   # binary: xs are 1
                 if cnt > 0:
-                    for e in range(csplit[p], colptr[p + 1]):
-                        r = crow[e]
-                        acc = 0.0
-                        for q in range(cnt):
-                            acc += g[r, lo + lanes[q]]
-                        gw[blk, e] += acc
+                    _gather_edges(csplit[p], colptr[p + 1], crow, g, lo, lanes, xs, cnt,
+                                  gw[blk])
                     pos = ro_pos[p]
                     if pos >= 0:
                         for q in range(cnt):
@@ -280,22 +286,11 @@ def _weight_grads_chunk(gi_c, s_c, s_prev0, thal_c, gl_c, ro_pos, colptr, crow, 
                     cnt = _active_lanes(s_c[tt - 1, p, lo:hi], lanes, xs)
                 else:
                     cnt = _active_lanes(s_prev0[p, lo:hi], lanes, xs)
-                if cnt > 0:
-                    for e in range(colptr[p], csplit[p]):
-                        r = crow[e]
-                        acc = 0.0
-                        for q in range(cnt):
-                            acc += xs[q] * g[r, lo + lanes[q]]
-                        gw[blk, e] += acc
+                _gather_edges(colptr[p], csplit[p], crow, g, lo, lanes, xs, cnt, gw[blk])
             for k in range(n_thal):
                 cnt = _active_lanes(thal_c[tt, k, lo:hi], lanes, xs)
-                if cnt > 0:
-                    for e in range(tcolptr[k], tcolptr[k + 1]):
-                        r = trow[e]
-                        acc = 0.0
-                        for q in range(cnt):
-                            acc += xs[q] * g[r, lo + lanes[q]]
-                        gwth[blk, e] += acc
+                _gather_edges(tcolptr[k], tcolptr[k + 1], trow, g, lo, lanes, xs, cnt,
+                              gwth[blk])
 
 
 @njit(parallel=True, cache=True)

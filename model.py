@@ -249,9 +249,9 @@ class BarrelCortexRSNN(nn.Module):
         batch = x.shape[0]
         state = self._check_state(state, batch) if state is not None else \
             self.initial_state(batch)
-        run_thalamus, run_cortex = _engine(engine or self.config.engine)
-        thal_spikes = run_thalamus(self, self.thalamus_current(x[:, :, self.config.sweep]),
-                                   state)
+        engine = engine or self.config.engine
+        thal_spikes = self.thalamus(x[:, :, self.config.sweep], state, engine)
+        _, run_cortex = _engine(engine)
         output, spikes, mem = run_cortex(self, thal_spikes, state, record_spikes, record_mem)
         return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None)
 
