@@ -51,3 +51,14 @@ def assert_matches_reference(model, x, state, labels, engine="fast"):
     assert g_ref.keys() == g.keys()
     for name in g_ref:
         torch.testing.assert_close(g[name], g_ref[name], msg=lambda m: f"{name}: {m}")
+
+
+def assert_single_step_matches_reference(model, engine="fast"):
+    """T = 1: no readout step, so the output is zero; it equals the reference's and is
+    differentiable."""
+    x, state, _ = make_inputs(model, 2, steps=1, seed=5)
+    ref = model(x, state=state, record_spikes=True, engine="reference")
+    res = model(x, state=state, record_spikes=True, engine=engine)
+    torch.testing.assert_close(res.output, ref.output.detach())
+    torch.testing.assert_close(res.spikes, ref.spikes.detach(), rtol=0, atol=0)
+    res.output.sum().backward()
