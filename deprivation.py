@@ -25,6 +25,7 @@ from common import atomic_path, atomic_write_json, atomic_write_text, select_dev
 from training import _flag, evaluate, load_checkpoint
 from whisker_dataset import N_WHISKERS
 
+
 @dataclass
 class DeprivationConfig:
     """Settings of ``RSNN_bfd_whisker_deprivation.py`` (each is a ``--flag``)."""
