@@ -122,3 +122,23 @@ def test_flush_denormal_context_restores_the_previous_setting():
             assert (probe * 1.0).item() == 0.0
         assert ((probe * 1.0).item() == 0.0) == before
     torch.set_flush_denormal(False)
+
+
+def test_backward_drops_gradients_below_the_floor():
+    """Fading gradients below GRAD_FLOOR x the smallest normal float are written as zero:
+    their products with the weights would be subnormal, which slows the sparse products on
+    torch's worker threads (they do not flush subnormals). Larger ones pass unchanged."""
+    dtype = np.float32
+    tiny = np.finfo(dtype).tiny
+    floor = dtype(engine_fast.GRAD_FLOOR * tiny)
+    n, batch = 1, 5
+    gs = np.array([[0.5 * floor, -0.5 * floor, 2 * floor, -3 * floor, 1e-7]], dtype=dtype)
+    ones, zeros = np.ones((n, batch), dtype), np.zeros((n, batch), dtype)
+    alpha, rho = np.zeros(n, dtype), np.zeros(n, dtype)       # 1 - alpha = 1: dL/dI = gs
+    consts = np.array([0.01, 1.8, 0, 0, 0, 1.0, tiny, floor], dtype=dtype)
+    gi, gs_prev = np.empty_like(gs), np.empty_like(gs)
+    gv, gb = zeros.copy(), zeros.copy()
+    engine_fast._bwd_population(0, n, gs, ones, zeros, zeros, zeros, zeros, zeros, alpha,
+                                1 - alpha, rho, 1 - rho, consts, gv, gb, gi, gs_prev,
+                                np.zeros(n, dtype), np.zeros(n, dtype))
+    np.testing.assert_array_equal(gi, np.where(np.abs(gs) < floor, 0, gs))
