@@ -142,3 +142,31 @@ def test_backward_drops_gradients_below_the_floor():
                                 1 - alpha, rho, 1 - rho, consts, gv, gb, gi, gs_prev,
                                 np.zeros(n, dtype), np.zeros(n, dtype))
     np.testing.assert_array_equal(gi, np.where(np.abs(gs) < floor, 0, gs))
+
+
+@pytest.mark.parametrize("cnt", range(7))
+def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
+    """The scatter (forward current) and gather (weight gradient) over one neuron's
+    connections, with their unrolled cases for 1 to 3 active lanes and the general loop."""
+    rng = np.random.default_rng(cnt)
+    n, n_lanes, lo = 6, 8, 3
+    rows = rng.integers(0, n, size=12).astype(np.int32)
+    vals = rng.standard_normal(12)
+    lanes = np.sort(rng.choice(n_lanes, size=n_lanes, replace=False)).astype(np.int64)
+    xs = rng.random(n_lanes)
+    e0, e1 = 2, 11
+    acc = rng.standard_normal((n, n_lanes))
+    expected = acc.copy()
+    for e in range(e0, e1):
+        for q in range(cnt):
+            expected[rows[e], lanes[q]] += vals[e] * xs[q]
+    engine_fast._scatter_edges(e0, e1, rows, vals, lanes, xs, cnt, acc)
+    np.testing.assert_allclose(acc, expected, rtol=1e-14, atol=0)
+
+    g = rng.standard_normal((n, lo + n_lanes))
+    out = rng.standard_normal(12)
+    expected = out.copy()
+    for e in range(e0, e1):
+        expected[e] += sum(xs[q] * g[rows[e], lo + lanes[q]] for q in range(cnt))
+    engine_fast._gather_edges(e0, e1, rows, g, lo, lanes, xs, cnt, out)
+    np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-15)
