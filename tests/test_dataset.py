@@ -116,6 +116,24 @@ def test_spiking_reproducible_and_epochs(small_file):
     assert a.labels.dtype == torch.int64 and a.spiking_shape == (4, 2, 12, 550, 31, 3)
 
 
+def test_spikes_drawn_once_are_kept_and_not_pickled(small_file):
+    import pickle
+    ds = wd.SpikingWhiskerDataset(small_file, seed=3, n_steps=40)
+    x = ds[2][0]
+    assert ds[2][0] is x                                   # kept, not drawn again
+    fresh = wd.SpikingWhiskerDataset(small_file, seed=3, n_steps=40)
+    assert torch.equal(fresh[2][0], x)
+    assert pickle.loads(pickle.dumps(ds))._drawn == {}     # workers draw their own
+    dep = ds.deprived([0, 5])                              # new probabilities: drawn anew
+    assert dep[2][0] is not x
+    assert torch.equal(dep[2][0], wd.SpikingWhiskerDataset(small_file, seed=3, n_steps=40,
+                                                           deprived_whiskers=[0, 5])[2][0])
+    r = wd.SpikingWhiskerDataset(small_file, seed=3, n_steps=40, resample_each_epoch=True)
+    r0 = r[2][0]
+    r.set_epoch(1)
+    assert not torch.equal(r[2][0], r0) and r._drawn == {}
+
+
 def test_spike_rate_matches_probability(small_file):
     ds = wd.SpikingWhiskerDataset(small_file, seed=0)
     x = torch.stack([ds[i][0] for i in range(len(ds))]).double()  # (4, 2, 12, 550, 93)
