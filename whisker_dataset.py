@@ -317,7 +317,6 @@ class RealValuedWhiskerDataset(torch.utils.data.Dataset):
         """
         idx = _parse_deprived(whiskers)
         view = copy.copy(self)
-        view._drawn = {}
         view.deprived_whiskers = tuple(sorted(set(self.deprived_whiskers) | set(idx.tolist())))
         if idx.size:
             features = N_NODES * 6
