@@ -515,6 +515,15 @@ class _FlushDenormal:
             torch.set_flush_denormal(False)
 
 
+def _backward_consts(b0, beta, dtype, *extra) -> torch.Tensor:
+    """The backward kernels' constants: ``[b0, beta, 2 sigma^2, sqrt(2 pi) sigma,
+    surrogate scale, *extra]`` (the surrogate derivative is
+    ``exp(-x^2 / (2 sigma^2)) / (sqrt(2 pi) sigma) * scale``)."""
+    sig = SURROGATE_SIGMA
+    return torch.tensor([b0, beta, 2 * sig ** 2, math.sqrt(2 * math.pi) * sig,
+                         SURROGATE_SCALE, *extra], dtype=dtype)
+
+
 def _nblocks(batch):
     return max(1, min(get_num_threads(), batch))
 
@@ -615,10 +624,8 @@ class _CortexFunction(torch.autograd.Function):
         w_th_t = _csr(st.tcolptr_t, st.trow_t, tvals, (st.n_thal, n))
         oma, omr = 1 - alpha, 1 - rho
         a_np, oma_np, r_np, omr_np = (x.contiguous().numpy() for x in (alpha, oma, rho, omr))
-        sig = SURROGATE_SIGMA
-        consts = torch.tensor([ctx.b0, ctx.beta, 2 * sig ** 2, math.sqrt(2 * math.pi) * sig,
-                               SURROGATE_SCALE, 1.0, torch.finfo(dtype).tiny,
-                               GRAD_FLOOR * torch.finfo(dtype).tiny], dtype=dtype)
+        tiny = torch.finfo(dtype).tiny
+        consts = _backward_consts(ctx.b0, ctx.beta, dtype, 1.0, tiny, GRAD_FLOOR * tiny)
         consts_np = consts.numpy()
         gs = torch.zeros((n, B), dtype=dtype)        # dL/ds of the step being processed
         gv_c = torch.zeros((n, B), dtype=dtype)      # alpha * dL/dv of the next step
@@ -713,9 +720,7 @@ class _ThalamusFunction(torch.autograd.Function):
         cur, s_out, v_out, b_out, v0, s0, alpha, rho = ctx.saved_tensors
         b0, beta = ctx.consts
         dtype = cur.dtype
-        sig = SURROGATE_SIGMA
-        consts = torch.tensor([b0, beta, 2 * sig ** 2, math.sqrt(2 * math.pi) * sig,
-                               SURROGATE_SCALE], dtype=dtype)
+        consts = _backward_consts(b0, beta, dtype)
         g_cur = torch.empty_like(cur)
         gv0, gs0 = torch.empty_like(v0), torch.empty_like(s0)
         galpha, grho = torch.zeros_like(v0), torch.zeros_like(v0)
