@@ -2,9 +2,8 @@
 
 Same semantics as ``engine_reference`` (the specification), much faster:
 
-* The recurrent weights are gathered once per forward into sparse form: CSC by presynaptic
-  column for the event-driven forward, and CSR blocks of W^T (torch sparse, MKL) for the
-  backward's ``dL/ds = W^T dL/dI``. Each neuron's connections are split at the population
+* The recurrent weights are gathered once per forward into sparse form, CSC by presynaptic
+  column (each neuron's outgoing connections). Each neuron's connections are split at the population
   boundary that separates "this step's spikes" (presynaptic population before the
   postsynaptic one) from "previous step's spikes", so the Gauss-Seidel order is exact.
   Structurally empty blocks (L2/3 -> L4) simply have no entries.
@@ -15,12 +14,16 @@ Same semantics as ``engine_reference`` (the specification), much faster:
   - membrane and adaptation of the chunk are recomputed from the checkpoint (numba, the
     forward's operations, so bit-identical), and the surrogate derivatives exponentiated by
     torch's vectorised exp;
-  - per step, populations in reverse order: one fused numba kernel per population (neuron
-    gradient, carries, reset and adaptation paths, tau gradients), then one sparse product
-    of its dL/dI with W^T into this step's spikes of the earlier populations; after the
-    last population one sparse product into the previous step's spikes;
-  - the weight gradients at connected entries are accumulated event-driven, only where the
-    presynaptic neuron spiked.
+  - then one numba kernel runs the chunk's steps in reverse, parallel over batch blocks of
+    at most 64 lanes (each thread owns its lanes of every gradient, so the threads never
+    wait for each other). Per step, populations in reverse order: each neuron's spike
+    gradient ``W^T dL/dI`` through its connections to later populations, gathered over
+    its outgoing connections (the lanes of a block in registers), then the population's
+    neuron gradient, carries, reset and adaptation paths and tau gradients; after the
+    last population the same gather through the other connections gives the previous
+    step's spike gradient;
+  - in the same pass over a neuron's connections, the weight gradients at connected
+    entries are accumulated event-driven, only in the lanes where it spiked.
 * Saved for the backward: spikes (uint8) and input currents for all steps, plus the
   membrane / adaptation state every ``CHUNK`` steps.
 * The readout is part of the Function. It has no nonlinearity between its two layers, so
@@ -44,29 +47,50 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 
+import llvmlite.ir
+import numba
 import numpy as np
 import torch
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 import engine_reference
 import engine_torch
 from neuron import SURROGATE_SCALE, SURROGATE_SIGMA, decay_factors
 
 CHUNK = int(os.environ.get("ENGINE_FAST_CHUNK", 32))   # steps per chunk (checkpoint interval)
+# lanes per batch block of the backward: at most 64 (the accumulators live in registers)
+BWD_LANES = 64
 # "numba" (CPU kernels below) or "torch" (engine_torch, dense torch ops); default: numba on
 # the CPU, torch on every other device (CUDA)
 BACKEND = os.environ.get("ENGINE_FAST_BACKEND") or None
 # Backward gradients smaller than GRAD_FLOOR times the smallest normal float are dropped
 # (2^-100 in float32, against typical gradients of 1e-7), so that their products with
 # weights, decay factors and surrogate derivatives of 2^-26 or more stay normal numbers.
-# The sparse products run on torch's worker threads, which do not flush subnormals; the
+# The backward's products run on numba's worker threads, which do not flush subnormals; the
 # subnormal products of fading gradients made them 1.5 times slower on a trained network.
 GRAD_FLOOR = 2.0 ** 26
 
 
 # ---------------------------------------------------------------------------- numba kernels
+@intrinsic
+def _stack_ptr(typingctx, size, dtype):
+    """A pointer to ``size`` (a compile-time constant) elements of ``dtype`` on the stack.
+    Wrapped by ``numba.carray``, small accumulators live there, which LLVM keeps in
+    registers; a heap array would be reloaded and stored at every addition."""
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    n_ = size.literal_value
+
+    def impl(context, builder, sig, args):
+        ty = context.get_value_type(dtype.dtype)
+        arr = cgutils.alloca_once(builder, llvmlite.ir.ArrayType(ty, n_))
+        return builder.bitcast(arr, ty.as_pointer())
+    return types.CPointer(dtype.dtype)(size, dtype), impl
+
+
 @njit(inline="always")
 def _flush(x, floor):
     """``x``, or zero where ``|x| < floor``. The zero is of x's type (``x - x``): a float64
@@ -124,36 +148,6 @@ def _scatter_edges(e0, e1, rows, vals, lanes, xs, cnt, acc):
             w = vals[e]
             for q in range(cnt):
                 acc_r[lanes[q]] += w * xs[q]
-
-
-@njit(inline="always")
-def _gather_edges(e0, e1, rows, g, lo, lanes, xs, cnt, out):
-    """Event-driven weight gradient: for the connections e0:e1 of one presynaptic neuron,
-    ``out[e] += sum_q xs[q] * g[rows[e], lo + lanes[q]]`` over its ``cnt`` active lanes
-    (one, two or three lanes unrolled, as in ``_scatter_edges``)."""
-    if cnt == 0:
-        return
-    if cnt == 1:
-        l0, x0 = lo + lanes[0], xs[0]
-        for e in range(e0, e1):
-            out[e] += x0 * g[rows[e], l0]
-    elif cnt == 2:
-        l0, x0, l1, x1 = lo + lanes[0], xs[0], lo + lanes[1], xs[1]
-        for e in range(e0, e1):
-            g_r = g[rows[e]]
-            out[e] += x0 * g_r[l0] + x1 * g_r[l1]
-    elif cnt == 3:
-        l0, x0, l1, x1, l2, x2 = lo + lanes[0], xs[0], lo + lanes[1], xs[1], lo + lanes[2], xs[2]
-        for e in range(e0, e1):
-            g_r = g[rows[e]]
-            out[e] += x0 * g_r[l0] + x1 * g_r[l1] + x2 * g_r[l2]
-    else:
-        for e in range(e0, e1):
-            g_r = g[rows[e]]
-            acc = xs[0] * g_r[lo + lanes[0]]
-            for q in range(1, cnt):
-                acc += xs[q] * g_r[lo + lanes[q]]
-            out[e] += acc
 
 
 @njit(parallel=True, cache=True)
@@ -262,91 +256,236 @@ def _recompute_chunk(i_c, s_c, s_prev0, vck, bck, alpha, oma, rho, omr, consts, 
                 yb[j] = -(x * x) / two_var
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _bwd_population(lo, hi, gs, sg, s_prev, v_prev, b_prev, i_t, b_t, alpha, oma, rho, omr,
-                    consts, gv_carry, gb_carry, gi, gs_prev, galpha, grho):
-    """One BPTT step of the neurons ``lo:hi`` (one population); (N, B) arrays.
+@njit(inline="always")
+def _spike_lanes(arr, p, lo, nbl, lanes, xs, cnt, valued):
+    """The batch lanes where neuron ``p`` spiked, ``arr[p, lo:lo + nbl]`` (any numeric type):
+    positions into ``lanes[p]``, count into ``cnt[p]``, and if ``valued`` the values into
+    ``xs[p]`` (binary spikes need none)."""
+    c = 0
+    for j in range(nbl):
+        x = arr[p, lo + j]
+        if x != 0:
+            lanes[p, c] = j
+            if valued:
+                xs[p, c] = x
+            c += 1
+    cnt[p] = c
 
-    In: gs = dL/ds of this step (complete: later steps, the readout and the later
-    populations of this step), sg the surrogate derivative, the carried
-    gv_carry = alpha * dL/dv and gb_carry = rho * dL/db of the next step. Out: gi = dL/dI;
-    gs_prev = dL/ds of the previous step through this step's reset and adaptation (its
-    current through W_prev is added by the caller); the new carries; galpha, grho (N,)
-    accumulate the time-constant gradients. Outputs of magnitude below ``consts[7]``
-    (``GRAD_FLOOR`` times the smallest normal float) are written as zero: gradients fade
-    through time, and once they or their products with the weights turn subnormal, every
-    operation on them (here, in the sparse products and the weight gradients) runs many
-    times slower.
+
+@njit(inline="always")
+def _edges_backward(e0, e1, rows, vals, g, lanes, xs, p, px, cnt, gw, acc, width):
+    """Backward through the connections e0:e1 of presynaptic neuron ``p``, on one batch
+    block of ``width`` lanes (a compile-time constant).
+
+    g (N, width) is the block's dL/dI. Sets ``acc[j] = sum_e vals[e] * g[rows[e], j]``, p's
+    spike gradient through these connections (all lanes, dense), and adds the weight
+    gradients ``gw[e] += sum_q xs[px, q] * g[rows[e], lanes[p, q]]`` over the ``cnt`` lanes
+    where p spiked (event-driven; one, two and three lanes unrolled). ``xs[px]`` holds the
+    spike values; binary spikes pass a row of ones.
+    """
+    for j in range(width):
+        acc[j] = 0
+    if cnt == 0:
+        for e in range(e0, e1):
+            r, w = rows[e], vals[e]
+            for j in range(width):
+                acc[j] += w * g[r, j]
+    elif cnt == 1:
+        l0, x0 = lanes[p, 0], xs[px, 0]
+        for e in range(e0, e1):
+            r, w = rows[e], vals[e]
+            for j in range(width):
+                acc[j] += w * g[r, j]
+            gw[e] += x0 * g[r, l0]
+    elif cnt == 2:
+        l0, x0, l1, x1 = lanes[p, 0], xs[px, 0], lanes[p, 1], xs[px, 1]
+        for e in range(e0, e1):
+            r, w = rows[e], vals[e]
+            for j in range(width):
+                acc[j] += w * g[r, j]
+            gw[e] += x0 * g[r, l0] + x1 * g[r, l1]
+    elif cnt == 3:
+        l0, x0, l1, x1 = lanes[p, 0], xs[px, 0], lanes[p, 1], xs[px, 1]
+        l2, x2 = lanes[p, 2], xs[px, 2]
+        for e in range(e0, e1):
+            r, w = rows[e], vals[e]
+            for j in range(width):
+                acc[j] += w * g[r, j]
+            gw[e] += x0 * g[r, l0] + x1 * g[r, l1] + x2 * g[r, l2]
+    else:
+        for e in range(e0, e1):
+            r, w = rows[e], vals[e]
+            for j in range(width):
+                acc[j] += w * g[r, j]
+            s = xs[px, 0] * g[r, lanes[p, 0]]
+            for q in range(1, cnt):
+                s += xs[px, q] * g[r, lanes[p, q]]
+            gw[e] += s
+
+
+@njit(inline="always")
+def _neurons_backward(u0, u1, lo, nbl, gs, sg, s_prev, v_prev, b_prev, i_t, b_t, alpha, oma,
+                      rho, omr, consts, gv, gb, gi, gtail, galpha, grho):
+    """One BPTT step of the neurons u0:u1 (one population) on one batch block.
+
+    Block arrays (N, width), lanes 0:nbl: gs = dL/ds of this step (complete: later steps, the
+    readout and the later populations of this step), gv = alpha * dL/dv and gb = rho * dL/db
+    carried from the next step (updated). Shared arrays (N, B), lanes lo:lo + nbl: sg the
+    surrogate derivative, s_prev, v_prev, b_prev the previous step's state, i_t, b_t this
+    step's input current and adaptation. Out: gi = dL/dI; gtail = dL/ds of the previous
+    step through this step's reset and adaptation (its current through the recurrent
+    weights is added by the caller); galpha, grho (N,) accumulate the time-constant
+    gradients. Outputs of magnitude below ``consts[7]`` (``GRAD_FLOOR`` times the smallest
+    normal float) are written as zero: gradients fade through time, and once they or their
+    products with the weights turn subnormal every operation on them runs many times slower.
     """
     b0, beta, one, floor = consts[0], consts[1], consts[5], consts[7]
-    batch = gs.shape[1]
-    for u in prange(lo, hi):
+    for u in range(u0, u1):
         a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
         ga = 0.0
         gr = 0.0
-        for j in range(batch):
-            s_p = s_prev[u, j] * one
-            gx = gs[u, j] * sg[u, j]
-            g_v = gx + gv_carry[u, j]
+        for j in range(nbl):
+            jb = lo + j
+            s_p = s_prev[u, jb] * one
+            gx = gs[u, j] * sg[u, jb]
+            g_v = gx + gv[u, j]
             g_i = g_v * om_a
             gi[u, j] = _flush(g_i, floor)    # no subnormals (see docstring)
-            thr = b0 + beta * b_t[u, j]
+            thr = b0 + beta * b_t[u, jb]
             gthr = -gx - g_v * s_p
-            gb = beta * gthr + gb_carry[u, j]
-            ga += g_v * (v_prev[u, j] - i_t[u, j])
-            gr += gb * (b_prev[u, j] - s_p)
-            g_s = -g_v * thr + gb * om_r
-            gs_prev[u, j] = _flush(g_s, floor)
-            g_v = a * g_v
-            gv_carry[u, j] = _flush(g_v, floor)
-            gb = r_ * gb
-            gb_carry[u, j] = _flush(gb, floor)
+            g_b = beta * gthr + gb[u, j]
+            ga += g_v * (v_prev[u, jb] - i_t[u, jb])
+            gr += g_b * (b_prev[u, jb] - s_p)
+            g_s = -g_v * thr + g_b * om_r
+            gtail[u, j] = _flush(g_s, floor)
+            gv[u, j] = _flush(a * g_v, floor)
+            gb[u, j] = _flush(r_ * g_b, floor)
         galpha[u] += ga
         grho[u] += gr
 
 
-@njit(parallel=True, cache=True)
-def _weight_grads_chunk(gi_c, s_c, s_prev0, thal_c, gl_c, ro_pos, colptr, crow, csplit,
-                        tcolptr, trow, gw, gwth, g_ro, nblocks):
-    """Weight gradients of a chunk, event-driven over the presynaptic spikes.
+def _make_bwd_chunk(width):
+    """``_bwd_chunk`` compiled for batch blocks of at most ``width`` lanes: its lane loops
+    have a fixed length, so that the accumulators stay in registers."""
 
-    gi_c (k, N, B) dL/dI; s_c (k, N, B) spikes (uint8), s_prev0 (N, B) the spikes before the
-    chunk; thal_c (k, 200, B). gw (blocks, nnz) in CSC order: entry e of column p
-    (presynaptic) gets the sum over steps and lanes of gi[post] x presynaptic spike (this
-    step's spike if the postsynaptic population comes later, else the previous step's).
-    gwth (blocks, tnnz) likewise for the thalamic weights; g_ro (blocks, 3606, n_classes)
-    accumulates the readout's sum_t,b x gl^T. Parallel over batch blocks, each with its own
-    accumulators, so that a block's dL/dI of one step stays in cache.
-    """
-    n_steps, n, batch = gi_c.shape
-    n_thal = thal_c.shape[1]
-    ncls = gl_c.shape[2]
-    for blk in prange(nblocks):
-        lo = blk * batch // nblocks
-        hi = (blk + 1) * batch // nblocks
-        lanes = np.empty(hi - lo, dtype=np.int64)
-        xs = np.empty(hi - lo, dtype=gi_c.dtype)
-        for tt in range(n_steps):
-            g = gi_c[tt]
+    @njit(parallel=True, cache=True, fastmath=True)
+    def _bwd_chunk(t0, gl_c, sg, s_c, s_prev0, vbuf, bbuf, vck, bck, i_c, thal_c, off, colptr,
+                   crow, cval, csplit, tcolptr, trow, tval, ro, m_ro_t, alpha, oma, rho, omr,
+                   consts, gs_b, gv_b, gb_b, gi_b, gt_b, gw, gwth, g_ro, galpha_b, grho_b,
+                   gthal_c, nblocks):
+        """BPTT through the steps of one chunk, in reverse, parallel over batch blocks of at
+        most ``width`` lanes.
+
+        Shared (k, N, B) arrays of the chunk: sg surrogate derivatives, s_c spikes (uint8),
+        vbuf / bbuf recomputed membrane and adaptation, i_c input currents; s_prev0, vck, bck
+        (N, B) the state before the chunk; thal_c (k, 200, B) thalamic spikes; gl_c (k, B, 3)
+        dL/dlogits. Connections in CSC order (``_Structure``): colptr, crow, cval, csplit;
+        tcolptr, trow, tval the thalamic ones. Per block b, its own lanes (so no two threads
+        write the same memory): gs_b, gv_b, gb_b (blocks, N, width) the carried gradients
+        (dL/ds, alpha dL/dv, rho dL/db), gi_b, gt_b scratch; gw (blocks, nnz) and gwth
+        (blocks, tnnz) weight gradients in CSC order, g_ro (blocks, 3606, 3), galpha_b,
+        grho_b (blocks, N) accumulate. gthal_c (k, 200, B) receives dL/d(thalamic spikes).
+
+        Per step: the readout's gradient reaches the readout neurons' spikes; populations in
+        reverse order: each neuron's this-step spike gradient through its connections to later
+        populations (whose dL/dI is known now), with the weight gradients of those connections
+        where it spiked, then the population's neuron backward; finally the previous step's
+        spike gradient through the other connections (weight gradients where the neuron spiked
+        at the previous step), and the thalamic gradients.
+        """
+        k, n, batch = sg.shape
+        npop = off.shape[0] - 1
+        n_thal = thal_c.shape[1]
+        ncls = gl_c.shape[2]
+        nro = ro.shape[0]
+        for blk in prange(nblocks):
+            lo = blk * batch // nblocks
+            hi = (blk + 1) * batch // nblocks
+            nbl = hi - lo
+            gs, gv, gb, gi, gt = gs_b[blk], gv_b[blk], gb_b[blk], gi_b[blk], gt_b[blk]
+            gwb, gwthb, g_rob = gw[blk], gwth[blk], g_ro[blk]
+            galpha, grho = galpha_b[blk], grho_b[blk]
+            acc = numba.carray(_stack_ptr(width, sg.dtype), width)
+            # the lanes where each neuron spiked: this step's (cur) and the previous step's
+            cur_l = np.empty((n, width), dtype=np.uint8)
+            prv_l = np.empty((n, width), dtype=np.uint8)
+            cur_c = np.empty(n, dtype=np.int64)
+            prv_c = np.empty(n, dtype=np.int64)
+            ones = np.ones((1, width), dtype=sg.dtype)        # binary spikes
+            xs0 = np.empty((n, width), dtype=sg.dtype)        # values of s_prev0
+            th_l = np.empty((n_thal, width), dtype=np.uint8)
+            th_c = np.empty(n_thal, dtype=np.int64)
+            th_x = np.empty((n_thal, width), dtype=sg.dtype)
             for p in range(n):
-                cnt = _active_lanes(s_c[tt, p, lo:hi], lanes, xs)   # binary: xs are 1
-                if cnt > 0:
-                    _gather_edges(csplit[p], colptr[p + 1], crow, g, lo, lanes, xs, cnt,
-                                  gw[blk])
-                    pos = ro_pos[p]
-                    if pos >= 0:
-                        for q in range(cnt):
-                            for m in range(ncls):
-                                g_ro[blk, pos, m] += gl_c[tt, lo + lanes[q], m]
-                if tt > 0:
-                    cnt = _active_lanes(s_c[tt - 1, p, lo:hi], lanes, xs)
+                _spike_lanes(s_c[k - 1], p, lo, nbl, cur_l, ones, cur_c, False)
+            for kk in range(k - 1, -1, -1):
+                if kk > 0:
+                    for p in range(n):
+                        _spike_lanes(s_c[kk - 1], p, lo, nbl, prv_l, ones, prv_c, False)
                 else:
-                    cnt = _active_lanes(s_prev0[p, lo:hi], lanes, xs)
-                _gather_edges(colptr[p], csplit[p], crow, g, lo, lanes, xs, cnt, gw[blk])
-            for k in range(n_thal):
-                cnt = _active_lanes(thal_c[tt, k, lo:hi], lanes, xs)
-                _gather_edges(tcolptr[k], tcolptr[k + 1], trow, g, lo, lanes, xs, cnt,
-                              gwth[blk])
+                    for p in range(n):
+                        _spike_lanes(s_prev0, p, lo, nbl, prv_l, xs0, prv_c, True)
+                if t0 + kk >= 1:    # the readout's gradient reaching the readout neurons' spikes
+                    for q in range(nro):
+                        u = ro[q]
+                        for j in range(nbl):
+                            s = m_ro_t[q, 0] * gl_c[kk, lo + j, 0]
+                            for m in range(1, ncls):
+                                s += m_ro_t[q, m] * gl_c[kk, lo + j, m]
+                            gs[u, j] += s
+                        for c in range(cur_c[u]):     # G = sum_t,b dL/dlogits x^T
+                            for m in range(ncls):
+                                g_rob[q, m] += gl_c[kk, lo + cur_l[u, c], m]
+                for i in range(npop - 1, -1, -1):
+                    # this step's spikes of population i -> later populations
+                    for p in range(off[i], off[i + 1]):
+                        _edges_backward(csplit[p], colptr[p + 1], crow, cval, gi, cur_l, ones, p,
+                                        0, cur_c[p], gwb, acc, width)
+                        for j in range(width):
+                            gs[p, j] += acc[j]
+                    if kk > 0:
+                        _neurons_backward(off[i], off[i + 1], lo, nbl, gs, sg[kk], s_c[kk - 1],
+                                          vbuf[kk - 1], bbuf[kk - 1], i_c[kk], bbuf[kk], alpha,
+                                          oma, rho, omr, consts, gv, gb, gi, gt, galpha, grho)
+                    else:
+                        _neurons_backward(off[i], off[i + 1], lo, nbl, gs, sg[kk], s_prev0, vck,
+                                          bck, i_c[kk], bbuf[kk], alpha, oma, rho, omr, consts,
+                                          gv, gb, gi, gt, galpha, grho)
+                # dL/ds of the previous step: reset and adaptation, and the previous step's
+                # spikes -> their own and earlier populations
+                for p in range(n):
+                    for j in range(width):
+                        gs[p, j] = gt[p, j]
+                for p in range(n):
+                    if kk > 0:
+                        _edges_backward(colptr[p], csplit[p], crow, cval, gi, prv_l, ones, p, 0,
+                                        prv_c[p], gwb, acc, width)
+                    else:
+                        _edges_backward(colptr[p], csplit[p], crow, cval, gi, prv_l, xs0, p, p,
+                                        prv_c[p], gwb, acc, width)
+                    for j in range(width):
+                        gs[p, j] += acc[j]
+                # thalamic spikes
+                for kt in range(n_thal):
+                    _spike_lanes(thal_c[kk], kt, lo, nbl, th_l, th_x, th_c, True)
+                    _edges_backward(tcolptr[kt], tcolptr[kt + 1], trow, tval, gi, th_l, th_x, kt,
+                                    kt, th_c[kt], gwthb, acc, width)
+                    for j in range(nbl):
+                        gthal_c[kk, kt, lo + j] = acc[j]
+                cur_l, prv_l = prv_l, cur_l
+                cur_c, prv_c = prv_c, cur_c
+
+    return _bwd_chunk
+
+
+_BWD_CHUNK = {}
+
+
+def _bwd_chunk(*args, width):
+    """The backward kernel for blocks of at most ``width`` (8, 16, 32 or 64) lanes."""
+    if width not in _BWD_CHUNK:
+        _BWD_CHUNK[width] = _make_bwd_chunk(width)
+    return _BWD_CHUNK[width](*args)
 
 
 @njit(parallel=True, cache=True)
@@ -442,38 +581,13 @@ class _Structure:
         self.th_flat = torch.from_numpy(trows * n_thal + tcols)
         self.trow = trows.astype(np.int32)
         self.tcolptr = np.concatenate([[0], np.cumsum(np.bincount(tcols, minlength=n_thal))]).astype(np.int64)
-        self.tcolptr_t = torch.from_numpy(self.tcolptr.astype(np.int32))
-        self.trow_t = torch.from_numpy(self.trow)
         self.n_thal = n_thal
 
-        # CSR blocks of W^T for the backward's dL/ds = W^T dL/dI (torch sparse, MKL):
-        # block i (i >= 1): this step's spikes of the populations before i <- population i,
-        # shape (off[i], size_i); "prev": the previous step's spikes <- every population
-        # (presynaptic population not before the postsynaptic one), shape (N, N).
-        # Each is (crow_indices, col_indices, positions of its values in CSR order, shape).
-        def transposed_csr(edges, n_rows, row_of, col_of):
-            order = np.lexsort((col_of, row_of))
-            crow = np.concatenate([[0], np.cumsum(np.bincount(row_of, minlength=n_rows))])
-            # int32 indices: MKL's, so torch does not convert them at every product
-            return (torch.from_numpy(crow.astype(np.int32)),
-                    torch.from_numpy(col_of[order].astype(np.int32)),
-                    torch.from_numpy(edges[order].astype(np.int64)))
-
-        edge = np.arange(len(rows))
-        # the postsynaptic neuron sees this step's spike: presynaptic population before its own
-        this_step = pop[cols] < pop[rows]
-        self.blocks = [None]
-        for i in range(1, len(off) - 1):
-            lo, hi = off[i], off[i + 1]
-            sel = this_step & (rows >= lo) & (rows < hi)
-            self.blocks.append(transposed_csr(edge[sel], lo, cols[sel], rows[sel] - lo)
-                               + ((int(lo), int(hi - lo)),))
-        sel = ~this_step
-        self.prev_block = transposed_csr(edge[sel], n, cols[sel], rows[sel]) + ((n, n),)
         self.readout_index = model.readout_index.detach().cpu().long()
         # position of each neuron in the readout vector, -1 for neurons not read out
         self.ro_pos = np.full(n, -1, dtype=np.int64)
         self.ro_pos[self.readout_index.numpy()] = np.arange(len(self.readout_index))
+        self.ro_index = self.readout_index.numpy()
 
 
 def _structure(model) -> _Structure:
@@ -492,18 +606,11 @@ def _fresh(x):
     return torch.empty(x.shape, dtype=x.dtype).copy_(x)
 
 
-def _csr(crow, col, values, shape):
-    """A torch sparse CSR matrix (its products run on MKL); indices are built valid."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
-
-
 class _FlushDenormal:
     """Flush-to-zero / denormals-are-zero on this thread for the duration of the block
-    (torch's CPU kernels and MKL, e.g. the sparse products of the backward); restores the
-    previous setting. Subnormal numbers only arise as gradients fade through time; treating
-    them as zero changes nothing measurable and avoids a many-fold slowdown."""
+    (torch's CPU kernels, e.g. the backward's exponentials); restores the previous setting.
+    Subnormal numbers only arise as gradients fade through time; treating them as zero
+    changes nothing measurable and avoids a many-fold slowdown."""
 
     def __enter__(self):
         probe = torch.tensor([1e-40], dtype=torch.float32)          # subnormal in float32
@@ -525,7 +632,8 @@ def _backward_consts(b0, beta, dtype, *extra) -> torch.Tensor:
 
 
 def _nblocks(batch):
-    return max(1, min(get_num_threads(), batch))
+    """Batch blocks of the kernels: one per thread, and at most BWD_LANES lanes each."""
+    return max(1, min(get_num_threads(), batch), -(-batch // BWD_LANES))
 
 
 # ---------------------------------------------------------------------------- autograd Function
@@ -601,7 +709,6 @@ class _CortexFunction(torch.autograd.Function):
          p_all) = (t.detach() for t in ctx.saved_tensors)
         st, T, B = ctx.st, ctx.T, ctx.B
         dtype, n, K = vals.dtype, st.n, CHUNK
-        off = [int(o) for o in st.off]
         ro = st.readout_index
         # readout backward. With gl = dL/dlogits, x the readout spikes, h = w1 x + b1:
         #   dL/dx = M^T gl (M = w2 w1),  gw1 = w2^T G,  gw2 = G w1^T + gb2 b1^T,
@@ -612,34 +719,31 @@ class _CortexFunction(torch.autograd.Function):
             p = p_all
             gl_all[1:] = p * (gp - (p * gp).sum(2, keepdim=True))      # (T-1, B, 3)
         m_ro_t = torch.matmul(w2, w1).t().contiguous()                 # (3606, 3)
+        # per batch block (one per thread): its lanes of the carried gradients and scratch,
+        # and its own accumulators of the parameter gradients, summed at the end
         nblk = _nblocks(B)
+        bounds = [(b * B // nblk, (b + 1) * B // nblk) for b in range(nblk)]
+        # the backward's lane loops run over a fixed width (compiled per width): the
+        # smallest of 8, 16, 32, 64 that holds a block; lanes past the block's stay zero
+        width = next(w for w in (8, 16, 32, BWD_LANES) if w >= max(hi - lo for lo, hi in bounds))
+        gs_b, gv_b, gb_b, gi_b, gt_b = (torch.zeros((nblk, n, width), dtype=dtype)
+                                        for _ in range(5))
+        gw = torch.zeros((nblk, st.nnz), dtype=dtype)                   # CSC order
+        gwth = torch.zeros((nblk, len(st.trow)), dtype=dtype)
         g_ro = torch.zeros((nblk, len(ro), w2.shape[0]), dtype=dtype)  # G^T per block
-
-        def csr(block, values):
-            crow, col, pos, shape = block
-            return _csr(crow, col, values[pos], shape)
-
-        w_blocks = [None] + [csr(b, vals) for b in st.blocks[1:]]      # W[pop i, :lo]^T
-        w_prev_t = csr(st.prev_block, vals)                            # W_prev^T
-        w_th_t = _csr(st.tcolptr_t, st.trow_t, tvals, (st.n_thal, n))
+        galpha_b = torch.zeros((nblk, n), dtype=dtype)
+        grho_b = torch.zeros((nblk, n), dtype=dtype)
+        gthal = torch.empty_like(thal_t)
         oma, omr = 1 - alpha, 1 - rho
         a_np, oma_np, r_np, omr_np = (x.contiguous().numpy() for x in (alpha, oma, rho, omr))
         tiny = torch.finfo(dtype).tiny
         consts = _backward_consts(ctx.b0, ctx.beta, dtype, 1.0, tiny, GRAD_FLOOR * tiny)
         consts_np = consts.numpy()
-        gs = torch.zeros((n, B), dtype=dtype)        # dL/ds of the step being processed
-        gv_c = torch.zeros((n, B), dtype=dtype)      # alpha * dL/dv of the next step
-        gb_c = torch.zeros((n, B), dtype=dtype)      # rho * dL/db of the next step
-        gs_tail = torch.empty((n, B), dtype=dtype)
-        galpha = torch.zeros(n, dtype=dtype)
-        grho = torch.zeros(n, dtype=dtype)
-        gs_np, gv_np, gb_np, gs_tail_np, galpha_np, grho_np = (
-            x.numpy() for x in (gs, gv_c, gb_c, gs_tail, galpha, grho))
-        gw = torch.zeros((nblk, st.nnz), dtype=dtype)                   # CSC order
-        gwth = torch.zeros((nblk, len(st.trow)), dtype=dtype)
-        gthal = torch.empty_like(thal_t)
+        cval_np = vals[st.cperm].contiguous().numpy()                  # CSC order
+        blocks_np = [x.numpy() for x in (gs_b, gv_b, gb_b, gi_b, gt_b, gw, gwth, g_ro,
+                                         galpha_b, grho_b)]
         kb = min(K, T)
-        vbuf, bbuf, sg, gi_c = (torch.empty((kb, n, B), dtype=dtype) for _ in range(4))
+        vbuf, bbuf, sg = (torch.empty((kb, n, B), dtype=dtype) for _ in range(3))
         s0_t = _fresh(s0.t())
         nck = (T + K - 1) // K
         for c in range(nck - 1, -1, -1):
@@ -654,33 +758,18 @@ class _CortexFunction(torch.autograd.Function):
             sg_k = sg[:k]
             torch.exp(sg_k, out=sg_k)
             sg_k.mul_(consts[4] / consts[3])
-            for kk in range(k - 1, -1, -1):
-                t = t0 + kk
-                if t >= 1:     # the readout's gradient reaching the readout neurons' spikes
-                    gs.index_add_(0, ro, torch.mm(m_ro_t, gl_all[t].t()))
-                gi = gi_c[kk]
-                if kk > 0:
-                    s_prev, v_prev, b_prev = s_c[kk - 1], vbuf[kk - 1], bbuf[kk - 1]
-                else:
-                    s_prev, v_prev, b_prev = s_prev0, vck[c], bck[c]
-                step = (gs_np, sg_k[kk].numpy(), s_prev.numpy(), v_prev.numpy(),
-                        b_prev.numpy(), i_c[kk].numpy(), bbuf[kk].numpy(), a_np, oma_np,
-                        r_np, omr_np, consts_np, gv_np, gb_np, gi.numpy(), gs_tail_np,
-                        galpha_np, grho_np)
-                # populations in reverse order: population i's dL/dI reaches this step's
-                # spikes of the populations before it
-                for i in range(len(off) - 2, -1, -1):
-                    lo, hi = off[i], off[i + 1]
-                    _bwd_population(lo, hi, *step)
-                    if i > 0:
-                        gs[:lo].addmm_(w_blocks[i], gi[lo:hi])
-                # dL/ds of the previous step: reset, adaptation, and the current via W_prev
-                torch.addmm(gs_tail, w_prev_t, gi, out=gs)
-                gthal[t] = torch.mm(w_th_t, gi)
-            _weight_grads_chunk(gi_c[:k].numpy(), s_c.numpy(), s_prev0.numpy(),
-                                thal_t[t0:t1].numpy(), gl_all[t0:t1].numpy(), st.ro_pos,
-                                st.colptr, st.crow, st.csplit, st.tcolptr, st.trow,
-                                gw.numpy(), gwth.numpy(), g_ro.numpy(), nblk)
+            _bwd_chunk(t0, gl_all[t0:t1].numpy(), sg_k.numpy(), s_c.numpy(), s_prev0.numpy(),
+                       vbuf[:k].numpy(), bbuf[:k].numpy(), vck[c].numpy(), bck[c].numpy(),
+                       i_c.numpy(), thal_t[t0:t1].numpy(), st.off, st.colptr, st.crow,
+                       cval_np, st.csplit, st.tcolptr, st.trow, tvals.contiguous().numpy(),
+                       st.ro_index, m_ro_t.numpy(), a_np, oma_np, r_np, omr_np, consts_np,
+                       *blocks_np, gthal[t0:t1].numpy(), nblk, width=width)
+        # the gradients of the initial state, from the blocks' lanes
+        gs, gv_c = torch.empty((n, B), dtype=dtype), torch.empty((n, B), dtype=dtype)
+        for b, (lo, hi) in enumerate(bounds):
+            gs[:, lo:hi] = gs_b[b, :, :hi - lo]
+            gv_c[:, lo:hi] = gv_b[b, :, :hi - lo]
+        galpha, grho = galpha_b.sum(0), grho_b.sum(0)
         g_ro = g_ro.sum(0).t()                                          # (3, 3606)
         gb2 = gl_all.sum((0, 1))
         gw1 = torch.matmul(w2.t(), g_ro)

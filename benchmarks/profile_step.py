@@ -7,8 +7,8 @@ Loads a checkpoint (default: a fresh network, which fires far less than a traine
 event-driven kernels' cost grows with the firing rate), stacks the first ``--batch`` training
 samples, and times forward and backward of the full sequence ``--repeats`` times (the first
 includes numba's compilation or cache loading). Every numba kernel of ``engine_fast`` is
-wrapped in a timer; "other" is the rest of the backward: the sparse products on MKL, torch's
-element-wise ops and Python. Prints one line per repeat; the last line is one JSON object with
+wrapped in a timer; "other" is the rest of the backward: torch's element-wise ops (the
+surrogate's exponential, the readout) and Python. Prints one line per repeat; the last line is one JSON object with
 the last repeat's figures.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ import engine_fast  # noqa: E402
 import training  # noqa: E402
 from model import build_model  # noqa: E402
 
-KERNELS = ("_thalamus_forward", "_fwd_chunk", "_recompute_chunk", "_bwd_population",
-           "_weight_grads_chunk", "_thalamus_backward")
+KERNELS = ("_thalamus_forward", "_fwd_chunk", "_recompute_chunk", "_bwd_chunk",
+           "_thalamus_backward")
 FORWARD_KERNELS = ("_thalamus_forward", "_fwd_chunk")
 
 

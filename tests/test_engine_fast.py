@@ -126,8 +126,8 @@ def test_flush_denormal_context_restores_the_previous_setting():
 
 def test_backward_drops_gradients_below_the_floor():
     """Fading gradients below GRAD_FLOOR x the smallest normal float are written as zero:
-    their products with the weights would be subnormal, which slows the sparse products on
-    torch's worker threads (they do not flush subnormals). Larger ones pass unchanged."""
+    their products with the weights would be subnormal, which slows the backward's products
+    on numba's worker threads (they do not flush subnormals). Larger ones pass unchanged."""
     dtype = np.float32
     tiny = np.finfo(dtype).tiny
     floor = dtype(engine_fast.GRAD_FLOOR * tiny)
@@ -138,16 +138,17 @@ def test_backward_drops_gradients_below_the_floor():
     consts = np.array([0.01, 1.8, 0, 0, 0, 1.0, tiny, floor], dtype=dtype)
     gi, gs_prev = np.empty_like(gs), np.empty_like(gs)
     gv, gb = zeros.copy(), zeros.copy()
-    engine_fast._bwd_population(0, n, gs, ones, zeros, zeros, zeros, zeros, zeros, alpha,
-                                1 - alpha, rho, 1 - rho, consts, gv, gb, gi, gs_prev,
-                                np.zeros(n, dtype), np.zeros(n, dtype))
+    engine_fast._neurons_backward(0, n, 0, batch, gs, ones, zeros, zeros, zeros, zeros, zeros,
+                                  alpha, 1 - alpha, rho, 1 - rho, consts, gv, gb, gi, gs_prev,
+                                  np.zeros(n, dtype), np.zeros(n, dtype))
     np.testing.assert_array_equal(gi, np.where(np.abs(gs) < floor, 0, gs))
 
 
 @pytest.mark.parametrize("cnt", range(7))
 def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
-    """The scatter (forward current) and gather (weight gradient) over one neuron's
-    connections, with their unrolled cases for 1 to 3 active lanes and the general loop."""
+    """The scatter (forward current) and the backward (spike gradient over all lanes, weight
+    gradient over the active ones) through one neuron's connections, with their unrolled
+    cases for 1 to 3 active lanes and the general loop."""
     rng = np.random.default_rng(cnt)
     n, n_lanes, lo = 6, 8, 3
     rows = rng.integers(0, n, size=12).astype(np.int32)
@@ -163,10 +164,22 @@ def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
     engine_fast._scatter_edges(e0, e1, rows, vals, lanes, xs, cnt, acc)
     np.testing.assert_allclose(acc, expected, rtol=1e-14, atol=0)
 
-    g = rng.standard_normal((n, lo + n_lanes))
-    out = rng.standard_normal(12)
-    expected = out.copy()
+    g = rng.standard_normal((n, n_lanes))
+    gw = rng.standard_normal(12)
+    expected = gw.copy()
     for e in range(e0, e1):
-        expected[e] += sum(xs[q] * g[rows[e], lo + lanes[q]] for q in range(cnt))
-    engine_fast._gather_edges(e0, e1, rows, g, lo, lanes, xs, cnt, out)
-    np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-15)
+        expected[e] += sum(xs[q] * g[rows[e], lanes[q]] for q in range(cnt))
+    grad_s = np.full(n_lanes, np.nan)
+    engine_fast._edges_backward(e0, e1, rows, vals, g, lanes[None], xs[None], 0, 0, cnt, gw,
+                                grad_s, n_lanes)
+    np.testing.assert_allclose(gw, expected, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(grad_s, vals[e0:e1] @ g[rows[e0:e1]], rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("batch,blocks", [(24, 3), (24, 2), (24, 1), (70, 2)])
+def test_backward_for_each_block_width(model64, monkeypatch, batch, blocks):
+    """The backward kernel is compiled per block width (8, 16, 32 and 64 lanes here: 24
+    lanes in 3, 2 or 1 blocks, 70 in 2); each gives the reference's gradients."""
+    monkeypatch.setattr(engine_fast, "_nblocks", lambda batch: blocks)
+    x, state, labels = make_inputs(model64, batch, steps=4, seed=40 + blocks, grad_state=True)
+    assert_matches_reference(model64, x, state, labels)
