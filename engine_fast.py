@@ -486,16 +486,16 @@ def _bwd_chunk(*args, width):
     """The backward kernel for blocks of at most ``width`` (8, 16, 32 or 64) lanes."""
     if width not in _BWD_CHUNK:
         _BWD_CHUNK[width] = _make_bwd_chunk(width)
-    with _no_full_unroll():
+    with _NoFullUnroll():
         return _BWD_CHUNK[width](*args)
 
 
-class _no_full_unroll:
+class _NoFullUnroll:
     """While numba compiles a kernel in this block, LLVM does not fully unroll loops of
-    more than two iterations. Fully unrolled, the lane loops of 8 to 32 lanes came out as
-    scalar code, two to three times slower than the loop vectoriser's (LLVM then leaves
-    them to the SLP vectoriser, which does not vectorise them). Compiled code, and the
-    numba cache, keep the result; LLVM's option is process-wide, so it is restored after."""
+    more than two iterations. Fully unrolled, the lane loops of 8 to 32 lanes were left to
+    the SLP vectoriser, which kept them scalar: two to three times slower than what the
+    loop vectoriser makes of them. The compiled code (and numba's cache of it) keeps the
+    result; LLVM's option is process-wide, so it is restored on leaving."""
 
     def __enter__(self):
         llvm.set_option("", "-unroll-full-max-count=2")
