@@ -258,31 +258,30 @@ def _recompute_chunk(i_c, s_c, s_prev0, vck, bck, alpha, oma, rho, omr, consts, 
 
 
 @njit(inline="always")
-def _spike_lanes(arr, p, lo, nbl, lanes, xs, cnt, valued):
+def _spike_lanes(arr, p, lo, nbl, lanes, xs, cnt):
     """The batch lanes where neuron ``p`` spiked, ``arr[p, lo:lo + nbl]`` (any numeric type):
-    positions into ``lanes[p]``, count into ``cnt[p]``, and if ``valued`` the values into
-    ``xs[p]`` (binary spikes need none)."""
+    positions into ``lanes[p]``, values into ``xs[p]`` (1 for binary spikes; the initial
+    state and the thalamic input may hold others), count into ``cnt[p]``."""
     c = 0
     for j in range(nbl):
         x = arr[p, lo + j]
         if x != 0:
             lanes[p, c] = j
-            if valued:
-                xs[p, c] = x
+            xs[p, c] = x
             c += 1
     cnt[p] = c
 
 
 @njit(inline="always")
-def _edges_backward(e0, e1, rows, vals, g, lanes, xs, p, px, cnt, gw, acc, width):
+def _edges_backward(e0, e1, rows, vals, g, lanes, xs, p, cnt, gw, acc, width):
     """Backward through the connections e0:e1 of presynaptic neuron ``p``, on one batch
     block of ``width`` lanes (a compile-time constant).
 
     g (N, width) is the block's dL/dI. Sets ``acc[j] = sum_e vals[e] * g[rows[e], j]``, p's
     spike gradient through these connections (all lanes, dense), and adds the weight
-    gradients ``gw[e] += sum_q xs[px, q] * g[rows[e], lanes[p, q]]`` over the ``cnt`` lanes
-    where p spiked (event-driven; one, two and three lanes unrolled). ``xs[px]`` holds the
-    spike values; binary spikes pass a row of ones.
+    gradients ``gw[e] += sum_q xs[p, q] * g[rows[e], lanes[p, q]]`` over the ``cnt`` lanes
+    where p spiked, with their spike values ``xs[p, q]`` (event-driven; one, two and three
+    lanes unrolled).
     """
     for j in range(width):
         acc[j] = 0
@@ -292,22 +291,22 @@ def _edges_backward(e0, e1, rows, vals, g, lanes, xs, p, px, cnt, gw, acc, width
             for j in range(width):
                 acc[j] += w * g[r, j]
     elif cnt == 1:
-        l0, x0 = lanes[p, 0], xs[px, 0]
+        l0, x0 = lanes[p, 0], xs[p, 0]
         for e in range(e0, e1):
             r, w = rows[e], vals[e]
             for j in range(width):
                 acc[j] += w * g[r, j]
             gw[e] += x0 * g[r, l0]
     elif cnt == 2:
-        l0, x0, l1, x1 = lanes[p, 0], xs[px, 0], lanes[p, 1], xs[px, 1]
+        l0, x0, l1, x1 = lanes[p, 0], xs[p, 0], lanes[p, 1], xs[p, 1]
         for e in range(e0, e1):
             r, w = rows[e], vals[e]
             for j in range(width):
                 acc[j] += w * g[r, j]
             gw[e] += x0 * g[r, l0] + x1 * g[r, l1]
     elif cnt == 3:
-        l0, x0, l1, x1 = lanes[p, 0], xs[px, 0], lanes[p, 1], xs[px, 1]
-        l2, x2 = lanes[p, 2], xs[px, 2]
+        l0, x0, l1, x1 = lanes[p, 0], xs[p, 0], lanes[p, 1], xs[p, 1]
+        l2, x2 = lanes[p, 2], xs[p, 2]
         for e in range(e0, e1):
             r, w = rows[e], vals[e]
             for j in range(width):
@@ -318,9 +317,9 @@ def _edges_backward(e0, e1, rows, vals, g, lanes, xs, p, px, cnt, gw, acc, width
             r, w = rows[e], vals[e]
             for j in range(width):
                 acc[j] += w * g[r, j]
-            s = xs[px, 0] * g[r, lanes[p, 0]]
+            s = xs[p, 0] * g[r, lanes[p, 0]]
             for q in range(1, cnt):
-                s += xs[px, q] * g[r, lanes[p, q]]
+                s += xs[p, q] * g[r, lanes[p, q]]
             gw[e] += s
 
 
@@ -407,25 +406,26 @@ def _make_bwd_chunk(width):
             gwb, gwthb, g_rob = gw[blk], gwth[blk], g_ro[blk]
             galpha, grho = galpha_b[blk], grho_b[blk]
             acc = numba.carray(_stack_ptr(width, sg.dtype), width)
-            # the lanes where each neuron spiked: this step's (cur) and the previous step's
+            # the lanes where each neuron spiked, their spike values and count: this step's
+            # (cur) and the previous step's (prv)
             cur_l = np.empty((n, width), dtype=np.uint8)
             prv_l = np.empty((n, width), dtype=np.uint8)
+            cur_x = np.empty((n, width), dtype=sg.dtype)
+            prv_x = np.empty((n, width), dtype=sg.dtype)
             cur_c = np.empty(n, dtype=np.int64)
             prv_c = np.empty(n, dtype=np.int64)
-            ones = np.ones((1, width), dtype=sg.dtype)        # binary spikes
-            xs0 = np.empty((n, width), dtype=sg.dtype)        # values of s_prev0
             th_l = np.empty((n_thal, width), dtype=np.uint8)
             th_c = np.empty(n_thal, dtype=np.int64)
             th_x = np.empty((n_thal, width), dtype=sg.dtype)
             for p in range(n):
-                _spike_lanes(s_c[k - 1], p, lo, nbl, cur_l, ones, cur_c, False)
+                _spike_lanes(s_c[k - 1], p, lo, nbl, cur_l, cur_x, cur_c)
             for kk in range(k - 1, -1, -1):
                 if kk > 0:
                     for p in range(n):
-                        _spike_lanes(s_c[kk - 1], p, lo, nbl, prv_l, ones, prv_c, False)
+                        _spike_lanes(s_c[kk - 1], p, lo, nbl, prv_l, prv_x, prv_c)
                 else:
                     for p in range(n):
-                        _spike_lanes(s_prev0, p, lo, nbl, prv_l, xs0, prv_c, True)
+                        _spike_lanes(s_prev0, p, lo, nbl, prv_l, prv_x, prv_c)
                 if t0 + kk >= 1:    # the readout's gradient reaching the readout neurons' spikes
                     for q in range(nro):
                         u = ro[q]
@@ -440,8 +440,8 @@ def _make_bwd_chunk(width):
                 for i in range(npop - 1, -1, -1):
                     # this step's spikes of population i -> later populations
                     for p in range(off[i], off[i + 1]):
-                        _edges_backward(csplit[p], colptr[p + 1], crow, cval, gi, cur_l, ones, p,
-                                        0, cur_c[p], gwb, acc, width)
+                        _edges_backward(csplit[p], colptr[p + 1], crow, cval, gi, cur_l, cur_x,
+                                        p, cur_c[p], gwb, acc, width)
                         for j in range(width):
                             gs[p, j] += acc[j]
                     if kk > 0:
@@ -458,22 +458,19 @@ def _make_bwd_chunk(width):
                     for j in range(width):
                         gs[p, j] = gt[p, j]
                 for p in range(n):
-                    if kk > 0:
-                        _edges_backward(colptr[p], csplit[p], crow, cval, gi, prv_l, ones, p, 0,
-                                        prv_c[p], gwb, acc, width)
-                    else:
-                        _edges_backward(colptr[p], csplit[p], crow, cval, gi, prv_l, xs0, p, p,
-                                        prv_c[p], gwb, acc, width)
+                    _edges_backward(colptr[p], csplit[p], crow, cval, gi, prv_l, prv_x, p,
+                                    prv_c[p], gwb, acc, width)
                     for j in range(width):
                         gs[p, j] += acc[j]
                 # thalamic spikes
                 for kt in range(n_thal):
-                    _spike_lanes(thal_c[kk], kt, lo, nbl, th_l, th_x, th_c, True)
+                    _spike_lanes(thal_c[kk], kt, lo, nbl, th_l, th_x, th_c)
                     _edges_backward(tcolptr[kt], tcolptr[kt + 1], trow, tval, gi, th_l, th_x, kt,
-                                    kt, th_c[kt], gwthb, acc, width)
+                                    th_c[kt], gwthb, acc, width)
                     for j in range(nbl):
                         gthal_c[kk, kt, lo + j] = acc[j]
                 cur_l, prv_l = prv_l, cur_l
+                cur_x, prv_x = prv_x, cur_x
                 cur_c, prv_c = prv_c, cur_c
 
     return _bwd_chunk

@@ -150,7 +150,7 @@ def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
     gradient over the active ones) through one neuron's connections, with their unrolled
     cases for 1 to 3 active lanes and the general loop."""
     rng = np.random.default_rng(cnt)
-    n, n_lanes, lo = 6, 8, 3
+    n, n_lanes = 6, 8
     rows = rng.integers(0, n, size=12).astype(np.int32)
     vals = rng.standard_normal(12)
     lanes = np.sort(rng.choice(n_lanes, size=n_lanes, replace=False)).astype(np.int64)
@@ -170,7 +170,7 @@ def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
     for e in range(e0, e1):
         expected[e] += sum(xs[q] * g[rows[e], lanes[q]] for q in range(cnt))
     grad_s = np.full(n_lanes, np.nan)
-    engine_fast._edges_backward(e0, e1, rows, vals, g, lanes[None], xs[None], 0, 0, cnt, gw,
+    engine_fast._edges_backward(e0, e1, rows, vals, g, lanes[None], xs[None], 0, cnt, gw,
                                 grad_s, n_lanes)
     np.testing.assert_allclose(gw, expected, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(grad_s, vals[e0:e1] @ g[rows[e0:e1]], rtol=1e-14, atol=1e-15)
