@@ -257,7 +257,9 @@ class BarrelCortexRSNN(nn.Module):
 
     def readout_sum(self, spikes: torch.Tensor) -> torch.Tensor:
         """Summed readout softmax. spikes: (T', batch, 4218) of steps 1..T-1 -> (batch, 3)."""
-        logits = self.readout(spikes[..., self.readout_index])
+        # index_select, not spikes[..., index]: on CUDA the backward of advanced indexing
+        # sorts the indices (22 ms per call at T = 200, batch 128, on an H200)
+        logits = self.readout(spikes.index_select(-1, self.readout_index))
         return torch.softmax(logits, dim=-1).sum(0)
 
 

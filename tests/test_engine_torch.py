@@ -28,8 +28,14 @@ def torch_backend(monkeypatch):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_torch_backend_equals_reference_float64(model64, torch_backend, batch):
-    x, state, labels = make_inputs(model64, batch, steps=6, seed=batch, grad_state=True)
+@pytest.mark.parametrize("chunk", [2, 4, 16])
+def test_torch_backend_equals_reference_float64(model64, torch_backend, monkeypatch, batch,
+                                                chunk):
+    """Steps run in chunks on fixed buffers (the unit a CUDA graph captures): 9 steps in
+    chunks of 2 and 4 exercise full chunks, a remainder and the carried state; 16, one
+    partial chunk."""
+    monkeypatch.setattr(engine_torch, "CHUNK", chunk)
+    x, state, labels = make_inputs(model64, batch, steps=9, seed=batch, grad_state=True)
     assert_matches_reference(model64, x, state, labels)
 
 
@@ -41,7 +47,7 @@ def test_single_step(model64, torch_backend):
 @pytest.mark.parametrize("chunk", [2, 64])
 def test_inference_matches_training_path(model64, torch_backend, monkeypatch, chunk):
     """No-grad path: the readout is applied per chunk; chunk edges must not change a thing."""
-    monkeypatch.setattr(engine_torch, "INFERENCE_CHUNK", chunk)
+    monkeypatch.setattr(engine_torch, "CHUNK", chunk)
     x, state, _ = make_inputs(model64, 3, steps=7, seed=8)
     with torch.no_grad():
         a = model64(x, state=state, record_spikes=True, record_mem=True, engine="fast")
@@ -92,3 +98,28 @@ def test_cuda_float32_no_grad_long_sequence(model64):
                       record_spikes=True)
     flips = (gpu.spikes.cpu() != cpu.spikes).float().mean().item()
     assert flips < 1e-3, f"{flips:.2e} of the spikes differ between CUDA and CPU"
+
+
+@needs_cuda
+@pytest.mark.parametrize("graphs", [True, False])
+def test_cuda_graphs_match_cpu_reference(model64, monkeypatch, graphs):
+    """float64 on CUDA over 37 steps in chunks of 8, so both loops capture a CUDA graph and
+    replay it (and leave a remainder): the CPU reference's spikes, outputs and gradients;
+    inference through the graphs gives the same spikes and output as training."""
+    monkeypatch.setattr(engine_torch, "CHUNK", 8)
+    monkeypatch.setattr(engine_torch, "CUDA_GRAPHS", graphs)
+    x, state, labels = make_inputs(model64, 3, steps=37, seed=13, rate=0.2, grad_state=True)
+    ref, g_ref = train_pass(model64, "reference", x, state, labels)
+    model_c = copy.deepcopy(model64).to("cuda")
+    state_c = InitialState(*(t.detach().to("cuda").requires_grad_() for t in state))
+    res, g = train_pass(model_c, "fast", x.to("cuda"), state_c, labels.to("cuda"))
+    assert ref.spikes.sum() > 0
+    torch.testing.assert_close(res.spikes.cpu(), ref.spikes.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(res.mem.cpu(), ref.mem.detach())
+    torch.testing.assert_close(res.output.cpu(), ref.output.detach())
+    for name in g_ref:
+        torch.testing.assert_close(g[name].cpu(), g_ref[name], msg=lambda m: f"{name}: {m}")
+    with torch.no_grad():
+        inf = model_c(x.to("cuda"), state=state_c, record_spikes=True)
+    torch.testing.assert_close(inf.spikes, res.spikes, rtol=0, atol=0)
+    torch.testing.assert_close(inf.output, res.output.detach())
