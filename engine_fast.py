@@ -57,7 +57,6 @@ from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-import engine_reference
 import engine_torch
 from neuron import SURROGATE_SCALE, SURROGATE_SIGMA, decay_factors
 
@@ -838,11 +837,10 @@ class _ThalamusFunction(torch.autograd.Function):
 def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
     """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200).
 
-    CPU: one numba Function; other devices: the reference's per-step loop (200 units are
-    too few to be worth a custom kernel there).
+    CPU: one numba Function; other devices: ``engine_torch``'s.
     """
     if _backend(current.device) == "torch":
-        return engine_reference.run_thalamus(model, current, state)
+        return engine_torch.run_thalamus(model, current, state)
     cfg = model.config
     dtype = current.dtype
     alpha, rho = decay_factors(model.thal_tau_m, model.thal_tau_adp)

@@ -19,6 +19,8 @@ than launching many small sparse kernels:
 * time-parallel outside the loop: the thalamocortical current of all steps, and the
   weight gradients as two products over all T x batch rows (this step's / previous step's
   presynaptic spikes, masked by population order).
+* The VPM layer (200 units, no recurrence) runs through the same loops as one population
+  without recurrent weights (``_ThalamusFunction``).
 * CUDA graphs: a step is about 70 small kernels in each direction, and launching them costs
   about three times as long as running them (H200, batch 128: 1.31 ms per forward step
   launched one by one, 0.45 ms replayed from a graph). Both loops therefore run in chunks
@@ -36,6 +38,9 @@ Internal layout is (T, batch, N), as in the model.
 """
 from __future__ import annotations
 
+import gc
+import os
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -43,7 +48,8 @@ import torch
 from neuron import decay_factors, surrogate_derivative
 
 CHUNK = 16          # steps per chunk (per replay of a CUDA graph)
-CUDA_GRAPHS = True  # on CUDA, replay each chunk from a captured graph (False: launch eagerly)
+# on CUDA, replay each chunk from a captured graph; ENGINE_CUDA_GRAPHS=0 launches eagerly
+CUDA_GRAPHS = os.environ.get("ENGINE_CUDA_GRAPHS", "1") != "0"
 
 
 def _prev_mask(model, device) -> torch.Tensor:
@@ -60,52 +66,49 @@ def _prev_mask(model, device) -> torch.Tensor:
     return cached
 
 
-class _Replay:
-    """Calls ``body()``, a chunk of steps on fixed buffers.
+def _capture(fn, *args):
+    """A CUDA graph of ``fn(*args)``, or None (with a warning) if the capture fails.
 
-    On CUDA (``CUDA_GRAPHS``) the first call runs it eagerly, which is also the warm-up a
-    capture needs (cuBLAS workspaces, allocator), the second captures it into a CUDA graph,
-    and that call and every later one replay the graph. A body run only once is never
-    captured. The buffers must outlive this object.
+    Captured on a side stream, like ``torch.cuda.graph``, but without its synchronisation,
+    garbage collection and emptying of the allocator's cache, which would cost every call;
+    "thread_local" lets other threads (data loading) use CUDA meanwhile. Python's garbage
+    collector is paused during the capture: destroying a CUDA graph is not permitted while
+    a stream captures, and a collection that freed one (say, a graph kept in a reference
+    cycle elsewhere) invalidated a capture on an H200.
     """
-
-    def __init__(self, body, device):
-        self.body, self.graph, self.calls = body, None, 0
-        self.capture = CUDA_GRAPHS and torch.device(device).type == "cuda"
-
-    def __call__(self):
-        if self.graph is None and self.capture and self.calls > 0:
-            self.graph = _capture(self.body)
-        self.calls += 1
-        if self.graph is None:
-            self.body()
-        else:
-            self.graph.replay()
-
-
-def _capture(body):
-    """A CUDA graph of ``body``. Captured on a side stream, like ``torch.cuda.graph``, but
-    without its synchronisation, garbage collection and emptying of the allocator's cache,
-    which would cost every call; "thread_local" lets other threads (data loading) use CUDA
-    meanwhile."""
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        graph.capture_begin(capture_error_mode="thread_local")
-        try:
-            body()
-        finally:
-            graph.capture_end()
-    torch.cuda.current_stream().wait_stream(stream)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.stream(stream):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                fn(*args)
+            finally:
+                graph.capture_end()
+    except RuntimeError as err:
+        warnings.warn(f"capturing a CUDA graph failed, the engine runs eagerly instead: {err}",
+                      RuntimeWarning, stacklevel=2)
+        graph = None
+    finally:
+        if collecting:
+            gc.enable()
+        torch.cuda.current_stream().wait_stream(stream)
     return graph
 
 
 class _Simulation:
-    """The forward recursion over steps (shared by the training and the inference path)."""
+    """The forward recursion over steps of ALIF populations updated one after another.
+
+    ``w`` (N, N) [post, pre] and ``w_prev_t`` (see ``_prev_mask``) are the recurrent
+    weights; None for a layer without recurrence (the thalamus, one population).
+    """
 
     def __init__(self, off, w, w_prev_t, alpha, rho, b0, beta):
-        self.off, self.w_t, self.w_prev_t = off, w.t(), w_prev_t
+        self.off, self.w_prev_t = off, w_prev_t
+        self.w_t = None if w is None else w.t()
         self.alpha, self.oma = alpha, 1 - alpha
         self.rho, self.omr = rho, 1 - rho
         self.b0, self.beta = b0, beta
@@ -114,14 +117,17 @@ class _Simulation:
         """One step. (batch, N) tensors; ``b`` may be the scalar b0 at t = 0.
 
         Writes the input current into ``cur``, the membrane into ``v_new``, the spikes into
-        ``s_new`` and the adaptation into ``b_new``.
+        ``s_new`` and the adaptation into ``b_new`` (``neuron.alif_step``'s operations).
         """
         off = self.off
         torch.add(self.rho * b, self.omr * s_prev, out=b_new)
         thr = self.b0 + self.beta * b_new
         leak = v * self.alpha
         reset = thr * s_prev
-        torch.addmm(thal_current, s_prev, self.w_prev_t, out=cur)
+        if self.w_t is None:
+            cur.copy_(thal_current)
+        else:
+            torch.addmm(thal_current, s_prev, self.w_prev_t, out=cur)
         for i in range(len(off) - 1):
             lo, hi = off[i], off[i + 1]
             cur_i, v_i = cur[:, lo:hi], v_new[:, lo:hi]
@@ -137,21 +143,32 @@ class _Simulation:
 class _Chunks:
     """Fixed buffers of up to ``k`` steps, ``(k, batch, N)`` each, named ``names``, and the
     state carried from chunk to chunk (``carry``, (batch, N) each, zeros at first).
-    ``run(n)`` runs ``steps(n)`` on the first ``n`` steps of the buffers; a full chunk goes
-    through a ``_Replay``, so on CUDA it is replayed from a graph."""
+    Subclasses define ``steps(n)``, the step function on the first ``n`` steps."""
 
     def __init__(self, k, shape, like, names, n_carry):
         self.k = k
         for name in names:
             setattr(self, name, torch.empty((k,) + shape, **like))
         self.carry = [torch.zeros(shape, **like) for _ in range(n_carry)]
-        self._replay = _Replay(lambda: self.steps(k), like["device"])
+        self.capture = CUDA_GRAPHS and torch.device(like["device"]).type == "cuda"
+        self.graph, self.full_runs = None, 0
 
     def run(self, n):
-        if n == self.k:
-            self._replay()
+        """``steps(n)``. On CUDA (``CUDA_GRAPHS``) a full chunk (``n = k``) runs eagerly the
+        first time, which is also the warm-up a capture needs (cuBLAS workspaces, the
+        allocator), is captured into a CUDA graph the second time and replayed from then
+        on; a chunk run once is never captured. Nothing here refers back to ``self``, so
+        the graph is freed with this object, by reference counting, when the call ends."""
+        if n < self.k:
+            return self.steps(n)
+        if self.graph is None and self.capture and self.full_runs:
+            self.graph = _capture(self.steps, self.k)
+            self.capture = self.graph is not None
+        self.full_runs += 1
+        if self.graph is None:
+            self.steps(self.k)
         else:
-            self.steps(n)
+            self.graph.replay()
 
 
 class _ForwardChunks(_Chunks):
@@ -211,7 +228,8 @@ class _BackwardChunks(_Chunks):
 
 
 class _Backward:
-    """BPTT through one step, populations in reverse (shared by the chunks and t = 0)."""
+    """BPTT through one step, populations in reverse (shared by the chunks and t = 0).
+    ``w``, ``w_prev`` (N, N) [post, pre]: None without recurrence (see ``_Simulation``)."""
 
     def __init__(self, off, w, w_prev, alpha, rho, b0, beta):
         self.off, self.w, self.w_prev = off, w, w_prev
@@ -244,9 +262,53 @@ class _Backward:
         g.alpha.add_(gv * (v_prev - cur))
         g.rho.add_(gb * (b_prev - s_prev))
         # dL/ds_{t-1}: reset and adaptation of this step, and its current via W_prev
-        g.s = torch.addmm(-gv * thr + gb * self.omr, g_cur, self.w_prev)
+        g.s = -gv * thr + gb * self.omr
+        if self.w_prev is not None:
+            g.s = torch.addmm(g.s, g_cur, self.w_prev)
         g.v_r = self.alpha * gv
         g.b_r = self.rho * gb
+
+
+def _forward_saved(sim, thal_current, s0, v0, b0):
+    """All T steps, keeping what the backward needs: spikes, input currents, membranes and
+    adaptations, (T, batch, N) each."""
+    like = dict(dtype=thal_current.dtype, device=thal_current.device)
+    saved = [torch.empty(thal_current.shape, **like) for _ in range(4)]
+
+    def emit(t0, k, ch):
+        for out, buf in zip(saved, (ch.s, ch.cur, ch.v, ch.b)):
+            out[t0:t0 + k] = buf[:k]
+
+    _simulate(sim, thal_current, s0, v0, b0, emit)
+    return saved
+
+
+def _backward_through(bwd, g_spikes, saved, s0, v0):
+    """BPTT over all steps (``_forward_saved``'s outputs in ``saved``).
+
+    Returns dL/dI (T, batch, N) and the carries at t = 0: ``g.s``, ``g.v_r`` (dL/ds0,
+    dL/dv0) and ``g.alpha``, ``g.rho`` (tau gradients per lane, to be summed over it).
+    """
+    s_all, i_all, v_all, b_all = saved
+    T = s_all.shape[0]
+    sg_all = surrogate_derivative(v_all - (bwd.b0 + bwd.beta * b_all))   # (T, B, N)
+    g_cur = torch.empty_like(i_all)
+    ch = _BackwardChunks(bwd, max(1, min(CHUNK, T - 1)), tuple(s0.shape),
+                         dict(dtype=s0.dtype, device=s0.device))
+    for t1 in range(T, 1, -ch.k):             # steps t1-1 down to t0 >= 1, in chunks
+        t0 = max(1, t1 - ch.k)
+        k = t1 - t0
+        for buf, src in ((ch.g_spikes, g_spikes[t0:t1]), (ch.sg, sg_all[t0:t1]),
+                         (ch.cur, i_all[t0:t1]), (ch.b, b_all[t0:t1]),
+                         (ch.s_prev, s_all[t0 - 1:t1 - 1]), (ch.v_prev, v_all[t0 - 1:t1 - 1]),
+                         (ch.b_prev, b_all[t0 - 1:t1 - 1])):
+            buf[:k] = src
+        ch.run(k)
+        g_cur[t0:t1] = ch.g_cur[:k]
+    # t = 0 starts from the initial state and the scalar b0
+    g = SimpleNamespace(**dict(zip(("s", "v_r", "b_r", "alpha", "rho"), ch.carry)))
+    bwd.step(g, g_spikes[0], sg_all[0], i_all[0], b_all[0], s0, v0, bwd.b0, g_cur[0])
+    return g_cur, g
 
 
 class _CortexFunction(torch.autograd.Function):
@@ -257,55 +319,63 @@ class _CortexFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, opts, prev, w, thal_current, alpha, rho, v0, s0):
         off, b0, beta, record_mem = opts
-        T, B, n = thal_current.shape
         w_prev = w * prev
         sim = _Simulation(off, w, w_prev.t(), alpha, rho, b0, beta)
-        saved = [torch.empty((T, B, n), dtype=w.dtype, device=w.device) for _ in range(4)]
-        s_all, i_all, v_all, b_all = saved
-
-        def emit(t0, k, ch):
-            for out, buf in zip(saved, (ch.s, ch.cur, ch.v, ch.b)):
-                out[t0:t0 + k] = buf[:k]
-
-        _simulate(sim, thal_current, s0, v0, b0, emit)
+        saved = _forward_saved(sim, thal_current, s0, v0, b0)
         ctx.consts = (off, b0, beta)
-        ctx.save_for_backward(prev, w, w_prev, alpha, rho, v0, s0, s_all, i_all, v_all, b_all)
+        ctx.save_for_backward(prev, w, w_prev, alpha, rho, v0, s0, *saved)
+        v_all = saved[2]
         mem = v_all if record_mem else torch.empty(0, dtype=w.dtype, device=w.device)
         ctx.mark_non_differentiable(mem)
-        return s_all, mem
+        return saved[0], mem
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_spikes, _g_mem):
-        prev, w, w_prev, alpha, rho, v0, s0, s_all, i_all, v_all, b_all = ctx.saved_tensors
+        prev, w, w_prev, alpha, rho, v0, s0, *saved = ctx.saved_tensors
         off, b0, beta = ctx.consts
-        T, B, n = s_all.shape
         bwd = _Backward(off, w, w_prev, alpha, rho, b0, beta)
-        sg_all = surrogate_derivative(v_all - (b0 + beta * b_all))        # (T, B, N)
-        g_cur = torch.empty_like(i_all)                                   # dL/dI, all steps
-        ch = _BackwardChunks(bwd, max(1, min(CHUNK, T - 1)), (B, n),
-                             dict(dtype=w.dtype, device=w.device))
-        for t1 in range(T, 1, -ch.k):             # steps t1-1 down to t0 >= 1, in chunks
-            t0 = max(1, t1 - ch.k)
-            k = t1 - t0
-            for buf, src in ((ch.g_spikes, g_spikes[t0:t1]), (ch.sg, sg_all[t0:t1]),
-                             (ch.cur, i_all[t0:t1]), (ch.b, b_all[t0:t1]),
-                             (ch.s_prev, s_all[t0 - 1:t1 - 1]),
-                             (ch.v_prev, v_all[t0 - 1:t1 - 1]),
-                             (ch.b_prev, b_all[t0 - 1:t1 - 1])):
-                buf[:k] = src
-            ch.run(k)
-            g_cur[t0:t1] = ch.g_cur[:k]
-        # t = 0 starts from the initial state and the scalar b0
-        g = SimpleNamespace(**dict(zip(("s", "v_r", "b_r", "alpha", "rho"), ch.carry)))
-        bwd.step(g, g_spikes[0], sg_all[0], i_all[0], b_all[0], s0, v0, b0, g_cur[0])
-        gi_flat = g_cur.reshape(T * B, n)
-        g_w = torch.mm(gi_flat.t(), s_all.reshape(T * B, n)).masked_fill_(prev, 0)
+        g_cur, g = _backward_through(bwd, g_spikes, saved, s0, v0)
+        s_all = saved[0]
+        T, B, n = s_all.shape
+        g_w = torch.mm(g_cur.reshape(T * B, n).t(), s_all.reshape(T * B, n)).masked_fill_(prev, 0)
         g_w_prev = torch.mm(g_cur[0].t(), s0)
         if T > 1:
             g_w_prev.addmm_(g_cur[1:].reshape(-1, n).t(), s_all[:-1].reshape(-1, n))
         g_w.add_(g_w_prev.masked_fill_(~prev, 0))
         return None, None, g_w, g_cur, g.alpha.sum(0), g.rho.sum(0), g.v_r, g.s
+
+
+class _ThalamusFunction(torch.autograd.Function):
+    """The VPM layer (no recurrence, one population) through the same chunked loops.
+    Inputs: current (T, batch, 200), alpha, rho (200,), v0, s0 (batch, 200); output spikes."""
+
+    @staticmethod
+    def forward(ctx, b0, beta, current, alpha, rho, v0, s0):
+        off = [0, current.shape[2]]
+        sim = _Simulation(off, None, None, alpha, rho, b0, beta)
+        saved = _forward_saved(sim, current, s0, v0, b0)
+        ctx.consts = (off, b0, beta)
+        ctx.save_for_backward(alpha, rho, v0, s0, *saved)
+        return saved[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_spikes):
+        alpha, rho, v0, s0, *saved = ctx.saved_tensors
+        off, b0, beta = ctx.consts
+        bwd = _Backward(off, None, None, alpha, rho, b0, beta)
+        g_cur, g = _backward_through(bwd, g_spikes, saved, s0, v0)
+        return None, None, g_cur, g.alpha.sum(0), g.rho.sum(0), g.v_r, g.s
+
+
+def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
+    """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200)."""
+    cfg = model.config
+    dtype = current.dtype
+    alpha, rho = decay_factors(model.thal_tau_m, model.thal_tau_adp)
+    return _ThalamusFunction.apply(float(cfg.init_b), float(cfg.beta), current, alpha, rho,
+                                   state.mem_thal.to(dtype), state.spk_thal.to(dtype))
 
 
 def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = False,

@@ -4,6 +4,9 @@ On the CPU the backend is selected with ``engine_fast.BACKEND = "torch"``; with 
 same checks run on CUDA, where it is the default.
 """
 import copy
+import gc
+import warnings
+import weakref
 
 import pytest
 import torch
@@ -60,6 +63,73 @@ def test_inference_matches_training_path(model64, torch_backend, monkeypatch, ch
     torch.testing.assert_close(b.output, a.output, rtol=0, atol=0)
 
 
+def _thalamus_like_chunks(k=3, batch=2, n=5):
+    """Forward chunks of a one-population layer without recurrence, and its input."""
+    g = torch.Generator().manual_seed(0)
+    alpha, rho = torch.rand(n, generator=g), torch.rand(n, generator=g)
+    sim = engine_torch._Simulation([0, n], None, None, alpha, rho, 0.04, 1.8)
+    ch = engine_torch._ForwardChunks(sim, k, (batch, n), dict(dtype=torch.float32,
+                                                               device=torch.device("cpu")))
+    current = torch.rand(4 * k, batch, n, generator=g)
+    return ch, current
+
+
+def _run_chunks(ch, current):
+    """The membranes of all steps."""
+    mem = []
+    for t0 in range(0, current.shape[0], ch.k):
+        n = min(ch.k, current.shape[0] - t0)
+        ch.thal[:n] = current[t0:t0 + n]
+        ch.run(n)
+        mem.append(ch.v[:n].clone())
+    return torch.cat(mem)
+
+
+@pytest.mark.parametrize("capture_fails", [False, True])
+def test_chunks_run_eagerly_then_capture_then_replay(monkeypatch, capture_fails):
+    """The graph protocol on the CPU, with a stand-in for the CUDA graph: the first full
+    chunk runs eagerly, the second is captured and replayed, later ones replayed; a failed
+    capture leaves every chunk to run eagerly. Results equal the plain eager run."""
+    events = []
+
+    class Graph:
+        def __init__(self, fn, k):
+            self.fn, self.k = fn, k
+
+        def replay(self):
+            events.append("replay")
+            self.fn(self.k)
+
+    def capture(fn, k):
+        events.append("capture")
+        return None if capture_fails else Graph(fn, k)
+
+    monkeypatch.setattr(engine_torch, "_capture", capture)
+    eager, current = _thalamus_like_chunks()
+    expected = _run_chunks(eager, current)
+    ch, _ = _thalamus_like_chunks()
+    ch.capture = True
+    torch.testing.assert_close(_run_chunks(ch, current), expected, rtol=0, atol=0)
+    assert events == (["capture"] if capture_fails else ["capture", "replay", "replay", "replay"])
+
+
+def test_chunks_are_freed_by_reference_counting():
+    """A chunk object, and with it its CUDA graph, is freed as soon as the call that made
+    it returns: left to the garbage collector, a graph could be destroyed during a later
+    capture, which invalidates that capture."""
+    ch, current = _thalamus_like_chunks()
+    _run_chunks(ch, current)
+    ref = weakref.ref(ch)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        del ch
+        assert ref() is None
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def test_numba_backend_refuses_other_devices(model64, monkeypatch):
     monkeypatch.setattr(engine_fast, "BACKEND", "numba")
     thal = torch.zeros(2, 1, 200, dtype=torch.float64, device="meta")
@@ -112,7 +182,23 @@ def test_cuda_graphs_match_cpu_reference(model64, monkeypatch, graphs):
     ref, g_ref = train_pass(model64, "reference", x, state, labels)
     model_c = copy.deepcopy(model64).to("cuda")
     state_c = InitialState(*(t.detach().to("cuda").requires_grad_() for t in state))
-    res, g = train_pass(model_c, "fast", x.to("cuda"), state_c, labels.to("cuda"))
+    # a CUDA graph in a reference cycle, and a garbage collector that runs at nearly every
+    # allocation: collecting that graph during one of the engine's captures would
+    # invalidate the capture
+    cycle = [torch.cuda.CUDAGraph()]
+    with torch.cuda.graph(cycle[0]):
+        torch.ones(1, device="cuda").add_(1)
+    cycle.append(cycle)
+    del cycle
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        with warnings.catch_warnings():
+            # a failed capture warns, and so does torch where a graph is destroyed mid-capture
+            warnings.filterwarnings("error", message=".*captur")
+            res, g = train_pass(model_c, "fast", x.to("cuda"), state_c, labels.to("cuda"))
+    finally:
+        gc.set_threshold(*threshold)
     assert ref.spikes.sum() > 0
     torch.testing.assert_close(res.spikes.cpu(), ref.spikes.detach(), rtol=0, atol=0)
     torch.testing.assert_close(res.mem.cpu(), ref.mem.detach())
