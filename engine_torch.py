@@ -210,7 +210,7 @@ class _BackwardChunks(_Chunks):
     """Backward steps t0+n-1 down to t0 (t0 >= 1). In: ``g_spikes``, ``sg`` (surrogate),
     ``cur``, ``b`` of those steps and ``s_prev``, ``v_prev``, ``b_prev`` of the steps before.
     Out: ``g_cur`` (dL/dI). Carried: dL/ds, alpha dL/dv and rho dL/db from the step after,
-    and the tau gradients' sums (see ``_backward_step``)."""
+    and the tau gradients' sums (see ``_Backward.step``)."""
 
     def __init__(self, bwd, k, shape, like):
         super().__init__(k, shape, like, ("g_spikes", "sg", "cur", "b", "s_prev", "v_prev",
