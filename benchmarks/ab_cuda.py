@@ -81,7 +81,8 @@ def main():
             model.zero_grad(set_to_none=True)
             r = model(x, record_spikes=True)
             r.output.sum().backward()
-            outs[variant] = [r.spikes.detach().clone()] + [p.grad.clone() for p in model.parameters()]
+            grads = [p.grad.clone() for p in model.parameters()]
+            outs[variant] = [r.spikes.detach().clone()] + grads
     finally:
         use("graphs")
     res["eager_identical"] = all(torch.equal(a, b) for a, b in zip(outs["graphs"], outs["eager"]))

@@ -147,8 +147,8 @@ def test_cuda_matches_cpu_reference(model64, engine):
     x, state, labels = make_inputs(model64, 2, steps=5, seed=11, grad_state=True)
     ref, g_ref = train_pass(model64, "reference", x, state, labels)
     model_c = copy.deepcopy(model64).to("cuda")
-    state_c = InitialState(*(t.detach().cuda().requires_grad_() for t in state))
-    res, g = train_pass(model_c, engine, x.cuda(), state_c, labels.cuda())
+    state_c = InitialState(*(t.detach().to("cuda").requires_grad_() for t in state))
+    res, g = train_pass(model_c, engine, x.to("cuda"), state_c, labels.to("cuda"))
     torch.testing.assert_close(res.spikes.cpu(), ref.spikes.detach(), rtol=0, atol=0)
     torch.testing.assert_close(res.mem.cpu(), ref.mem.detach())
     torch.testing.assert_close(res.output.cpu(), ref.output.detach())
@@ -164,7 +164,7 @@ def test_cuda_float32_no_grad_long_sequence(model64):
     with torch.no_grad():
         cpu = model32(x, state=state, record_spikes=True)
         model_c = copy.deepcopy(model32).to("cuda")
-        gpu = model_c(x.cuda(), state=InitialState(*(t.cuda() for t in state)),
+        gpu = model_c(x.to("cuda"), state=InitialState(*(t.to("cuda") for t in state)),
                       record_spikes=True)
     flips = (gpu.spikes.cpu() != cpu.spikes).float().mean().item()
     assert flips < 1e-3, f"{flips:.2e} of the spikes differ between CUDA and CPU"
