@@ -2,8 +2,9 @@
 # The checks and measurements that need an NVIDIA GPU, in one run:
 #   the CUDA tests (golden cases on both engines, the torch backend against the CPU
 #   reference), the engine benchmark on CUDA at batch 128 and 16 (with the peak memory of a
-#   full-length training step), the A/B of the CUDA graphs and the VPM layer, and two epochs of the spiking training script on CUDA
-#   followed by the whisker-deprivation script on its checkpoint.
+#   full-length training step), the A/B of the CUDA graphs and the VPM layer
+#   (benchmarks/ab_cuda.py), and two epochs of the spiking training script on CUDA followed
+#   by the whisker-deprivation script on its checkpoint.
 # usage: GOLDEN_DIR=/path/to/golden bash benchmarks/cuda_check.sh [log folder] [work folder]
 # Logs go to the log folder (default cuda_check); the generated dataset, checkpoints and
 # figures to the work folder (default: the log folder's work/).
