@@ -218,13 +218,23 @@ class _BackwardChunks(_Chunks):
         self.bwd = bwd
 
     def steps(self, n):
-        g = SimpleNamespace(**dict(zip(("s", "v_r", "b_r", "alpha", "rho"), self.carry)))
+        g = _carried(self.carry)
         for j in range(n - 1, -1, -1):
             self.bwd.step(g, self.g_spikes[j], self.sg[j], self.cur[j], self.b[j],
                           self.s_prev[j], self.v_prev[j], self.b_prev[j], self.g_cur[j])
-        for c, last in zip(self.carry, (g.s, g.v_r, g.b_r, g.alpha, g.rho)):
+        for c, name in zip(self.carry, _CARRIED):
+            last = getattr(g, name)
             if c is not last:
                 c.copy_(last)
+
+
+# what the backward carries from step t+1 to step t (see ``_Backward.step``)
+_CARRIED = ("s", "v_r", "b_r", "alpha", "rho")
+
+
+def _carried(tensors):
+    """The carried gradients as the namespace ``_Backward.step`` updates."""
+    return SimpleNamespace(**dict(zip(_CARRIED, tensors)))
 
 
 class _Backward:
@@ -306,7 +316,7 @@ def _backward_through(bwd, g_spikes, saved, s0, v0):
         ch.run(k)
         g_cur[t0:t1] = ch.g_cur[:k]
     # t = 0 starts from the initial state and the scalar b0
-    g = SimpleNamespace(**dict(zip(("s", "v_r", "b_r", "alpha", "rho"), ch.carry)))
+    g = _carried(ch.carry)
     bwd.step(g, g_spikes[0], sg_all[0], i_all[0], b_all[0], s0, v0, bwd.b0, g_cur[0])
     return g_cur, g
 
