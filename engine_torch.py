@@ -380,12 +380,27 @@ class _ThalamusFunction(torch.autograd.Function):
 
 
 def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
-    """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200)."""
+    """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200).
+
+    Without a gradient only the spikes are kept (no currents, membranes, adaptations).
+    """
     cfg = model.config
     dtype = current.dtype
+    b0, beta = float(cfg.init_b), float(cfg.beta)
     alpha, rho = decay_factors(model.thal_tau_m, model.thal_tau_adp)
-    return _ThalamusFunction.apply(float(cfg.init_b), float(cfg.beta), current, alpha, rho,
-                                   state.mem_thal.to(dtype), state.spk_thal.to(dtype))
+    v0, s0 = state.mem_thal.to(dtype), state.spk_thal.to(dtype)
+    inputs = (current, alpha, rho, v0, s0)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _ThalamusFunction.apply(b0, beta, *inputs)
+    with torch.no_grad():
+        sim = _Simulation([0, current.shape[2]], None, None, alpha, rho, b0, beta)
+        spikes = torch.empty(current.shape, dtype=dtype, device=current.device)
+
+        def emit(t0, k, ch):
+            spikes[t0:t0 + k] = ch.s[:k]
+
+        _simulate(sim, current, s0, v0, b0, emit)
+        return spikes
 
 
 def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = False,

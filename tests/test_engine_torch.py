@@ -58,6 +58,7 @@ def test_inference_matches_training_path(model64, torch_backend, monkeypatch, ch
         r = model64(x, state=state, record_spikes=True, record_mem=True, engine="reference")
     assert b.spikes is None and b.mem is None
     torch.testing.assert_close(a.spikes, r.spikes, rtol=0, atol=0)
+    torch.testing.assert_close(a.thal_spikes, r.thal_spikes, rtol=0, atol=0)
     torch.testing.assert_close(a.mem, r.mem)
     torch.testing.assert_close(a.output, r.output)
     torch.testing.assert_close(b.output, a.output, rtol=0, atol=0)
