@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from common import atomic_path, atomic_write_json, atomic_write_text, select_device
-from training import _flag, evaluate, load_checkpoint
+from model import InitialState
+from training import _flag, load_checkpoint
 from whisker_dataset import N_WHISKERS
 
 
@@ -36,7 +38,9 @@ class DeprivationConfig:
     max_removed: int = _flag(8, "largest number of whiskers removed")
     seed: int = _flag(515, "seed of the random whisker sets")
     device: str = _flag("auto", "auto, cpu, cuda or cuda:N")
-    batch_size: int = _flag(128, "evaluation batch size")
+    batch_size: int = _flag(128, "evaluation batch size (sets each sample's row of the "
+                            "initial state, as in training's evaluation)")
+    lanes: int = _flag(256, "samples per forward pass: whole trials are stacked up to this")
     n_steps: int = _flag(-1, "truncate sequences to T steps (-1: as in training, 0: full)")
     max_test_samples: int = _flag(0, "use only the first N test samples (0: all)")
     engine: str = _flag("", "simulation engine (default: as stored in the checkpoint)")
@@ -52,6 +56,56 @@ def whisker_sets(trials: int, seed: int, max_removed: int = 8) -> list[tuple[int
         for _ in range(trials):
             sets.append(tuple(sorted(int(w) for w in rng.choice(N_WHISKERS, k, replace=False))))
     return sets
+
+
+@torch.no_grad()
+def evaluate_trials(model, dataset, indices: list[int], sets: list[tuple[int, ...]],
+                    batch_size: int, lanes: int, device, progress: bool = False,
+                    return_outputs: bool = False):
+    """Test accuracy of every whisker set in ``sets``, several trials per forward pass.
+
+    Equals ``training.evaluate(model, dataset.deprived(ws), indices, batch_size, device)``
+    for each set ``ws``: every sample keeps the row of the initial state it has in its
+    evaluation batch of ``batch_size`` (the published state depends on the row), and its
+    input spikes use the same uniforms. Whole trials are stacked until a pass holds about
+    ``lanes`` samples (at least one trial); the model reads only its driving sweep, so only
+    that sweep is built. Returns the accuracies, and with ``return_outputs`` also each
+    trial's summed readout (n, 3).
+    """
+    model.eval()
+    n = len(indices)
+    sweep = model.config.sweep
+    # each sample's row of the initial state of its evaluation batch
+    rows = []
+    for lo in range(0, n, batch_size):
+        m = min(batch_size, n - lo)
+        rows.append(model.initial_state(m, device=device))
+    state_rows = InitialState(*(torch.cat(parts) for parts in zip(*rows)))
+    labels = dataset.labels[torch.as_tensor(indices, dtype=torch.long)].to(device)
+    per_pass = max(1, lanes // max(n, 1))
+    groups = [sets[i:i + per_pass] for i in range(0, len(sets), per_pass)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(sets), desc="deprivation trials", leave=False, dynamic_ncols=True)
+    accuracies, outputs = [], []
+    for group in groups:
+        x = dataset.driving_sweep(indices, group, sweep)          # (K, n, C, T, F)
+        k = len(group)
+        x = x.reshape(k * n, *x.shape[2:])
+        full = torch.zeros((k * n, x.shape[1], sweep + 1) + tuple(x.shape[2:]), dtype=x.dtype)
+        full[:, :, sweep] = x
+        state = InitialState(*(t.repeat(k, 1) for t in state_rows))
+        out = model(full.to(device), state=state).output
+        correct = (out.argmax(1).reshape(k, n) == labels).double().mean(1)
+        accuracies.extend(float(c) for c in correct)
+        if return_outputs:
+            outputs.extend(out.reshape(k, n, -1).cpu())
+        if bar is not None:
+            bar.update(k)
+    if bar is not None:
+        bar.close()
+    return (accuracies, outputs) if return_outputs else accuracies
 
 
 def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
@@ -84,18 +138,15 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     log(f"deprivation: {len(sets)} trials on {n} test samples ({model.config.encoder}, "
         f"{device}) from {cfg.checkpoint}")
 
+    accuracies = evaluate_trials(model, base, indices, sets, cfg.batch_size, cfg.lanes, device,
+                                 cfg.progress)
     rows = []
     per_k: dict[int, int] = {}
-    iterator = sets
-    if cfg.progress:
-        from tqdm import tqdm
-        iterator = tqdm(sets, desc="deprivation", leave=False, dynamic_ncols=True)
-    for ws in iterator:
-        res = evaluate(model, base.deprived(ws), indices, cfg.batch_size, device)
+    for ws, acc in zip(sets, accuracies):
         k = len(ws)
         per_k[k] = per_k.get(k, 0) + 1
         rows.append({"n_removed": k, "trial": per_k[k] - 1,
-                     "whiskers": " ".join(map(str, ws)), "accuracy": res["acc"]})
+                     "whiskers": " ".join(map(str, ws)), "accuracy": acc})
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["n_removed", "trial", "whiskers", "accuracy"],

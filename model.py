@@ -40,8 +40,8 @@ class ModelConfig:
     readout_hidden: int = 128
     n_classes: int = 3
     beta: float = BETA
-    tau_m_range: tuple = (9.0, 11.0)     # tau_m ~ U(9, 11) steps (published initialisation)
-    tau_adp_range: tuple = (4.0, 6.0)    # tau_adp ~ U(4, 6) steps
+    tau_m_range: tuple = (9.0, 11.0)     # tau_m ~ U(9, 11) steps (published code: exactly 10)
+    tau_adp_range: tuple = (4.0, 6.0)    # tau_adp ~ U(4, 6) steps (published code: exactly 5)
     sweep: int = 0                  # the sweep that drives the network (published: 0)
     seed: int = 0                   # masks, weights and time constants (own generator)
     init_state_seed: int = 515      # the published initial state: U[0,1) from seed 515

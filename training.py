@@ -13,8 +13,9 @@ What a run directory holds (all writes atomic: temporary file, then rename):
     config.json           the training config
 
 Paper set-up (the defaults): Adam, lr 0.008 (x5 for ``tau_adp``, x2 for ``tau_m``, thalamic
-and cortical), StepLR(step 10, gamma 0.5), 100 epochs, batch 128, cross-entropy on
-``output / T`` (T = 550 spiking, 110 real-valued).
+and cortical), StepLR(20, 0.8) spiking / StepLR(10, 0.5) real-valued, 100 epochs, batch 128,
+cross-entropy on ``output / T`` (T = 550 spiking, 110 real-valued). ``loss="log-mean-prob"``
+trains on -log of the time-averaged readout probability instead (:func:`readout_loss`).
 
 Reproducibility: the model is built from its own generator (``seed``); the data order of
 epoch ``e`` is a permutation drawn from a generator seeded with ``(seed, e)``; spikes are drawn
@@ -52,6 +53,7 @@ from model import ENGINES, BarrelCortexRSNN, ModelConfig, build_model
 CHECKPOINT_FORMAT = "barrel-rsnn-checkpoint"
 CHECKPOINT_VERSION = 1
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+LOSSES = ("published", "log-mean-prob")
 METRIC_FIELDS = ("epoch", "loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate",
                  "seconds")
 
@@ -76,8 +78,11 @@ class TrainConfig:
     lr: float = _flag(0.008, "Adam learning rate")
     lr_tau_adp_factor: float = _flag(5.0, "learning-rate factor for tau_adp (thalamic and cortical)")
     lr_tau_m_factor: float = _flag(2.0, "learning-rate factor for tau_m (thalamic and cortical)")
-    step_size: int = _flag(10, "StepLR step (epochs)")
-    gamma: float = _flag(0.5, "StepLR factor")
+    step_size: int = _flag(20, "StepLR step in epochs (published: 20 spiking, 10 real-valued)")
+    gamma: float = _flag(0.8, "StepLR factor (published: 0.8 spiking, 0.5 real-valued)")
+    loss: str = _flag("published", "readout loss: 'published' = cross-entropy with the mean "
+                      "readout probability output/T as logits; 'log-mean-prob' = -log of the "
+                      "true class's mean readout probability", LOSSES)
     init_b: float = _flag(0.04, "baseline threshold b0")
     init_w: float = _flag(0.06, "recurrent / thalamic weights start in U[0, init_w]")
     seed: int = _flag(0, "model initialisation and data order")
@@ -114,7 +119,7 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
-        for name in ("encoder", "dtype", "engine"):
+        for name in ("encoder", "dtype", "engine", "loss"):
             choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -128,14 +133,17 @@ def _default(name: str, default):
 
 @dataclass
 class SpikingConfig(TrainConfig):
-    """``RSNN_bfd_SpikingBased.py``: spike-encoded input, T = 550, b0 0.04, init_w 0.06
-    (the defaults of :class:`TrainConfig`)."""
+    """``RSNN_bfd_SpikingBased.py``: spike-encoded input, T = 550, b0 0.04, init_w 0.06,
+    StepLR(20, 0.8) (the defaults of :class:`TrainConfig`)."""
 
 
 @dataclass
 class RealValuedConfig(TrainConfig):
-    """``RSNN_bfd_RealValued.py``: real-valued input, T = 110, b0 0.03, init_w 0.05."""
+    """``RSNN_bfd_RealValued.py``: real-valued input, T = 110, b0 0.03, init_w 0.05,
+    StepLR(10, 0.5)."""
     encoder: str = _default("encoder", "realvalued")
+    step_size: int = _default("step_size", 10)
+    gamma: float = _default("gamma", 0.5)
     out: str = _default("out", "runs/realvalued")
     init_b: float = _default("init_b", 0.03)
     init_w: float = _default("init_w", 0.05)
@@ -464,10 +472,31 @@ def _progress(iterable, total, desc, enabled):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def readout_loss(output: torch.Tensor, labels: torch.Tensor, n_steps: int,
+                 kind: str = "published", reduction: str = "mean") -> torch.Tensor:
+    """The training loss of the summed readout softmax ``output`` (batch, 3).
+
+    ``published``: ``cross_entropy(output / T, labels)``. The "logits" ``output / T`` are mean
+    probabilities in [0, 1], so the loss cannot fall below -log(e / (e + 2)) = 0.551, and a
+    sample whose per-step softmax has saturated on a wrong class gets no gradient
+    (the softmax Jacobian vanishes there).
+    ``log-mean-prob``: ``-log(mean_t p_t[label])``, the negative log-likelihood of the
+    time-averaged readout probability (sum over t = 1..T-1 divided by T - 1); its gradient
+    does not vanish on confidently wrong samples.
+    """
+    if kind == "published":
+        return F.cross_entropy(output / n_steps, labels, reduction=reduction)
+    if kind == "log-mean-prob":
+        mean_prob = output / max(n_steps - 1, 1)
+        log_prob = torch.log(mean_prob.clamp_min(torch.finfo(output.dtype).tiny))
+        return F.nll_loss(log_prob, labels, reduction=reduction)
+    raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+
 @torch.no_grad()
 def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: int, device,
              dist: Dist | None = None, progress: bool = False, workers: int = 0,
-             desc: str = "test") -> dict:
+             desc: str = "test", loss_kind: str = "published") -> dict:
     """Accuracy, mean loss and mean cortical firing rate over ``indices``.
 
     ``eval()`` and ``no_grad``; every batch starts from the model's deterministic initial
@@ -492,7 +521,7 @@ def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: i
             state = shard_state(model, len(gb), *shard_bounds(len(gb), dist), device)
         out = model(x, state=state, record_spikes=True)
         T = x.shape[3]
-        loss_sum += float(F.cross_entropy(out.output / T, y, reduction="sum"))
+        loss_sum += float(readout_loss(out.output, y, T, loss_kind, reduction="sum"))
         correct += float((out.output.argmax(1) == y).sum())
         spikes += float(out.spikes.sum(dtype=torch.float64))
         spike_count += out.spikes.numel()
@@ -506,7 +535,7 @@ def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: i
 
 
 def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist: Dist,
-                    progress: bool, workers: int, desc: str) -> dict:
+                    progress: bool, workers: int, desc: str, loss_kind: str = "published") -> dict:
     """One pass over ``batches`` (lists of global indices). Returns mean loss and accuracy."""
     model.train()
     loss_sum = correct = n = 0.0
@@ -523,7 +552,7 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
         state = shard_state(model, global_n, lo, hi, device) if dist.world > 1 else None
         out = ddp_model(x, state=state).output
         T = x.shape[3]
-        ce = F.cross_entropy(out / T, y, reduction="sum")
+        ce = readout_loss(out, y, T, loss_kind, reduction="sum")
         loss = ce * (dist.world / global_n)
         if dummy:
             loss = loss * 0.0
@@ -671,10 +700,10 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
         lr = optimizer.param_groups[0]["lr"]
         batches = epoch_batches(train_idx, cfg.batch_size, cfg.seed, epoch)
         tr = train_one_epoch(ddp_model, model, optimizer, train_set, batches, device, dist,
-                             cfg.progress, workers, f"epoch {epoch + 1}/{cfg.epochs}")
+                             cfg.progress, workers, f"epoch {epoch + 1}/{cfg.epochs}", cfg.loss)
         scheduler.step()
         te = evaluate(model, test_set, test_idx, cfg.batch_size, device, dist, cfg.progress,
-                      workers)
+                      workers, loss_kind=cfg.loss)
         seconds = time.time() - t0
         row = {"epoch": epoch + 1, "loss": tr["loss"], "train_acc": tr["acc"],
                "test_loss": te["loss"], "test_acc": te["acc"], "lr": lr,

@@ -243,8 +243,7 @@ class SpikingWhiskerDataset(torch.utils.data.Dataset):
         view._drawn = {}
         view.deprived_whiskers = tuple(sorted(set(self.deprived_whiskers) | set(idx.tolist())))
         if idx.size:
-            zero = np.zeros((1, 3), np.float32)
-            floor = (float(_prob(zero, FORCE_OFFSET)[0]), float(_prob(zero, TORQUE_OFFSET)[0]))
+            floor = self._floor()
             nodes = torch.as_tensor((idx[:, None] * N_NODES + np.arange(N_NODES)).ravel())
             view.probs = self.probs.clone()
             for channel in range(2):
@@ -279,11 +278,49 @@ class SpikingWhiskerDataset(torch.utils.data.Dataset):
             x = self._drawn[i] = self._draw(i, 0)
         return x, self.labels[i]
 
-    def _draw(self, i: int, epoch: int) -> torch.Tensor:
+    def driving_sweep(self, indices, deprived_sets=((),), sweep: int = 0) -> torch.Tensor:
+        """Spikes of one sweep for every (whisker set, sample) pair, without drawing twice.
+
+        Returns uint8 (len(deprived_sets), len(indices), 2, T, 93); entry ``[k, j]`` equals
+        ``self.deprived(deprived_sets[k])[indices[j]][0][:, sweep]`` (the same uniforms, the
+        removed whiskers' probabilities at the floor value). Used to evaluate many
+        whisker-deprivation trials in one batch.
+        """
+        floor = self._floor()
+        sets = [_parse_deprived(ws) for ws in deprived_sets]
+        out = torch.empty((len(sets), len(indices), 2, self.n_steps, N_WHISKERS * N_NODES),
+                          dtype=torch.uint8)
+        for j, i in enumerate(indices):
+            u = self._uniforms(int(i), 0 if not self.resample_each_epoch else self.epoch)
+            u = u[:, :, sweep].permute(1, 0, 2)                     # (2, T, 93)
+            p = self.probs[int(i), :, sweep]                        # (2, 110, 93)
+            for k, idx in enumerate(sets):
+                pk = p
+                if idx.size:
+                    pk = p.clone()
+                    nodes = torch.as_tensor((idx[:, None] * N_NODES + np.arange(N_NODES)).ravel())
+                    for channel in range(2):
+                        pk[channel, :, nodes] = floor[channel]
+                pk = pk.repeat_interleave(DT_REPEAT, dim=1)[:, :self.n_steps]
+                out[k, j] = (u < pk).to(torch.uint8)
+        return out
+
+    @staticmethod
+    def _floor() -> tuple[float, float]:
+        """Spike probability of an untouched node (force, torque)."""
+        zero = np.zeros((1, 3), np.float32)
+        return float(_prob(zero, FORCE_OFFSET)[0]), float(_prob(zero, TORQUE_OFFSET)[0])
+
+    def _uniforms(self, i: int, epoch: int) -> torch.Tensor:
+        """The sample's uniforms (T, 2, 12, 93), drawn time-major so that a truncated
+        sequence is a prefix of the full one."""
         gen = torch.Generator().manual_seed(_sample_seed(self.seed, epoch, i))
+        return torch.rand((N_SPIKE_STEPS, 2, N_SWEEPS, N_WHISKERS * N_NODES),
+                          generator=gen)[:self.n_steps]
+
+    def _draw(self, i: int, epoch: int) -> torch.Tensor:
         T = self.n_steps
-        # uniforms drawn time-major so a truncated sequence is a prefix of the full one
-        u = torch.rand((N_SPIKE_STEPS, 2, N_SWEEPS, N_WHISKERS * N_NODES), generator=gen)[:T]
+        u = self._uniforms(i, epoch)
         p = self.probs[i].repeat_interleave(DT_REPEAT, dim=2)[:, :, :T]  # (2, 12, T, 93)
         return (u.permute(1, 2, 0, 3) < p).to(torch.uint8)
 
@@ -324,6 +361,21 @@ class RealValuedWhiskerDataset(torch.utils.data.Dataset):
             view.samples = self.samples.clone()
             view.samples[..., cols] = 0.0
         return view
+
+    def driving_sweep(self, indices, deprived_sets=((),), sweep: int = 0) -> torch.Tensor:
+        """Features of one sweep for every (whisker set, sample) pair.
+
+        Returns float32 (len(deprived_sets), len(indices), 1, T, 558); entry ``[k, j]``
+        equals ``self.deprived(deprived_sets[k])[indices[j]][0][:, sweep]``.
+        """
+        x = self.samples[torch.as_tensor(list(indices), dtype=torch.long), :, sweep]
+        out = x.unsqueeze(0).repeat(len(deprived_sets), 1, 1, 1, 1)
+        features = N_NODES * 6
+        for k, ws in enumerate(deprived_sets):
+            idx = _parse_deprived(ws)
+            if idx.size:
+                out[k, ..., torch.as_tensor((idx[:, None] * features + np.arange(features)).ravel())] = 0.0
+        return out
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -1,6 +1,7 @@
 """Whisker sweep simulator: makes a dataset with the layout and character of the original files.
 
     python whisker_sim.py --out DIR [--objects-per-class 91] [--seed 0] [--workers N]
+    python whisker_sim.py --stats DIR      # sweep statistics of the dataset in DIR (JSON)
 
 writes ``DIR/snn_train3.h5`` and ``DIR/snn_test3.h5``:
 
@@ -12,60 +13,54 @@ with an 80/20 split inside each class (218/55 for 91 objects per class) and the 
 parameters as file attributes. Same seed -> byte-identical files, whatever ``--workers``
 (each object has its own seed, ``SeedSequence([seed, class, object])``).
 
-The array. The 31 whiskers of ``data/whisker_array.csv`` (RatMap, Towal et al. 2011; a copy of
-``shared/whisker/whisker_array.csv`` with a provenance comment): rest shape y = a z^2 in the
-whisker frame, world = M local + base with M = P Rz(roll) Ry(yaw) Rx(pitch) P (reproduces the
-``tip_*`` columns to 2e-4 mm). As in the original, each whisker is a chain of ``n_links`` links
-of 2.08 mm (this reproduces the quoted link-centre mean (-10.12, -13.17, -19.00)); contact is
-tested at the joints and link midpoints (1.04 mm spacing). Nodes 0, 1, 2 are the joints at arc
-length 0, 2.08, 4.16 mm.
+The array. The 31 whiskers of ``data/whisker_array.csv`` (RatMap, Towal et al. 2011): rest
+shape y = a z^2 in the whisker frame, world = M local + base with M = P Rz(roll) Ry(yaw)
+Rx(pitch) P. As in the original, each whisker is a chain of ``n_links`` links of 2.08 mm;
+contact is tested at the joints and link midpoints (1.04 mm spacing). Nodes 0, 1, 2 are the
+joints at arc length 0, 2.08, 4.16 mm.
 
 The objects. Analytic signed-distance functions with random proportions per object:
 helmet = ellipsoidal dome shell cut near its equator, with a rim lip that widens into a visor;
 box = rounded cuboid (microwave) with a recessed door, a control panel and a bar handle on
 stand-offs; plane = capsule fuselage, swept tapered wings, two engine nacelles, tail plane and
-fin. Size, orientation, start, speed and the 12 sweeps follow ``shared/whisker/README.md``:
-bounding-box diagonal U(25, 135) mm, orientation from three Euler angles U(0, 2 pi), start
+fin. Thin parts are at least 1.2 mm thick so that the 1.04 mm contact sampling resolves them.
+
+The sweeps follow the original dataset's protocol (``data/whisker_array.csv`` and the sweep
+protocol of the original generator, neuroailab/whisker_model with ``reset_pos``,
+``reset_speed``, ``set_speed_objs`` and ``avoid_coll`` on; :func:`sweep_path`): bounding-box
+diagonal U(25, 135) mm, orientation from three Euler angles U(0, 2 pi), start position
 (-10.12 + U(-10, 10), 13 + U(-4, 4), -27 + U(-10, 10)), speed U(7, 14) mm/s toward the array
-centroid + (0, 0, -4), 110 frames at 10 Hz; sweep k = 4 * offset + rotation with x offsets
-(0, -20, +20) mm and rotations 0/90/180/270 deg about one random axis per object. "Kept clear of
-the whisker bases": if the object would come within 1 mm of any whisker base it stops there for the rest of the sweep (and a start that already overlaps is backed
-off along the path).
+centroid + (0, 0, -4); 12 sweeps per object, k = 4 * offset + rotation, with x offsets
+(0, -20, +20) mm and rotations 0/90/180/270 deg about one random axis. The object's point
+furthest along its velocity (its point nearest the array) starts at the start position, so
+its front starts about 26 mm from the array centroid in y whatever its size; it is lowered in
+z until a 20^3 grid over its bounding box, moved along the path, passes 5 mm below the first
+link of every whisker within 10 mm in x; then it moves at constant velocity for all 110
+frames (11 s at 10 Hz) and never stops.
 
 The mechanics (quasi-static, one contact per whisker and frame). Whiskers are passive,
 tapered Euler-Bernoulli cantilevers clamped at the base: radius falls linearly from
-r_base = 0.02 + 0.0008 L mm (L = whisker length in mm, 23-62 um) to r_tip = 5 um, E = 3.5 GPa,
-I(x) = pi r(x)^4 / 4. The compliance at arc length s for a point load there is the exact
-small-deflection integral c(s) = int_0^s (s - x)^2 / (E I(x)) dx (= s^3 / 3EI for a uniform
-rod), precomputed per contact-test point. At every frame the object's signed distance is
-evaluated at all whisker points (the object moves rigidly, whiskers are at rest shape);
-penetration depth pen(s) is the deflection the whisker needs to clear the object at s. Real
-whiskers slip along / bend around an object rather than deflect without bound, so the
-deflection saturates: d = d_max tanh(pen / d_max), d_max = 0.3 s. The point that needs the
-largest load k(s) d (k = 1/c) is taken as the contact (the whisker, deflected by that load,
-clears the shallower penetrations), which carries force |F| = k d along the object's outward
-surface normal (central-difference SDF gradient) plus Coulomb friction mu |F| along the
-object's tangential velocity while it moves.
-Materials (1.1): mu depends on the class's surface, and so does the slip deflection,
-d_max = mu s (the whisker slides off once its deflection angle ~ d / s exceeds the friction
-angle; 1.0 used d_max = 0.3 s for everything): helmet = matte/rubberised plastic shell
-mu = 0.6, box = enamelled sheet metal mu = 0.15, plane = painted model plane mu = 0.25. So deep
-contacts on a helmet push harder than on a box. 1.1 also makes the proportions more
-class-typical: box bulkier (y, z half-sizes U(0.75, 0.95), U(0.6, 0.85) of x; was
-U(0.6, 0.9), U(0.45, 0.72)), helmet rounder (b U(0.88, 1.0), c U(0.85, 1.05); was U(0.78, 1.0),
-U(0.7, 1.1)). The effect on separability is modest (see the numbers below): contact amount is
-dominated by the protocol's 5x size range, which these levers do not remove. Static equilibrium of the link chain:
-every joint between the base and the contact carries the contact force F and the moment
-(r_contact - r_node) x F; joints beyond the contact carry nothing, and without contact
-everything is exactly 0. Forces are reported in uN and torques in uN mm, which lands contacts
-in the ranges the spike encoder expects (|F| ~ 1-100, |tau| ~ 10-1000). Default dataset
-(seed 0, generator 1.1), base node, contacts only (train split): |F| quartiles 2 / 11 / 52 uN
-(95 %: 354), |tau| 16 / 52 / 152 uN mm (95 %: 660); per-whisker sweep contact rate 0.19 to 0.58.
-Nearest-class-mean on contact_features, test split: 0.69 with all sweeps, 0.58 with sweep 0
-alone (1.0: 0.65 / 0.56).
-Limitations: no whisker-whisker interaction, no dynamics/vibration, no history (a whisker that
-slips past a thin part springs back at once), non-uniformly scaled SDFs are approximate
-distances, which only affects penetration depths slightly.
+r_base = 0.02 + 0.0008 L mm (L = whisker length in mm) to r_tip = 5 um, E = 3.5 GPa,
+I(x) = pi r(x)^4 / 4. The compliance at arc length s for a point load there is
+c(s) = int_0^s (s - x)^2 / (E I(x)) dx, precomputed per contact-test point. At every frame
+the object's signed distance is evaluated at all whisker points (the object moves rigidly,
+whiskers are at rest shape); penetration depth pen(s) is the deflection the whisker needs to
+clear the object at s. A real whisker slips along or bends around an object rather than
+deflecting without bound, so the deflection saturates: d = d_max tanh(pen / d_max), with
+d_max = mu s (it slides off once its deflection angle exceeds the friction angle). The point
+that needs the largest load k(s) d (k = 1/c) is the contact; it carries |F| = k d along the
+object's outward surface normal (central-difference SDF gradient) plus Coulomb friction
+mu |F| along the object's tangential velocity, with one friction coefficient for every class
+(mu = 0.5, the physics engine's default in the original; the classes differ by shape only).
+Static equilibrium of the link chain: every joint between the base and the contact carries
+the contact force F and the moment (r_contact - r_node) x F; joints beyond the contact carry
+nothing, and without contact everything is exactly 0. Forces are in uN and torques in uN mm,
+which puts contacts in the ranges the spike encoder expects (|F| ~ 1-100, |tau| ~ 10-1000).
+
+Limitations: no whisker-whisker interaction, no dynamics or vibration, no history (a whisker
+that slips past a thin part springs back at once); non-uniformly scaled SDFs are approximate
+distances, which only affects penetration depths slightly. Figures of the default dataset
+(contact rates, first contact, baseline accuracies) are in ``docs/RESULTS.md``.
 """
 from __future__ import annotations
 
@@ -82,7 +77,7 @@ import numpy as np
 
 from common import atomic_path
 
-GENERATOR_VERSION = "whisker_sim 1.1"
+GENERATOR_VERSION = "whisker_sim 2.0"
 ARRAY_CSV = Path(__file__).resolve().parent / "data" / "whisker_array.csv"
 TRAIN_FILE = "snn_train3.h5"
 TEST_FILE = "snn_test3.h5"
@@ -93,10 +88,11 @@ PARAMS = dict(
     n_sweeps=12, n_frames=110, frame_dt_s=0.1, n_nodes=3,
     link_length_mm=2.08, sample_spacing_mm=1.04,
     youngs_modulus_gpa=3.5, base_radius_mm="0.02 + 0.0008 * length_mm", tip_radius_mm=0.005,
-    slip_angle_per_mu=1.0, friction_mu=dict(helmet=0.6, box=0.15, plane=0.25), base_clearance_mm=1.0,
+    slip_angle_per_mu=1.0, friction_mu=0.5,
     bbox_diagonal_mm=[25.0, 135.0], speed_mm_s=[7.0, 14.0],
     start_mean_mm=[-10.12, 13.0, -27.0], start_halfrange_mm=[10.0, 4.0, 10.0],
-    target_offset_mm=[0.0, 0.0, -4.0], x_offsets_mm=[0.0, -20.0, 20.0],
+    array_centroid_mm=[-10.12, -13.17, -19.00], target_offset_mm=[0.0, 0.0, -4.0],
+    avoid_grid=20, avoid_z_mm=5.0, avoid_x_mm=10.0, x_offsets_mm=[0.0, -20.0, 20.0],
     rotations_deg=[0, 90, 180, 270], min_half_thickness_mm=0.6,
     force_unit="uN", torque_unit="uN mm", test_fraction=0.2,
 )
@@ -330,27 +326,69 @@ def draw_object(class_index: int, seed_seq: np.random.SeedSequence) -> dict:
                 start=start, speed=speed, diag_mm=diag_mm)
 
 
+def _shape_points(shape: dict) -> np.ndarray:
+    """Points inside shape ``shape`` on a 49^3 grid (object units), (M, 3)."""
+    g = np.linspace(-2.0, 2.0, 49)
+    X, Y, Z = np.meshgrid(g, g, g, indexing="ij")
+    P = np.stack([X.ravel(), Y.ravel(), Z.ravel()], 1)
+    return P[shape_sdf(shape, *P.T) < 0]
+
+
+def sweep_path(obj: dict, R: np.ndarray, x_offset: float, first_links: np.ndarray,
+               points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Object centre per frame (n_frames, 3) and velocity (3,) of one sweep, in mm.
+
+    As the original generator (``reset_pos``, ``reset_speed``, ``set_speed_objs`` and
+    ``avoid_coll`` all on): the velocity points from the start position to the array centroid
+    + ``target_offset_mm``; the object is placed so that its point furthest along the
+    velocity (its point nearest the array) sits at the start position; then it is lowered in
+    z until a 20 x 20 x 20 grid over its bounding box, moved along the path to the y of each
+    whisker's first link, passes ``avoid_z_mm`` below every first link within
+    ``avoid_x_mm`` in x. It moves at constant velocity for all frames.
+
+    R: object rotation (object -> world); first_links: (31, 3) first-link centres;
+    points: (M, 3) points inside the object, object units.
+    """
+    offset = np.array([x_offset, 0.0, 0.0])
+    start = obj["start"] + offset
+    target = np.array(PARAMS["array_centroid_mm"]) + np.array(PARAMS["target_offset_mm"]) + offset
+    velocity = obj["speed"] * (target - start) / np.linalg.norm(target - start)
+    scaled = points * obj["scale"]
+    world = scaled @ R.T
+    centre = start - world[np.argmax(world @ velocity)]
+    # avoid_coll: lower the path so that the bounding box clears the whisker bases
+    lo, hi = scaled.min(0), scaled.max(0)
+    n = PARAMS["avoid_grid"]
+    ax = [lo[k] + (hi[k] - lo[k]) / n * np.arange(n) for k in range(3)]
+    grid = np.stack(np.meshgrid(*ax, indexing="ij"), -1).reshape(-1, 3) @ R.T + centre
+    when = (first_links[None, :, 1] - grid[:, None, 1]) / velocity[1]      # (G, 31)
+    at = grid[:, None, :] + when[..., None] * velocity                     # (G, 31, 3)
+    floor = first_links[None, :, 2] - PARAMS["avoid_z_mm"]
+    near = np.abs(at[..., 0] - first_links[None, :, 0]) < PARAMS["avoid_x_mm"]
+    excess = np.where(near & (at[..., 2] > floor), at[..., 2] - floor, 0.0)
+    centre = centre - np.array([0.0, 0.0, excess.max(initial=0.0)])
+    t = np.arange(PARAMS["n_frames"]) * PARAMS["frame_dt_s"]
+    return centre + t[:, None] * velocity, velocity
+
+
 def simulate_object(class_index: int, seed_seq: np.random.SeedSequence):
     """Force and torque (12, 110, 31, 3, 3) float32 of one object's 12 sweeps."""
     A = _array()
     obj = draw_object(class_index, seed_seq)
     shape, scale = obj["shape"], obj["scale"]
+    points = _shape_points(shape)
     nf, nw = PARAMS["n_frames"], A["pts"].shape[0]
     J = A["pts"].shape[1]
     valid = A["valid"]
     pts = A["pts"][valid]  # (Nv, 3)
     arc_v = A["arc"][valid]
     k_v = A["stiffness"][valid]
-    guard = A["nodes"][:, 0]  # whisker bases
-    centroid = np.array([-10.12, -13.17, -19.00])  # link-centre mean of the array
-    target = centroid + np.array(PARAMS["target_offset_mm"])
+    first_links = A["pts"][:, 0]  # centre of each whisker's first link (arc 1.04 mm)
     R0 = _euler(*obj["euler"])
-    t = np.arange(nf) * PARAMS["frame_dt_s"]
     force = np.zeros((12, nf, nw, 3, 3), np.float32)
     torque = np.zeros_like(force)
-    clear = PARAMS["base_clearance_mm"]
     rad = obj["radius_mm"]
-    mu = PARAMS["friction_mu"][shape["kind"]]
+    mu = PARAMS["friction_mu"]
     sat = PARAMS["slip_angle_per_mu"] * mu  # the whisker slips off at deflection d = mu s
 
     def sdf_mm(R, centers, P):
@@ -364,27 +402,11 @@ def simulate_object(class_index: int, seed_seq: np.random.SeedSequence):
         return out
 
     for off_i, xoff in enumerate(PARAMS["x_offsets_mm"]):
-        start = obj["start"] + np.array([xoff, 0, 0])
-        tgt = target + np.array([xoff, 0, 0])
-        d = (tgt - start) / np.linalg.norm(tgt - start)
         for rot_i, ang in enumerate(PARAMS["rotations_deg"]):
             k = 4 * off_i + rot_i
             R = _axis_angle(obj["axis"], np.deg2rad(ang)) @ R0
-            # start clear of the bases: back off along the path if needed
-            s0 = 0.0
-            for _ in range(200):
-                if sdf_mm(R, (start - s0 * d)[None], guard).min() >= clear:
-                    break
-                s0 += 1.0
-            travel = -s0 + obj["speed"] * t
-            centers = start + travel[:, None] * d
-            g = sdf_mm(R, centers, guard).min(1)
-            bad = np.nonzero(g < clear)[0]
-            moving = np.ones(nf, bool)
-            if bad.size:
-                stop = bad[0] - 1 if bad[0] > 0 else 0
-                centers[stop:] = centers[stop]
-                moving[stop:] = False
+            centers, velocity = sweep_path(obj, R, xoff, first_links, points)
+            d = velocity / np.linalg.norm(velocity)
             sd = sdf_mm(R, centers, pts)  # (F, Nv)
             pen = np.maximum(-sd, 0.0)
             dmax = sat * arc_v
@@ -411,11 +433,11 @@ def simulate_object(class_index: int, seed_seq: np.random.SeedSequence):
             nrm = grad @ R.T
             nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
             F = fmag[fi, wi][:, None] * nrm
-            # friction: object drags the whisker along its tangential velocity while moving
+            # Coulomb friction: the moving object drags the whisker along its tangential velocity
             vt = d[None, :] - (nrm @ d)[:, None] * nrm
             vn = np.linalg.norm(vt, axis=1, keepdims=True)
             fr = mu * fmag[fi, wi][:, None] * vt / np.maximum(vn, 1e-12)
-            F = F + np.where(moving[fi][:, None] & (vn > 1e-6), fr, 0.0)
+            F = F + np.where(vn > 1e-6, fr, 0.0)
             F_uN = F * 1e6
             for node in range(3):
                 on = sc > node * PARAMS["link_length_mm"]
@@ -506,6 +528,46 @@ def contact_rates(force) -> np.ndarray:
     return (mag > 0).any(axis=2).mean(axis=(0, 1))
 
 
+def first_contact_frames(force) -> np.ndarray:
+    """Frame of the first contact of any whisker, per object and sweep (N, 12); -1 if none."""
+    touched = (np.linalg.norm(np.asarray(force)[..., 0, :], axis=-1) > 0).any(-1)  # (N, 12, 110)
+    return np.where(touched.any(-1), touched.argmax(-1), -1)
+
+
+def sweep_statistics(force, labels) -> dict:
+    """What the sweeps look like: first contact, contact rates and static presses.
+
+    force (N, 12, 110, 31, 3, 3); labels (N,) class indices 0..2. Per class: quartiles of
+    the first-contact frame over sweep 0 and over all sweeps, and the fraction of sweeps
+    touching at frame 0 or never. Overall: per-whisker sweep contact rates, the fraction of
+    base-node frames in contact (all sweeps, sweep 0), and the fraction of contact frames
+    whose force equals the previous frame's (a static press).
+    """
+    force, labels = np.asarray(force), np.asarray(labels)
+    base = force[..., 0, :]                                   # (N, 12, 110, 31, 3)
+    touched = np.linalg.norm(base, axis=-1) > 0
+    first = first_contact_frames(force)
+    per_class = {}
+    for c, kind in enumerate(CLASS_KINDS):
+        fc = first[labels == c]
+        entry = {}
+        for name, f in (("sweep0", fc[:, 0]), ("all_sweeps", fc.ravel())):
+            hit = f[f >= 0]
+            entry[name] = {"first_contact_quartiles": (np.percentile(hit, [25, 50, 75]).tolist()
+                                                       if hit.size else None),
+                           "at_frame0": float((f == 0).mean()) if f.size else 0.0,
+                           "never": float((f < 0).mean()) if f.size else 0.0}
+        entry["contact_fraction_sweep0"] = float(touched[labels == c, 0].mean()) if fc.size else 0.0
+        per_class[kind] = entry
+    same = (np.abs(np.diff(base, axis=2)).sum(-1) == 0) & touched[:, :, 1:]
+    return {"n_objects": int(len(labels)), "per_class": per_class,
+            "contact_rate_per_whisker": contact_rates(force).round(4).tolist(),
+            "contact_fraction": float(touched.mean()),
+            "contact_fraction_sweep0": float(touched[:, 0].mean()),
+            "static_press_fraction": float(same.sum() / max(touched[:, :, 1:].sum(), 1)),
+            "first_contact_at_frame0": float((first == 0).mean())}
+
+
 def nearest_class_mean_accuracy(x_train, y_train, x_test, y_test) -> float:
     """Accuracy of a nearest-class-mean classifier on standardised features."""
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-9
@@ -516,16 +578,38 @@ def nearest_class_mean_accuracy(x_train, y_train, x_test, y_test) -> float:
     return float((pred == y_test).mean())
 
 
+def dataset_statistics(data_dir) -> dict:
+    """:func:`sweep_statistics` of both files of ``data_dir`` together."""
+    from whisker_dataset import load_whisker_file
+
+    parts = [load_whisker_file(Path(data_dir) / name) for name in (TRAIN_FILE, TEST_FILE)]
+    force = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[2] for p in parts])
+    return sweep_statistics(force, labels)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--out", help="output folder")
     ap.add_argument("--objects-per-class", type=int, default=91)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    ap.add_argument("--stats", metavar="DIR",
+                    help="instead of generating, write DIR/sweep_statistics.json about the "
+                         "dataset in DIR (first contact, contact rates, static presses)")
     args = ap.parse_args(argv)
+    if args.stats:
+        from common import atomic_write_json
+        stats = dataset_statistics(args.stats)
+        atomic_write_json(stats, Path(args.stats) / "sweep_statistics.json")
+        print(json.dumps(stats, indent=1))
+        return 0
+    if not args.out:
+        ap.error("--out is required (or --stats DIR)")
     if args.objects_per_class < 1:
         ap.error("--objects-per-class must be >= 1")
     generate_dataset(args.out, args.objects_per_class, args.seed, args.workers, log=print)
+    return 0
 
 
 if __name__ == "__main__":

@@ -89,6 +89,45 @@ def test_deprived_copy_equals_deprived_dataset(data_dir):
     assert torch.equal(rbase.deprived(removed).samples, rref.samples)
 
 
+def test_driving_sweep_equals_deprived_samples(data_dir):
+    from whisker_dataset import RealValuedWhiskerDataset, SpikingWhiskerDataset
+    sets = [(), (3,), (0, 7, 30)]
+    path = data_dir / "snn_train3.h5"   # 5 samples (the test file holds 1)
+    for ds in (SpikingWhiskerDataset(path, seed=3, n_steps=40),
+               RealValuedWhiskerDataset(path, n_steps=20)):
+        x = ds.driving_sweep([1, 0], sets, sweep=0)
+        assert x.shape[:2] == (3, 2)
+        for k, ws in enumerate(sets):
+            for j, i in enumerate([1, 0]):
+                assert torch.equal(x[k, j], ds.deprived(ws)[i][0][:, 0])
+
+
+@pytest.mark.parametrize("encoder", ["spiking", "realvalued"])
+def test_batched_trials_equal_one_trial_at_a_time(data_dir, encoder):
+    """Stacking trials into one pass changes no prediction: each sample keeps the initial-state
+    row of its evaluation batch and its input spikes."""
+    from deprivation import evaluate_trials
+    from model import ModelConfig, build_model
+    from training import evaluate
+    from whisker_dataset import RealValuedWhiskerDataset, SpikingWhiskerDataset
+    path = data_dir / "snn_train3.h5"   # 5 samples (the test file holds 1)
+    ds = (SpikingWhiskerDataset(path, seed=1, n_steps=30) if encoder == "spiking"
+          else RealValuedWhiskerDataset(path, n_steps=20))
+    model = build_model(ModelConfig(encoder=encoder, init_b=0.01, engine=ENGINE))
+    sets = whisker_sets(trials=1, seed=515, max_removed=3)[:4] + [(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)]
+    indices = list(range(len(ds)))
+    # batch 2: samples sit in different evaluation batches; lanes 5: trials split over passes
+    acc, out = evaluate_trials(model, ds, indices, sets, batch_size=2, lanes=5, device="cpu",
+                               return_outputs=True)
+    assert acc == [evaluate(model, ds.deprived(ws), indices, 2, "cpu")["acc"] for ws in sets]
+    for ws, o in zip(sets, out):
+        view = ds.deprived(ws)
+        with torch.no_grad():
+            ref = torch.cat([model(torch.stack([view[i][0] for i in indices[lo:lo + 2]])).output
+                             for lo in range(0, len(indices), 2)])
+        torch.testing.assert_close(o, ref)   # same values; BLAS may order sums by batch size
+
+
 # ------------------------------------------------------------------------------- outputs
 def test_run_deprivation_outputs(ckpt_path, tmp_path):
     cfg = DeprivationConfig(checkpoint=str(ckpt_path), out=str(tmp_path), trials=2,

@@ -68,9 +68,11 @@ def assert_one_line_error(proc):
 # ----------------------------------------------------------------------------- set-up
 def test_paper_defaults():
     s, r = SpikingConfig(), RealValuedConfig()
-    assert (s.lr, s.epochs, s.batch_size, s.step_size, s.gamma) == (0.008, 100, 128, 10, 0.5)
+    assert (s.lr, s.epochs, s.batch_size, s.step_size, s.gamma) == (0.008, 100, 128, 20, 0.8)
+    assert (r.lr, r.epochs, r.batch_size, r.step_size, r.gamma) == (0.008, 100, 128, 10, 0.5)
     assert (s.init_b, s.init_w, s.encoder) == (0.04, 0.06, "spiking")
     assert (r.init_b, r.init_w, r.encoder) == (0.03, 0.05, "realvalued")
+    assert s.loss == r.loss == "published"
     assert s.engine == "fast" and s.data_dir == "data" and s.n_steps == 0
 
 
@@ -94,6 +96,8 @@ def test_optimizer_groups_and_scheduler():
     assert lrs[id(model.tau_m)] == lrs[id(model.thal_tau_m)] == pytest.approx(0.016)
     assert lrs[id(model.recurrent.weight)] == lrs[id(model.readout[0].weight)] == 0.008
     assert len(lrs) == len(list(model.parameters()))
+    assert (sched.step_size, sched.gamma) == (20, 0.8)
+    _, sched = training.make_optimizer(model, RealValuedConfig())
     assert (sched.step_size, sched.gamma) == (10, 0.5)
 
 
@@ -253,3 +257,57 @@ def test_bad_flag_value_gives_one_line_error(tmp_path):
     proc = run_script([ROOT / "RSNN_bfd_SpikingBased.py", "--batch-size", "0"], tmp_path, timeout=120)
     assert_one_line_error(proc)
     assert not (tmp_path / "data").exists()
+
+
+# ----------------------------------------------------------------------------- learning
+def test_published_loss_gives_no_gradient_on_a_saturated_readout():
+    """The diagnosis in numbers: once every step's softmax is one-hot, the published loss
+    (cross-entropy of output / T) has a zero gradient; -log of the mean probability does not."""
+    T = 550
+    one_hot = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]) * (T - 1)  # class 1, class 0
+    labels = torch.tensor([0, 0])                                        # first sample wrong
+    logits = torch.tensor([[0.0, 40.0, 0.0], [40.0, 0.0, 0.0]], requires_grad=True)
+    for kind, vanishes in (("published", True), ("log-mean-prob", False)):
+        # (float32 saturates exactly at larger gaps; at a gap of 40 the gradient is ~1e-18)
+        output = torch.softmax(logits, -1) * (T - 1)   # the summed per-step softmax
+        torch.testing.assert_close(output.detach(), one_hot)
+        loss = training.readout_loss(output, labels, T, kind)
+        g, = torch.autograd.grad(loss, logits)
+        assert (g.abs().max() < 1e-15 if vanishes else g.abs().max() > 0.1), (kind, g)
+    # the published loss is bounded below by -log(e / (e + 2)) = 0.551
+    best = training.readout_loss(one_hot[1:] * T / (T - 1), labels[1:], T, "published")
+    assert float(best) == pytest.approx(-torch.log(torch.tensor(torch.e / (torch.e + 2))).item())
+    with pytest.raises(ValueError, match="loss must be one of"):
+        training.readout_loss(one_hot, labels, T, "mse")
+
+
+def _separable_data(d, n_per_class: int, seed: int = 0):
+    """Whisker files where each class touches its own group of whiskers in sweep 0."""
+    import h5py
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    for name, n in (("snn_train3.h5", n_per_class), ("snn_test3.h5", 1)):
+        force = np.zeros((3 * n, 12, 110, 31, 3, 3), np.float32)
+        labels = []
+        for c in range(3):
+            for j in range(n):
+                whiskers = rng.choice(np.arange(10 * c, 10 * c + 10), 6, replace=False)
+                force[c * n + j, 0, 2:60, whiskers, :, 0] = rng.uniform(20, 80)
+                labels.append((53, 55, 113)[c])
+        with h5py.File(d / name, "w") as h5:
+            h5["force"], h5["torque"] = force, force * 10
+            h5["label"] = np.array(labels, np.float64)
+
+
+@pytest.mark.parametrize("loss", ["published", "log-mean-prob"])
+def test_network_fits_a_small_training_set(tmp_path, loss):
+    """A regression that stops learning (zero or wrong gradients, frozen weights) fails here:
+    12 samples of an easy task are fitted within a few epochs from chance."""
+    _separable_data(tmp_path, n_per_class=4)
+    cfg = SpikingConfig(data_dir=str(tmp_path), out=str(tmp_path / "run"), epochs=8,
+                        batch_size=12, n_steps=60, loss=loss, device="cpu", engine=ENGINE,
+                        progress=False)
+    rows = train(cfg, log=lambda *a: None)["rows"]
+    acc = [r["train_acc"] for r in rows]
+    assert acc[0] <= 0.5 and max(acc[-3:]) >= 0.9, acc
+    assert rows[-1]["loss"] < rows[0]["loss"], [r["loss"] for r in rows]

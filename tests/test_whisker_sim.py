@@ -106,6 +106,60 @@ def test_cli_and_ensure_dataset(tmp_path, capsys):
     assert wd.ensure_dataset(tmp_path / "ens", log=msgs.append) == (train, test) and not msgs
 
 
+def _paths(n_objects=6):
+    """(obj, R, x offset, centres, velocity, points) of every sweep of a few objects."""
+    A = ws.build_array()
+    for c in range(3):
+        for j in range(n_objects // 3):
+            obj = ws.draw_object(c, np.random.SeedSequence([7, c, j]))
+            points = ws._shape_points(obj["shape"])
+            R0 = ws._euler(*obj["euler"])
+            for xoff in ws.PARAMS["x_offsets_mm"]:
+                for ang in ws.PARAMS["rotations_deg"]:
+                    R = ws._axis_angle(obj["axis"], np.deg2rad(ang)) @ R0
+                    centres, v = ws.sweep_path(obj, R, xoff, A["pts"][:, 0], points)
+                    yield obj, R, xoff, centres, v, points, A
+
+
+def test_sweeps_move_at_constant_velocity_and_never_stop():
+    for obj, R, xoff, centres, v, _, _ in _paths():
+        assert centres.shape == (110, 3)
+        np.testing.assert_allclose(np.diff(centres, axis=0), np.tile(v * 0.1, (109, 1)), atol=1e-9)
+        assert 7.0 <= np.linalg.norm(v) <= 14.0
+        target = np.array([-10.12 + xoff, -13.17, -23.0])
+        start = obj["start"] + [xoff, 0, 0]
+        np.testing.assert_allclose(v / np.linalg.norm(v),
+                                   (target - start) / np.linalg.norm(target - start), atol=1e-12)
+
+
+def test_front_point_starts_at_the_start_position():
+    """The object's point furthest along the path sits at the start, up to the z lowering."""
+    for obj, R, xoff, centres, v, points, _ in _paths():
+        world = (points * obj["scale"]) @ R.T + centres[0]
+        front = world[np.argmax(world @ v)]
+        start = obj["start"] + [xoff, 0, 0]
+        np.testing.assert_allclose(front[:2], start[:2], atol=1e-9)
+        assert front[2] <= start[2] + 1e-9
+
+
+def test_path_passes_below_the_whisker_bases():
+    """avoid_coll: the bounding-box grid crosses each first link's y 5 mm below it (within 10 mm in x)."""
+    lowered = 0
+    for obj, R, xoff, centres, v, points, A in _paths():
+        scaled = points * obj["scale"]
+        lo, hi = scaled.min(0), scaled.max(0)
+        ax = [lo[k] + (hi[k] - lo[k]) / 20 * np.arange(20) for k in range(3)]
+        grid = np.stack(np.meshgrid(*ax, indexing="ij"), -1).reshape(-1, 3) @ R.T + centres[0]
+        links = A["pts"][:, 0]
+        at = grid[:, None] + ((links[None, :, 1] - grid[:, None, 1]) / v[1])[..., None] * v
+        near = np.abs(at[..., 0] - links[None, :, 0]) < 10.0
+        assert np.all(at[..., 2][near] <= (links[None, :, 2] - 5.0 + 1e-9).repeat(len(grid), 0)[near])
+        start = obj["start"] + [xoff, 0, 0]
+        world = scaled @ R.T + centres[0]
+        lowered += world[np.argmax(world @ v)][2] < start[2] - 1e-9
+    assert lowered > 0   # the lowering is exercised
+
+
 @pytest.fixture(scope="module")
 def simulated_set():
     """20 objects per class simulated in memory (a few seconds on 2 cores)."""
@@ -120,10 +174,22 @@ def test_contact_spread(simulated_set):
     force, _ = simulated_set
     rates = ws.contact_rates(force)
     assert rates.shape == (31,)
-    assert rates.min() >= 0.05, rates
+    # objects pass below the bases: the short rostral whiskers are rarely touched
+    assert (rates >= 0.05).sum() >= 25 and rates.max() < 0.9, rates
     mag = np.linalg.norm(force[..., 0, :], axis=-1)
     share = (mag > 0).sum(axis=(0, 1, 2)) / (mag > 0).sum()
     assert share.max() < 0.15, share  # no whisker carries everything
+
+
+def test_first_contact_comes_after_the_start(simulated_set):
+    """Objects start apart from the array: most sweeps touch only after a few frames."""
+    force, _ = simulated_set
+    first = ws.first_contact_frames(force)
+    assert first.shape == (60, 12)
+    assert (first == 0).mean() < 0.1 and np.median(first[first >= 0]) >= 5, first
+    stats = ws.sweep_statistics(force, simulated_set[1])
+    assert stats["static_press_fraction"] < 0.05   # the objects never stop
+    assert set(stats["per_class"]) == {"helmet", "box", "plane"}
 
 
 def test_learnable(simulated_set):
@@ -136,7 +202,7 @@ def test_learnable(simulated_set):
         train = np.setdiff1d(np.arange(len(y)), test)
         accs.append(ws.nearest_class_mean_accuracy(x[train], y[train], x[test], y[test]))
     acc = float(np.mean(accs))
-    assert 0.6 <= acc < 1.0, acc
+    assert 0.6 <= acc < 1.0, acc  # measured 0.77 on this 20-per-class set (generator 2.0)
 
 
 def test_learnable_sweep0(simulated_set):
@@ -150,7 +216,7 @@ def test_learnable_sweep0(simulated_set):
         train = np.setdiff1d(np.arange(len(y)), test)
         accs.append(ws.nearest_class_mean_accuracy(x[train], y[train], x[test], y[test]))
     acc = float(np.mean(accs))
-    assert 0.38 <= acc < 1.0, acc  # measured 0.43 on this 20-per-class set (generator 1.1)
+    assert 0.55 <= acc < 1.0, acc  # measured 0.72 on this 20-per-class set (generator 2.0)
 
 
 @pytest.mark.slow
@@ -161,12 +227,12 @@ def test_full_default_dataset(tmp_path):
     fte, _, yte = wd.load_whisker_file(test)
     assert len(ytr) == 218 and len(yte) == 55
     rates = ws.contact_rates(np.concatenate([ftr, fte]))
-    assert rates.min() >= 0.05 and rates.max() < 1.0, rates
+    assert (rates >= 0.05).sum() >= 25 and rates.max() < 1.0, rates
     acc = ws.nearest_class_mean_accuracy(ws.contact_features(ftr), ytr, ws.contact_features(fte), yte)
-    assert 0.6 <= acc < 1.0, acc
+    assert 0.6 <= acc < 1.0, acc  # measured 0.73 (generator 2.0)
     acc0 = ws.nearest_class_mean_accuracy(ws.contact_features(ftr[:, :1]), ytr,
                                           ws.contact_features(fte[:, :1]), yte)
-    assert 0.5 <= acc0 < 1.0, acc0  # measured 0.58 (generator 1.1); chance is 1/3
+    assert 0.5 <= acc0 < 1.0, acc0  # measured 0.60 (generator 2.0); chance is 1/3
     ds = wd.SpikingWhiskerDataset(train)
     assert ds.spiking_shape == (218, 2, 12, 550, 31, 3)
     assert torch.is_tensor(ds[0][0])

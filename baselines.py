@@ -1,0 +1,284 @@
+"""Conventional baselines of the paper: CNN, RNN, LSTM and GRU on the RSNN's own input.
+
+    python baselines.py --model all --encoder spiking [--data-dir data] [--out runs/baselines]
+    python baselines.py --model cnn --encoder realvalued --seeds 0,1,2
+
+Each model reads exactly what the RSNN script of the same ``--encoder`` reads: sweep 0 of
+every sample, as the spike trains of ``RSNN_bfd_SpikingBased.py`` (T = 550 steps x 2 x 93
+force / torque nodes, the same ``--spike-seed``) or the real-valued features of
+``RSNN_bfd_RealValued.py`` (T = 110 steps x 558). Hyper-parameters are fixed (no selection on
+the test set); the reported accuracy is the test accuracy after the last epoch. Writes to
+``--out``:
+
+    baselines_<encoder>.csv    one row per model and seed: test and train accuracy, seconds
+    baselines_<encoder>.json   per model: accuracies per seed, mean and std (ddof 0)
+
+The models (torch only, a few minutes each on two CPU cores):
+
+* ``cnn``: three 1-D convolutions over time (64 channels, ReLU; the first one's stride is one
+  frame, 5 steps of the spike trains or 1 real-valued step), max-pooled over time, linear
+  readout.
+* ``rnn`` / ``lstm`` / ``gru``: one recurrent layer of 64 units over every step, its outputs
+  averaged over time (the RSNN also sums its readout over time), linear readout.
+* ``vote``: the RSNN's readout on a non-spiking network. A linear projection to 64 units is
+  low-pass filtered with a time constant of ``--vote-tau`` steps (10, the RSNN's initial
+  membrane time constant), rectified and read out at every step; the per-step softmaxes are
+  averaged over time and trained on -log of the mean probability of the label
+  (``--loss log-mean-prob``). Its accuracy shows what a per-step readout with short memory
+  can reach on this input.
+
+Training: Adam (lr 0.003), batch 32, ``--epochs`` (default 40) epochs, gradient norm clipped
+at 1, cross-entropy; the data order and initialisation come from the seed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import atomic_write_json, atomic_write_text, make_generator
+
+MODELS = ("cnn", "rnn", "lstm", "gru", "vote")
+ENCODERS = ("spiking", "realvalued")
+
+
+@dataclass
+class BaselineConfig:
+    """Settings of ``baselines.py`` (each is a flag)."""
+    model: str = "all"            # cnn, rnn, lstm, gru or all
+    encoder: str = "spiking"      # the input form of one RSNN script
+    data_dir: str = "data"
+    out: str = "runs/baselines"
+    seeds: str = "0,1,2"
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 0.003
+    hidden: int = 64
+    vote_tau: float = 10.0        # time constant (steps) of the vote model's leaky integrator
+    spike_seed: int = 0           # the RSNN script's --spike-seed
+    threads: int = 0              # torch CPU threads (0: torch's default)
+    progress: bool = True
+
+
+class ConvNet(nn.Module):
+    """(batch, T, features) -> (batch, 3): three 1-D convolutions over time, max-pooled."""
+
+    def __init__(self, n_in: int, hidden: int, frame: int):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv1d(n_in, hidden, kernel_size=frame, stride=frame), nn.ReLU(),
+            nn.Conv1d(hidden, hidden, kernel_size=5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv1d(hidden, hidden, kernel_size=5, stride=2, padding=2), nn.ReLU())
+        self.readout = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        h = self.convs(x.transpose(1, 2))           # (batch, hidden, T')
+        return self.readout(h.amax(dim=2))
+
+
+class RecurrentNet(nn.Module):
+    """(batch, T, features) -> (batch, 3): one recurrent layer, outputs averaged over time."""
+
+    def __init__(self, kind: str, n_in: int, hidden: int):
+        super().__init__()
+        cell = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[kind]
+        self.rnn = cell(n_in, hidden, batch_first=True)
+        self.readout = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        h, _ = self.rnn(x)                           # (batch, T, hidden)
+        return self.readout(h.mean(dim=1))
+
+
+class LeakyVoteNet(nn.Module):
+    """(batch, T, features) -> (batch, 3) log of the time-averaged per-step softmax.
+
+    Per step: ``h_t = relu(filter_tau(W x)_t)`` with a causal exponential filter (a leaky
+    integrator, ``h <- a h + (1 - a) W x``, a = exp(-1 / tau)), logits ``V h_t``; the output
+    is ``log(mean_t softmax(V h_t))``, so cross-entropy on it is -log of the mean
+    probability of the label, the RSNN's ``log-mean-prob`` loss.
+    """
+
+    def __init__(self, n_in: int, hidden: int, tau: float):
+        super().__init__()
+        self.project = nn.Linear(n_in, hidden)
+        self.readout = nn.Linear(hidden, 3)
+        a = math.exp(-1.0 / tau)
+        length = max(1, int(math.ceil(8 * tau)))   # the kernel keeps all but e^-8 of the filter
+        kernel = (1 - a) * a ** torch.arange(length - 1, -1, -1, dtype=torch.float32)
+        self.register_buffer("kernel", kernel)
+
+    def forward(self, x):
+        u = self.project(x).transpose(1, 2)                        # (batch, hidden, T)
+        k = self.kernel[-u.shape[2]:]
+        w = k.expand(u.shape[1], 1, -1)
+        h = F.conv1d(F.pad(u, (len(k) - 1, 0)), w, groups=u.shape[1])  # causal filter
+        prob = torch.softmax(self.readout(torch.relu(h).transpose(1, 2)), dim=-1)
+        return torch.log(prob.mean(dim=1).clamp_min(1e-30))
+
+
+def build_baseline(kind: str, n_in: int, hidden: int, frame: int,
+                   vote_tau: float = 10.0) -> nn.Module:
+    if kind == "vote":
+        return LeakyVoteNet(n_in, hidden, vote_tau)
+    if kind == "cnn":
+        return ConvNet(n_in, hidden, frame)
+    if kind in ("rnn", "lstm", "gru"):
+        return RecurrentNet(kind, n_in, hidden)
+    raise ValueError(f"unknown baseline model {kind!r}: use one of {MODELS}")
+
+
+def sweep0_inputs(dataset, encoder: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sweep 0 of every sample as the RSNN reads it: (N, T, features) float32 and (N,) labels.
+
+    spiking: (N, 550, 186) spikes, force nodes then torque nodes; realvalued: (N, 110, 558).
+    """
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    x = torch.stack(xs)                               # (N, C, 12, T, F)
+    x = x[:, :, 0].float()                            # (N, C, T, F): sweep 0
+    x = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
+    return x.contiguous(), torch.stack([torch.as_tensor(y) for y in ys]).long()
+
+
+def train_baseline(kind: str, train, test, cfg: BaselineConfig, seed: int, frame: int,
+                   progress=None) -> dict:
+    """Train one model with one seed; returns test / train accuracy and seconds."""
+    x_tr, y_tr = train
+    x_te, y_te = test
+    torch.manual_seed(seed)          # nn.Module initialisers draw from the global RNG
+    model = build_baseline(kind, x_tr.shape[2], cfg.hidden, frame, cfg.vote_tau)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    g = make_generator(seed)
+    t0 = time.time()
+    for _ in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(y_tr), generator=g)
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        if progress is not None:
+            progress.update(1)
+    return {"test_acc": accuracy(model, x_te, y_te), "train_acc": accuracy(model, x_tr, y_tr),
+            "seconds": time.time() - t0}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 64) -> float:
+    model.eval()
+    pred = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(y), batch)])
+    return float((pred == y).float().mean())
+
+
+def load_inputs(cfg: BaselineConfig):
+    """(train, test) pairs of sweep-0 inputs and labels, and the frame length in steps."""
+    from whisker_dataset import (DT_REPEAT, TEST_FILE, TRAIN_FILE, RealValuedWhiskerDataset,
+                                 SpikingWhiskerDataset)
+    data_dir = Path(cfg.data_dir)
+    for name in (TRAIN_FILE, TEST_FILE):
+        if not (data_dir / name).is_file():
+            raise FileNotFoundError(f"{data_dir / name} not found; generate the data with "
+                                    f"`python whisker_sim.py --out {data_dir}` or pass --data-dir")
+    if cfg.encoder == "spiking":
+        make = lambda p: SpikingWhiskerDataset(p, seed=cfg.spike_seed)  # noqa: E731
+        frame = DT_REPEAT
+    else:
+        make = RealValuedWhiskerDataset
+        frame = 1
+    return (sweep0_inputs(make(data_dir / TRAIN_FILE), cfg.encoder),
+            sweep0_inputs(make(data_dir / TEST_FILE), cfg.encoder), frame)
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"--seeds must list non-negative integers, got {text!r}")
+    return seeds
+
+
+def run_baselines(cfg: BaselineConfig, log=print) -> dict:
+    """Train every requested model for every seed; write CSV and JSON; return the summary."""
+    kinds = MODELS if cfg.model == "all" else (cfg.model,)
+    seeds = parse_seeds(cfg.seeds)
+    out = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train, test, frame = load_inputs(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"baselines on sweep 0, {cfg.encoder} input {tuple(train[0].shape[1:])}: "
+        f"{len(train[1])} train / {len(test[1])} test samples, models {', '.join(kinds)}, "
+        f"seeds {seeds}")
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(kinds) * len(seeds) * cfg.epochs, desc="baselines", leave=False)
+    rows, summary = [], {}
+    for kind in kinds:
+        accs = []
+        for seed in seeds:
+            r = train_baseline(kind, train, test, cfg, seed, frame, bar)
+            rows.append({"model": kind, "encoder": cfg.encoder, "seed": seed, **r})
+            accs.append(r["test_acc"])
+            log(f"{kind} seed {seed}: test acc {r['test_acc']:.3f}, train acc "
+                f"{r['train_acc']:.3f} ({r['seconds']:.0f} s)")
+        summary[kind] = {"test_acc": accs, "mean": float(np.mean(accs)),
+                         "std": float(np.std(accs)), "seeds": seeds}
+    if bar is not None:
+        bar.close()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["model", "encoder", "seed", "test_acc", "train_acc",
+                                             "seconds"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buf.getvalue(), out / f"baselines_{cfg.encoder}.csv")
+    result = {"encoder": cfg.encoder, "input": "sweep 0", "epochs": cfg.epochs, "lr": cfg.lr,
+              "batch_size": cfg.batch_size, "hidden": cfg.hidden, "vote_tau": cfg.vote_tau,
+              "spike_seed": cfg.spike_seed,
+              "data_dir": str(cfg.data_dir), "models": summary}
+    atomic_write_json(result, out / f"baselines_{cfg.encoder}.json")
+    for kind, s in summary.items():
+        log(f"{kind}: {s['mean']:.3f} +- {s['std']:.3f} over {len(seeds)} seeds")
+    return result
+
+
+def main(argv=None, defaults: BaselineConfig | None = None) -> int:
+    from training import build_parser
+    ns = build_parser(BaselineConfig, defaults, __doc__.split("\n")[0]).parse_args(argv)
+    cfg = BaselineConfig(**vars(ns))
+    if cfg.model not in MODELS + ("all",):
+        raise ValueError(f"--model must be one of {MODELS + ('all',)}, got {cfg.model!r}")
+    if cfg.encoder not in ENCODERS:
+        raise ValueError(f"--encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
+    if not (math.isfinite(cfg.vote_tau) and cfg.vote_tau > 0):
+        raise ValueError(f"--vote-tau must be a positive number of steps, got {cfg.vote_tau}")
+    for name in ("epochs", "batch_size", "hidden"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if not (np.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"--lr must be a positive finite number, got {cfg.lr}")
+    run_baselines(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    from training import run_cli
+    # The fixed set-up: every model, 3 seeds, on the spiking script's input.
+    sys.exit(run_cli(lambda argv: main(argv, BaselineConfig(model="all", encoder="spiking",
+                                                             seeds="0,1,2"))))

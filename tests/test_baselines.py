@@ -1,0 +1,119 @@
+"""Baselines: the RSNN's own sweep-0 input, every model trains, outputs, bad arguments."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import baselines
+from baselines import BaselineConfig, run_baselines, sweep0_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    import whisker_sim
+    d = tmp_path_factory.mktemp("whisker_data")
+    whisker_sim.generate_dataset(d, objects_per_class=3, seed=4, workers=2)
+    return d
+
+
+def test_inputs_are_what_the_rsnn_reads(data_dir):
+    from whisker_dataset import RealValuedWhiskerDataset, SpikingWhiskerDataset
+    ds = SpikingWhiskerDataset(data_dir / "snn_train3.h5", seed=5)
+    x, y = sweep0_inputs(ds, "spiking")
+    assert x.shape == (len(ds), 550, 186) and x.dtype == torch.float32
+    sample, label = ds[1]
+    # the RSNN's force encoder reads channel 0 of sweep 0, the torque encoder channel 1
+    assert torch.equal(x[1, :, :93], sample[0, 0].float())
+    assert torch.equal(x[1, :, 93:], sample[1, 0].float())
+    assert int(y[1]) == int(label)
+    rv = RealValuedWhiskerDataset(data_dir / "snn_train3.h5")
+    x, _ = sweep0_inputs(rv, "realvalued")
+    assert x.shape == (len(rv), 110, 558)
+    assert torch.equal(x[2], rv[2][0][0, 0])
+
+
+@pytest.mark.parametrize("kind", baselines.MODELS)
+def test_every_model_maps_a_sequence_to_three_logits(kind):
+    model = baselines.build_baseline(kind, n_in=186, hidden=8, frame=5)
+    assert model(torch.rand(4, 550, 186)).shape == (4, 3)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baselines.build_baseline("transformer", 186, 8, 5)
+
+
+def test_a_baseline_fits_its_training_set(data_dir):
+    """The CNN learns the 6 training samples; training is reproducible from the seed."""
+    cfg = BaselineConfig(encoder="spiking", epochs=15, batch_size=4)
+    train, test, frame = baselines.load_inputs(BaselineConfig(data_dir=str(data_dir)))
+    a = baselines.train_baseline("cnn", train, test, cfg, seed=1, frame=frame)
+    b = baselines.train_baseline("cnn", train, test, cfg, seed=1, frame=frame)
+    assert a["train_acc"] == 1.0
+    assert (a["test_acc"], a["train_acc"]) == (b["test_acc"], b["train_acc"])
+
+
+@pytest.mark.parametrize("encoder", ["spiking", "realvalued"])
+def test_run_writes_csv_and_json(data_dir, tmp_path, encoder):
+    cfg = BaselineConfig(model="all", encoder=encoder, data_dir=str(data_dir), out=str(tmp_path),
+                         seeds="0,1", epochs=1, hidden=8, progress=False)
+    summary = run_baselines(cfg, log=lambda *a: None)
+    with open(tmp_path / f"baselines_{encoder}.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["model"], int(r["seed"])) for r in rows] == [
+        (m, s) for m in baselines.MODELS for s in (0, 1)]
+    on_disk = json.loads((tmp_path / f"baselines_{encoder}.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for m in baselines.MODELS:
+        accs = [float(r["test_acc"]) for r in rows if r["model"] == m]
+        assert on_disk["models"][m]["test_acc"] == pytest.approx(accs)
+        assert on_disk["models"][m]["mean"] == pytest.approx(np.mean(accs))
+        assert on_disk["models"][m]["std"] == pytest.approx(np.std(accs))
+    assert on_disk["encoder"] == encoder and on_disk["input"] == "sweep 0"
+
+
+def _cli(args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "baselines.py"), *map(str, args)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model", "transformer"], "--model"),
+    (["--encoder", "rate"], "--encoder"),
+    (["--seeds", "0,x"], "--seeds"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "nan"], "--lr"),
+    (["--data-dir", "nowhere"], "whisker_sim.py"),
+])
+def test_bad_arguments_give_one_line_errors(tmp_path, args, words):
+    proc = _cli(["--out", tmp_path / "o", "--no-progress", *args], tmp_path)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_vote_model_is_a_leaky_integrator_with_per_step_votes():
+    """The conv filter equals the step-by-step update h <- a h + (1 - a) W x (exactly while
+    the sequence is shorter than the kernel, to e^-8 after), and the output is the log of the
+    time-averaged per-step softmax."""
+    torch.manual_seed(0)
+    model = baselines.LeakyVoteNet(n_in=5, hidden=4, tau=3.0)
+    for T in (20, 60):
+        x = torch.rand(2, T, 5)
+        a = float(np.exp(-1 / 3.0))
+        u, s, hs = model.project(x), torch.zeros(2, 4), []
+        for t in range(T):
+            s = a * s + (1 - a) * u[:, t]
+            hs.append(s)
+        prob = torch.softmax(model.readout(torch.relu(torch.stack(hs, 1))), -1).mean(1)
+        torch.testing.assert_close(model(x), torch.log(prob), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model(x).exp().sum(1), torch.ones(2))
