@@ -34,6 +34,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import math
 import os
 import pickle
 import sys
@@ -85,6 +86,10 @@ class TrainConfig:
                       "true class's mean readout probability", LOSSES)
     init_b: float = _flag(0.04, "baseline threshold b0")
     init_w: float = _flag(0.06, "recurrent / thalamic weights start in U[0, init_w]")
+    tau_scale: float = _flag(1.0, "multiply the initial tau_m and tau_adp (about 10 and 5 "
+                             "steps) by this; 5 gives the spiking network, which sees each "
+                             "frame for 5 steps, the real-valued network's time constants "
+                             "in frames")
     seed: int = _flag(0, "model initialisation and data order")
     spike_seed: int = _flag(0, "seed of the Bernoulli spike encoding (spiking only)")
     resample_each_epoch: bool = _flag(False, "draw new input spikes every epoch (published: no)")
@@ -102,14 +107,20 @@ class TrainConfig:
     progress: bool = _flag(True, "tqdm progress bars")
 
     def model_config(self) -> ModelConfig:
+        base = ModelConfig()
+        scale = lambda r: tuple(self.tau_scale * v for v in r)  # noqa: E731
         return ModelConfig(encoder=self.encoder, init_b=self.init_b, init_w=self.init_w,
-                           seed=self.seed, engine=self.engine)
+                           seed=self.seed, engine=self.engine,
+                           tau_m_range=scale(base.tau_m_range),
+                           tau_adp_range=scale(base.tau_adp_range))
 
     def validate(self) -> "TrainConfig":
         checks = [
             (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (math.isfinite(self.tau_scale) and self.tau_scale > 0,
+             f"--tau-scale must be a positive number, got {self.tau_scale}"),
             (self.step_size >= 1, f"--step-size must be >= 1, got {self.step_size}"),
             (self.n_steps == 0 or self.n_steps >= 2, f"--n-steps must be 0 (full) or >= 2, got {self.n_steps}"),
             (self.max_train_samples >= 0 and self.max_test_samples >= 0,

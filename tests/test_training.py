@@ -76,6 +76,22 @@ def test_paper_defaults():
     assert s.engine == "fast" and s.data_dir == "data" and s.n_steps == 0
 
 
+def test_tau_scale_multiplies_the_initial_time_constants():
+    from model import build_model
+    base = build_model(SpikingConfig(engine=ENGINE).model_config())
+    cfg = SpikingConfig(tau_scale=5.0, engine=ENGINE).validate()
+    assert cfg.model_config().tau_m_range == (45.0, 55.0)
+    assert cfg.model_config().tau_adp_range == (20.0, 30.0)
+    scaled = build_model(cfg.model_config())
+    # the same draws, scaled: every time constant (thalamic and cortical) is 5 times larger
+    for name in ("tau_m", "tau_adp", "thal_tau_m", "thal_tau_adp"):
+        torch.testing.assert_close(getattr(scaled, name), 5 * getattr(base, name))
+    torch.testing.assert_close(scaled.recurrent.weight, base.recurrent.weight)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="--tau-scale"):
+            SpikingConfig(tau_scale=bad).validate()
+
+
 def test_flags_from_dataclass():
     cfg, given = training.parse_config(SpikingConfig, [
         "--data-dir", "d", "--out", "o", "--epochs", "3", "--batch-size", "5", "--lr", "0.1",
