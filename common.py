@@ -5,6 +5,7 @@ Nothing here touches the global RNG.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -53,6 +54,82 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(folder, names) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left beside ``folder/name`` when a
+    process was killed mid-write (``.NAME.*.tmp``). Call it only while no other process can
+    be writing there (under the run's lock, or before generating data). Returns the removed
+    paths."""
+    removed = []
+    for name in names:
+        for tmp in glob.glob(os.path.join(glob.escape(str(folder)), f".{glob.escape(name)}.*.tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+                removed.append(Path(tmp))
+    return removed
+
+
+def check_writable_dir(path, flag: str = "--out") -> Path:
+    """Create ``path`` if needed and check that files can be written there, so that a command
+    fails before its long computation rather than after it. Raises ``ValueError`` naming the
+    flag."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder; give a folder for the results")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"{flag} {path} cannot be written ({err.strerror or err}); "
+                         "choose another folder") from None
+    return path
+
+
+class DirectoryLock:
+    """An exclusive lock on a folder (``folder/.lock``, ``fcntl.flock``) while a process works
+    in it. The kernel releases it when the process ends, however it ends, so a lock left by a
+    killed process never blocks the next one. The file holds the holder's process id and
+    ``what`` it does, for the message a second process gets."""
+
+    def __init__(self, folder, what: str = "a run"):
+        self.folder, self.what, self._fh = Path(folder), what, None
+
+    def acquire(self) -> "DirectoryLock":
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, as before
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fh = open(self.folder / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            pid, _, what = (fh.read().strip() or "unknown").partition(" ")
+            fh.close()
+            raise ValueError(f"{self.folder} is in use by process {pid}"
+                             + (f" ({what})" if what else "")
+                             + "; wait for it to finish or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()} {self.what}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()   # closing releases the flock
+            self._fh = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def atomic_torch_save(obj, path) -> None:

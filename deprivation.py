@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_path, atomic_write_json, atomic_write_text, select_device
-from model import InitialState
+from common import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir, \
+    select_device
+from model import ENGINES, InitialState
 from training import _flag, load_checkpoint
 from whisker_dataset import N_WHISKERS
 
@@ -108,21 +109,42 @@ def evaluate_trials(model, dataset, indices: list[int], sets: list[tuple[int, ..
     return (accuracies, outputs) if return_outputs else accuracies
 
 
+def validate(cfg: DeprivationConfig) -> DeprivationConfig:
+    """Refuse settings that cannot give a meaningful result (``ValueError`` naming the flag)."""
+    checks = [
+        (bool(cfg.checkpoint), "--checkpoint is required (e.g. runs/spiking/best.pth)"),
+        (cfg.trials >= 0, f"--trials must be >= 0, got {cfg.trials}"),
+        (1 <= cfg.max_removed <= N_WHISKERS,
+         f"--max-removed must be in 1..{N_WHISKERS}, got {cfg.max_removed}"),
+        (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}"),
+        (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+        (cfg.lanes >= 1, f"--lanes must be >= 1, got {cfg.lanes}"),
+        (cfg.n_steps == -1 or cfg.n_steps == 0 or cfg.n_steps >= 2,
+         f"--n-steps must be -1 (as in training), 0 (full) or >= 2, got {cfg.n_steps}"),
+        (cfg.max_test_samples >= 0, f"--max-test-samples must be >= 0 (0: all), got "
+                                    f"{cfg.max_test_samples}"),
+        (cfg.engine in ("",) + tuple(ENGINES),
+         f"--engine must be one of {tuple(ENGINES)}, got {cfg.engine!r}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+    return cfg
+
+
 def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     """Evaluate every trial; write CSV, JSON and plot. Returns the JSON summary."""
     from whisker_dataset import TEST_FILE, RealValuedWhiskerDataset, SpikingWhiskerDataset
 
-    if not cfg.checkpoint:
-        raise ValueError("--checkpoint is required (e.g. runs/spiking/best.pth)")
-    if cfg.trials < 0 or not 1 <= cfg.max_removed <= N_WHISKERS:
-        raise ValueError(f"--trials must be >= 0 and --max-removed in 1..{N_WHISKERS}")
+    validate(cfg)
     device = select_device(cfg.device)
     model, ckpt = load_checkpoint(cfg.checkpoint, device)
     if cfg.engine:
         model.config.engine = cfg.engine
     tc = ckpt.get("train_config") or {}
     data_dir = Path(cfg.data_dir or tc.get("data_dir") or "data")
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent
+    # before the long evaluation: fail now, not after it, if the results cannot be written
+    out = check_writable_dir(Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent)
     n_steps = tc.get("n_steps", 0) if cfg.n_steps < 0 else cfg.n_steps
     n_steps = int(n_steps) or None
     test_path = data_dir / TEST_FILE

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import llvmlite.binding as llvm
 import llvmlite.ir
@@ -834,6 +835,26 @@ class _ThalamusFunction(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------- entry points
+_ANNOUNCED = False
+
+
+def _announce_compilation() -> None:
+    """Say once per process when the CPU kernels are not in numba's on-disk cache yet: their
+    first compilation takes a minute or more, which would otherwise look like a hang."""
+    global _ANNOUNCED
+    if _ANNOUNCED:
+        return
+    _ANNOUNCED = True
+    try:
+        cached = all(os.path.exists(k._cache._cache_file._index_path)
+                     for k in (_fwd_chunk, _thalamus_forward, _recompute_chunk))
+    except AttributeError:   # another numba version keeps its cache elsewhere: say nothing
+        return
+    if not cached:
+        print("compiling the numba CPU kernels (first run only: a minute or more; numba caches "
+              "them on disk)", file=sys.stderr, flush=True)
+
+
 def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
     """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200).
 
@@ -841,6 +862,7 @@ def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
     """
     if _backend(current.device) == "torch":
         return engine_torch.run_thalamus(model, current, state)
+    _announce_compilation()
     cfg = model.config
     dtype = current.dtype
     alpha, rho = decay_factors(model.thal_tau_m, model.thal_tau_adp)

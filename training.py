@@ -11,6 +11,12 @@ What a run directory holds (all writes atomic: temporary file, then rename):
                           firing_rate (test set, spikes / neuron / step), seconds
     learning_curves.png   loss and accuracy against epoch
     config.json           the training config
+    .lock                 held while a process trains here (released when it ends)
+
+A folder that already holds a run is never overwritten: a new run there is refused unless
+``--resume`` continues it or ``--overwrite`` replaces it (:func:`claim_run_dir`). A run stops
+with a one-line message, keeping its last good checkpoint, when the loss or a parameter
+becomes NaN or infinite (:class:`TrainingDiverged`).
 
 Paper set-up (the defaults): Adam, lr 0.008 (x5 for ``tau_adp``, x2 for ``tau_m``, thalamic
 and cortical), StepLR(20, 0.8) spiking / StepLR(10, 0.5) real-valued, 100 epochs, batch 128,
@@ -47,8 +53,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, \
-    make_generator, select_device
+from common import DirectoryLock, atomic_path, atomic_torch_save, atomic_write_json, \
+    atomic_write_text, check_writable_dir, make_generator, remove_stale_temps, select_device
 from model import ENGINES, BarrelCortexRSNN, ModelConfig, build_model
 
 CHECKPOINT_FORMAT = "barrel-rsnn-checkpoint"
@@ -57,10 +63,15 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = ("published", "log-mean-prob")
 METRIC_FIELDS = ("epoch", "loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate",
                  "seconds")
+RUN_FILES = ("config.json", "checkpoint.pth", "best.pth", "metrics.csv", "learning_curves.png")
 
 
 class CheckpointError(ValueError):
     """A file that is not a loadable checkpoint of this model (one-line message)."""
+
+
+class TrainingDiverged(ValueError):
+    """The loss or a parameter became NaN or infinite; the run stopped (one-line message)."""
 
 
 # =============================================================================== configs
@@ -105,6 +116,8 @@ class TrainConfig:
     workers: int = _flag(0, "simulator processes when the dataset is generated (0: all cores)")
     loader_workers: int = _flag(-1, "DataLoader worker processes (-1: 4 on CUDA, 0 on the CPU)")
     progress: bool = _flag(True, "tqdm progress bars")
+    overwrite: bool = _flag(False, "replace the run already in --out (its checkpoints, metrics "
+                                   "and plot are deleted first)")
 
     def model_config(self) -> ModelConfig:
         base = ModelConfig()
@@ -115,18 +128,29 @@ class TrainConfig:
                            tau_adp_range=scale(base.tau_adp_range))
 
     def validate(self) -> "TrainConfig":
+        positive = lambda v: math.isfinite(v) and v > 0  # noqa: E731
         checks = [
-            (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (math.isfinite(self.tau_scale) and self.tau_scale > 0,
-             f"--tau-scale must be a positive number, got {self.tau_scale}"),
+            (positive(self.lr), f"--lr must be a positive number, got {self.lr}"),
+            (positive(self.lr_tau_adp_factor),
+             f"--lr-tau-adp-factor must be a positive number, got {self.lr_tau_adp_factor}"),
+            (positive(self.lr_tau_m_factor),
+             f"--lr-tau-m-factor must be a positive number, got {self.lr_tau_m_factor}"),
+            (positive(self.tau_scale), f"--tau-scale must be a positive number, got {self.tau_scale}"),
             (self.step_size >= 1, f"--step-size must be >= 1, got {self.step_size}"),
+            (positive(self.gamma) and self.gamma <= 1,
+             f"--gamma must be in (0, 1] (the StepLR factor), got {self.gamma}"),
+            (positive(self.init_b), f"--init-b must be a positive number, got {self.init_b}"),
+            (positive(self.init_w), f"--init-w must be a positive number, got {self.init_w}"),
             (self.n_steps == 0 or self.n_steps >= 2, f"--n-steps must be 0 (full) or >= 2, got {self.n_steps}"),
-            (self.max_train_samples >= 0 and self.max_test_samples >= 0,
-             "--max-train-samples / --max-test-samples must be >= 0"),
-            (self.objects_per_class >= 1, "--objects-per-class must be >= 1"),
-        ]
+            (self.max_train_samples >= 0, f"--max-train-samples must be >= 0, got {self.max_train_samples}"),
+            (self.max_test_samples >= 0, f"--max-test-samples must be >= 0, got {self.max_test_samples}"),
+            (self.objects_per_class >= 1, f"--objects-per-class must be >= 1, got {self.objects_per_class}"),
+            (self.workers >= 0, f"--workers must be >= 0 (0: all cores), got {self.workers}"),
+            (self.loader_workers >= -1, f"--loader-workers must be >= -1, got {self.loader_workers}"),
+        ] + [(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got "
+              f"{getattr(self, name)}") for name in ("seed", "spike_seed", "data_seed")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -201,8 +225,8 @@ def run_cli(main_fn, argv=None) -> int:
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"interrupted{'; ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
 
 
@@ -315,6 +339,11 @@ def load_checkpoint(path, device="cpu") -> tuple[BarrelCortexRSNN, dict]:
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise CheckpointError(f"{path}: checkpoint of another architecture ({k!r} has shape "
                                   f"{shape}, the model expects {tuple(own[k].shape)})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} parameter(s) hold NaN or infinite values "
+                              f"(e.g. {bad[0]!r}): the run that wrote it diverged; use an earlier "
+                              "checkpoint")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -393,7 +422,8 @@ def load_datasets(cfg: TrainConfig, dist: Dist | None = None, log=print):
     data_dir = Path(cfg.data_dir)
     if dist.main:
         train_path, test_path = ensure_dataset(data_dir, cfg.objects_per_class, cfg.data_seed,
-                                               cfg.workers or None, log=log)
+                                               cfg.workers or None, log=log,
+                                               progress=cfg.progress)
     dist.barrier()
     from whisker_dataset import TEST_FILE, TRAIN_FILE
     train_path, test_path = data_dir / TRAIN_FILE, data_dir / TEST_FILE
@@ -552,7 +582,7 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
     loss_sum = correct = n = 0.0
     bar = _progress(_iterate(dataset, [shard(b, dist) for b in batches], workers),
                     len(batches), desc, progress and dist.main)
-    for (x, y), batch in zip(bar, batches):
+    for k, ((x, y), batch) in enumerate(zip(bar, batches)):
         global_n = len(batch)
         dummy = x is None
         lo, hi = shard_bounds(global_n, dist)
@@ -571,6 +601,10 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
         loss.backward()
         optimizer.step()
         model.constrain_()
+        # after the step the parameters are the same on every rank, so all ranks stop together
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingDiverged(f"a parameter became NaN or infinite at batch {k + 1} of "
+                                   f"{len(batches)} (batch loss {float(ce.detach()) / max(len(y), 1):.4g})")
         if not dummy:
             loss_sum += float(ce.detach())
             correct += float((out.detach().argmax(1) == y).sum())
@@ -634,16 +668,61 @@ def resolve_resume(cfg: TrainConfig, given: set[str], log=print) -> TrainConfig:
     ckpt_path = run_dir / "checkpoint.pth" if run_dir.is_dir() else run_dir
     if run_dir.is_file():
         run_dir = run_dir.parent
-    stored = read_checkpoint(ckpt_path).get("train_config") or {}
+    ckpt = read_checkpoint(ckpt_path)
+    stored = ckpt.get("train_config") or {}
+    out = Path(cfg.out) if "out" in given else run_dir
+    latest = run_dir / "checkpoint.pth"
+    if (_same_dir(out, run_dir) and ckpt_path.name != latest.name and latest.is_file()
+            and int(read_checkpoint(latest).get("epoch", 0)) > int(ckpt.get("epoch", 0))):
+        raise ValueError(
+            f"{ckpt_path} is from epoch {ckpt.get('epoch', 0)} but {latest} holds a later one; "
+            f"continuing here would replace it. Continue the run with --resume {run_dir}, or "
+            f"branch from {ckpt_path.name} into a new folder with --resume {ckpt_path} --out NEW_DIR")
     names = {f.name for f in dataclasses.fields(cfg)}
     merged = {k: v for k, v in stored.items() if k in names}
     merged.update({k: getattr(cfg, k) for k in given})
     merged["resume"] = str(ckpt_path)
-    merged["out"] = str(run_dir)
+    merged["out"] = str(out)
     changed = sorted(k for k in given - {"resume", "out"} if stored.get(k, getattr(cfg, k)) != getattr(cfg, k))
     if changed:
         log(f"resuming {run_dir} with changed settings: {', '.join(changed)}")
     return type(cfg)(**merged)
+
+
+def _same_dir(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def claim_run_dir(out, resume: str = "", overwrite: bool = False) -> DirectoryLock:
+    """Lock the run folder ``out`` for this process and check that training there loses nothing.
+
+    A folder that already holds a run (any of :data:`RUN_FILES`) is refused unless this run
+    continues it (``resume`` is a checkpoint in ``out``) or ``overwrite`` is set, in which case
+    those files are deleted first. Temporary files of writes interrupted by a killed process
+    are cleaned up. Raises ``ValueError`` (one line); returns the held :class:`DirectoryLock`.
+    """
+    out = check_writable_dir(out)
+    lock = DirectoryLock(out, "training").acquire()
+    try:
+        remove_stale_temps(out, RUN_FILES)
+        existing = [n for n in RUN_FILES if (out / n).exists()]
+        continuing = bool(resume) and _same_dir(Path(resume).parent, out)
+        if existing and not continuing:
+            if not overwrite:
+                raise ValueError(f"{out} already holds a run ({', '.join(existing)}); continue it "
+                                 f"with --resume {out}, replace it with --overwrite, or choose "
+                                 "another --out")
+            for name in existing:
+                (out / name).unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -654,9 +733,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
     cfg.validate()
     dist, device = setup_distributed(cfg.device)
     log = log if dist.main else (lambda *a, **k: None)
+    lock = claim_run_dir(cfg.out, cfg.resume, cfg.overwrite) if dist.main else None
     try:
         return _train(cfg, dist, device, log)
     finally:
+        if lock is not None:
+            lock.release()
         if dist.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
@@ -680,8 +762,13 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
         if ckpt.get("scheduler_state"):
             scheduler.load_state_dict(ckpt["scheduler_state"])
         start_epoch = int(ckpt.get("epoch", 0))
+        if cfg.epochs <= start_epoch:
+            raise ValueError(f"{cfg.resume} has already trained {start_epoch} epochs; give "
+                             f"--epochs larger than {start_epoch} to continue")
         best = float(ckpt.get("best_test_acc") if ckpt.get("best_test_acc") is not None else -1.0)
-        rows = [r for r in read_metrics(out / "metrics.csv") if r["epoch"] <= start_epoch]
+        # the history up to this checkpoint, from the run it belongs to
+        rows = [r for r in read_metrics(Path(cfg.resume).parent / "metrics.csv")
+                if r["epoch"] <= start_epoch]
         log(f"resumed from {cfg.resume} after epoch {start_epoch}")
     else:
         model = build_model(cfg.model_config(), device=device, dtype=dtype)
@@ -704,6 +791,31 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
             f"{len(train_idx)} train / {len(test_idx)} test samples, T = "
             f"{train_set[0][0].shape[2]}, epochs {start_epoch + 1}..{cfg.epochs}; run dir {out}")
 
+    try:
+        _epochs(cfg, model, ddp_model, optimizer, scheduler, train_set, test_set, train_idx,
+                test_idx, workers, start_epoch, best, rows, config_dict, dist, device, log)
+    except (TrainingDiverged, KeyboardInterrupt) as err:
+        if not dist.main:
+            raise
+        done = rows[-1]["epoch"] if rows else 0
+        saved = out / "checkpoint.pth"
+        kept = (f"kept {saved} (epoch {done})" if done and saved.is_file()
+                else "nothing was saved")
+        if isinstance(err, TrainingDiverged):
+            raise TrainingDiverged(f"training diverged in epoch {done + 1}: {err}; {kept}, and "
+                                   "best.pth holds no diverged state. Try a smaller --lr") from None
+        script = Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "RSNN_bfd_SpikingBased.py"
+        resume = f"; continue with: python {script} --resume {out}" if "kept" in kept else ""
+        raise KeyboardInterrupt(f"{kept}{resume}") from None
+    return {"rows": rows, "best_test_acc": max([r["test_acc"] for r in rows], default=best),
+            "out": str(out), "epoch": max(cfg.epochs, start_epoch)}
+
+
+def _epochs(cfg, model, ddp_model, optimizer, scheduler, train_set, test_set, train_idx,
+            test_idx, workers, start_epoch, best, rows, config_dict, dist, device, log):
+    """The epoch loop of :func:`_train`; appends to ``rows`` as epochs finish."""
+    out = Path(cfg.out)
+    t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         if hasattr(train_set, "set_epoch"):
@@ -715,6 +827,9 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
         scheduler.step()
         te = evaluate(model, test_set, test_idx, cfg.batch_size, device, dist, cfg.progress,
                       workers, loss_kind=cfg.loss)
+        if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
+            raise TrainingDiverged(f"the loss became {tr['loss']:.4g} (train) / "
+                                   f"{te['loss']:.4g} (test)")
         seconds = time.time() - t0
         row = {"epoch": epoch + 1, "loss": tr["loss"], "train_acc": tr["acc"],
                "test_loss": te["loss"], "test_acc": te["acc"], "lr": lr,
@@ -732,11 +847,12 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
             write_metrics(rows, out / "metrics.csv")
             plot_learning_curves(rows, out / "learning_curves.png",
                                  f"{cfg.encoder} RSNN")
+            left = (time.time() - t_start) / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {tr['loss']:.4f}, train acc "
                 f"{tr['acc']:.3f}, test acc {te['acc']:.3f} (best {best:.3f}), lr {lr:.2e}, "
-                f"rate {te['firing_rate']:.4f}, {seconds:.1f} s")
+                f"rate {te['firing_rate']:.4f}, {seconds:.1f} s"
+                + (f", about {_duration(left)} left" if epoch + 1 < cfg.epochs else ""))
         dist.barrier()
-    return {"rows": rows, "best_test_acc": best, "out": str(out), "epoch": max(cfg.epochs, start_epoch)}
 
 
 def training_main(config_cls, argv=None, defaults=None, description=None) -> int:

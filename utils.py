@@ -52,7 +52,7 @@ from scipy import special, stats  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import neuron  # noqa: E402  (the single neuron update: neuron.alif_step)
-from common import atomic_path, select_device  # noqa: E402
+from common import atomic_path, check_writable_dir, select_device  # noqa: E402
 from model import ModelConfig, build_model  # noqa: E402
 
 ANALYSES = ("anova", "raster", "dynamics", "degree", "cv")
@@ -929,8 +929,11 @@ def parse_config(argv=None) -> AnalysisConfig:
                "--max-samples must be >= 4 (the ANOVA needs more samples than classes)"),
               (args.n_steps is None or args.n_steps >= 2, "--n-steps must be >= 2"),
               (args.const_steps >= 1, "--const-steps must be >= 1"),
+              (math.isfinite(args.const_current), "--const-current must be a finite number"),
               (0 < args.alpha < 1, "--alpha must lie in (0, 1)"),
-              (args.sample >= 0, "--sample must be >= 0")]
+              (args.sample >= 0, "--sample must be >= 0"),
+              (args.data_seed is None or args.data_seed >= 0, "--data-seed must be >= 0"),
+              (args.objects_per_class >= 1, "--objects-per-class must be >= 1")]
     for ok, msg in checks:
         if not ok:
             ap.error(msg)
@@ -972,7 +975,7 @@ def run(cfg: AnalysisConfig) -> dict:
     out = Path(cfg.out)
     progress = not cfg.no_progress
     model, ckpt = _load(cfg, device)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out)   # before the long work, not after it
     initial = untrained_like(model)
     results = {}
     data = None

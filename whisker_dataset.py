@@ -102,7 +102,14 @@ class _WhiskerFile:
             self.n = int(f.shape[0])
             if lab.shape != (self.n,):
                 _fail(self.path, f"dataset 'label' has shape {lab.shape}, expected ({self.n},)")
-            raw = np.asarray(lab[()], dtype=np.float64)
+            if self.n == 0:
+                _fail(self.path, "holds no samples (force has shape "
+                      f"{f.shape}); give a file with at least one sample")
+            try:
+                raw = np.asarray(lab[()], dtype=np.float64)
+            except (TypeError, ValueError):
+                _fail(self.path, f"dataset 'label' holds {lab.dtype} values, expected the "
+                      f"numbers {sorted(LABEL_MAP)}")
             bad = ~np.isin(raw, list(LABEL_MAP))
             if bad.any():
                 _fail(self.path, f"unknown label value(s) {np.unique(raw[bad]).tolist()} "
@@ -396,16 +403,34 @@ def samples_by_class(dataset) -> dict[int, torch.Tensor]:
 
 
 def ensure_dataset(data_dir, objects_per_class: int = 91, seed: int = 0, workers=None,
-                   log=print) -> tuple[Path, Path]:
-    """Return (train_path, test_path) in ``data_dir``; generate both with whisker_sim if either is missing."""
+                   log=print, progress: bool = False) -> tuple[Path, Path]:
+    """Return (train_path, test_path) in ``data_dir``, generating both with whisker_sim when
+    the folder holds neither.
+
+    Data is generated only into an existing folder that holds neither file, so a user's own
+    files are never written over: a folder holding one of the two files, or a folder that
+    does not exist (a typo in ``--data-dir``), is a ``FileNotFoundError`` that says what is
+    missing and how to generate data (``python whisker_sim.py --out DIR``).
+    """
     data_dir = Path(data_dir)
     train, test = data_dir / TRAIN_FILE, data_dir / TEST_FILE
-    if not (train.is_file() and test.is_file()):
+    have = [p for p in (train, test) if p.exists()]
+    if len(have) == 1:
+        missing = test if have[0] == train else train
+        raise FileNotFoundError(
+            f"{data_dir} holds {have[0].name} but not {missing.name}; add the missing file, or "
+            f"generate a complete dataset into a new folder with python whisker_sim.py --out DIR "
+            f"and pass --data-dir DIR (the existing file is left alone)")
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"data folder {data_dir} does not exist; check --data-dir, or generate a dataset "
+            f"there with python whisker_sim.py --out {data_dir}")
+    if not have:
         import whisker_sim
 
         log(f"whisker data not found in {data_dir}: generating a simulated dataset "
             f"({objects_per_class} objects per class, seed {seed}) with whisker_sim ...")
         whisker_sim.generate_dataset(data_dir, objects_per_class=objects_per_class, seed=seed,
-                                     workers=workers)
+                                     workers=workers, progress=progress)
         log(f"wrote {train} and {test}")
     return train, test

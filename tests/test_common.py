@@ -37,3 +37,35 @@ def test_make_generator_is_independent_of_the_global_rng():
     torch.manual_seed(1)
     b = torch.rand(3, generator=make_generator(5))
     assert torch.equal(a, b)
+
+
+def test_remove_stale_temps_deletes_only_interrupted_writes(tmp_path):
+    from common import remove_stale_temps
+    for name in (".checkpoint.pth.abc123.tmp", ".best.pth.x.tmp", "checkpoint.pth",
+                 ".other.pth.y.tmp", "notes.tmp"):
+        (tmp_path / name).write_text("x")
+    removed = remove_stale_temps(tmp_path, ("checkpoint.pth", "best.pth"))
+    assert sorted(p.name for p in removed) == [".best.pth.x.tmp", ".checkpoint.pth.abc123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pth.y.tmp", "checkpoint.pth",
+                                                          "notes.tmp"]
+
+
+def test_check_writable_dir(tmp_path):
+    from common import check_writable_dir
+    assert check_writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir() and not list((tmp_path / "a" / "b").iterdir())
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="--figs .* is a file"):
+        check_writable_dir(tmp_path / "f", "--figs")
+    with pytest.raises(ValueError, match="cannot be written"):
+        check_writable_dir(tmp_path / "f" / "sub")
+
+
+def test_directory_lock_is_exclusive_and_released(tmp_path):
+    from common import DirectoryLock
+    first = DirectoryLock(tmp_path, "test").acquire()
+    with pytest.raises(ValueError, match=f"in use by process {os.getpid()} \\(test\\)"):
+        DirectoryLock(tmp_path).acquire()
+    first.release()
+    with DirectoryLock(tmp_path):
+        pass

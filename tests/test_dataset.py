@@ -217,3 +217,14 @@ def test_non_finite(tmp_path, key, bad, word):
     arr[1, 4, 50, 7, 2, 1] = bad
     kw = {key: arr}
     _expect_error(_write(tmp_path / "n.h5", **kw), word)
+
+
+def test_empty_file(tmp_path):
+    empty = np.zeros((0, 12, 110, 31, 3, 3), np.float32)
+    _expect_error(_write(tmp_path / "e.h5", force=empty, torque=empty, label=np.zeros(0)),
+                  "holds no samples")
+
+
+def test_string_labels(tmp_path):
+    labels = np.array([b"helmet", b"box", b"plane"])
+    _expect_error(_write(tmp_path / "str.h5", label=labels), "dataset 'label' holds")

@@ -205,3 +205,35 @@ def test_cli_refuses_bad_files_with_one_line(tmp_path, ckpt_path):
                        tmp_path)
         assert_one_line_error(proc, str(files[kind].name))
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags, word", [
+    (["--max-test-samples", "-1"], "--max-test-samples"), (["--n-steps", "-5"], "--n-steps"),
+    (["--batch-size", "0"], "--batch-size"), (["--lanes", "0"], "--lanes"),
+    (["--seed", "-3"], "--seed"), (["--trials", "-1"], "--trials"),
+    (["--max-removed", "32"], "--max-removed")])
+def test_bad_settings_are_refused(flags, word, ckpt_path, tmp_path):
+    import contextlib
+    import io
+
+    import RSNN_bfd_whisker_deprivation as script
+    from training import run_cli as run_in_process
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = run_in_process(script.main, ["--checkpoint", str(ckpt_path), "--out",
+                                          str(tmp_path / "o"), *flags])
+    lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and word in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unwritable_out_fails_before_the_trials(ckpt_path, tmp_path, monkeypatch):
+    import deprivation
+    a_file = tmp_path / "results"
+    a_file.write_text("not a folder")
+    monkeypatch.setattr(deprivation, "evaluate_trials",
+                        lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    with pytest.raises(ValueError, match="--out .* is a file"):
+        run_deprivation(DeprivationConfig(checkpoint=str(ckpt_path), out=str(a_file),
+                                          trials=1, device="cpu", progress=False))
+    assert a_file.read_text() == "not a folder"

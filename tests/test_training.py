@@ -327,3 +327,153 @@ def test_network_fits_a_small_training_set(tmp_path, loss):
     acc = [r["train_acc"] for r in rows]
     assert acc[0] <= 0.5 and max(acc[-3:]) >= 0.9, acc
     assert rows[-1]["loss"] < rows[0]["loss"], [r["loss"] for r in rows]
+
+
+# ----------------------------------------------------------------------------- nothing lost
+def _digests(folder):
+    import hashlib
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir())
+            if p.is_file() and p.name != ".lock"}
+
+
+def _cli(argv):
+    """rc and stderr lines of the training command line, run in this process."""
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = training.run_cli(lambda a: training.training_main(SpikingConfig, a), argv)
+    return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+
+
+def _copy_run(src, dst):
+    import shutil
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def test_a_finished_run_is_never_overwritten(run2, data_dir, tmp_path):
+    out, _ = run2
+    before = _digests(out)
+    rc, lines = _cli(["--data-dir", str(data_dir), "--out", str(out), "--epochs", "1",
+                      "--n-steps", str(T), "--max-train-samples", "4", "--no-progress"])
+    assert rc == 2 and len(lines) == 1 and "already holds a run" in lines[0], lines
+    assert "--resume" in lines[0] and "--overwrite" in lines[0]
+    assert _digests(out) == before
+    # --overwrite replaces it: a fresh one-epoch history
+    copy = _copy_run(out, tmp_path / "copy")
+    train(tiny(data_dir, copy, epochs=1, overwrite=True))
+    assert [r["epoch"] for r in read_metrics(copy / "metrics.csv")] == [1]
+    assert torch.load(copy / "best.pth", weights_only=True)["epoch"] == 1
+
+
+def test_resume_from_an_older_checkpoint_keeps_the_newer_one(run2, data_dir, tmp_path):
+    out, _ = run2
+    run = _copy_run(out, tmp_path / "run")
+    model, ckpt = load_checkpoint(run / "checkpoint.pth")
+    rows = read_metrics(run / "metrics.csv")
+    training.save_checkpoint(run / "epoch1.pth", model, epoch=1,
+                             train_config=ckpt["train_config"],
+                             extra={"best_test_acc": rows[0]["test_acc"]})
+    before = _digests(run)
+    rc, lines = _cli(["--resume", str(run / "epoch1.pth"), "--epochs", "3"])
+    assert rc == 2 and "holds a later one" in lines[0] and "--out NEW_DIR" in lines[0], lines
+    assert _digests(run) == before
+    # branching into a new folder keeps the history up to the checkpoint
+    branch = tmp_path / "branch"
+    rc, lines = _cli(["--resume", str(run / "epoch1.pth"), "--out", str(branch), "--epochs", "2"])
+    assert rc == 0, lines
+    got = read_metrics(branch / "metrics.csv")
+    assert [r["epoch"] for r in got] == [1, 2] and got[0] == rows[0]
+    assert _digests(run) == before
+    rc, lines = _cli(["--resume", str(run), "--epochs", "2"])
+    assert rc == 2 and "already trained 2 epochs" in lines[0], lines
+
+
+_HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from common import DirectoryLock; "
+         "lock = DirectoryLock({d!r}).acquire(); print('locked', flush=True); time.sleep(60)")
+
+
+def test_one_process_per_run_directory_and_stale_locks(tmp_path):
+    import signal
+    d = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD.format(root=str(ROOT), d=str(d))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=f"in use by process {holder.pid}"):
+            training.claim_run_dir(d)
+    finally:
+        holder.send_signal(signal.SIGKILL)   # dies holding the lock
+        holder.wait()
+    lock = training.claim_run_dir(d)         # the kernel released it: no stale lock
+    lock.release()
+
+
+def test_bad_settings_are_refused(data_dir, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["--data-dir", str(data_dir), "--n-steps", str(T), "--no-progress"]
+    cases = [(["--lr", "inf"], "--lr"), (["--lr", "nan"], "--lr"), (["--gamma", "nan"], "--gamma"),
+             (["--gamma", "-0.5"], "--gamma"), (["--init-b", "-1"], "--init-b"),
+             (["--init-w", "0"], "--init-w"), (["--epochs", "0"], "--epochs"),
+             (["--seed", "-1"], "--seed"), (["--spike-seed", "-2"], "--spike-seed"),
+             (["--lr-tau-m-factor", "inf"], "--lr-tau-m-factor"),
+             (["--out", str(a_file)], "is a file"),
+             (["--data-dir", str(tmp_path / "typo")], "does not exist")]
+    for flags, word in cases:
+        out = ["--out", str(tmp_path / "o")] if "--out" not in flags else []
+        rc, lines = _cli(base + out + flags)
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), (flags, lines)
+        assert word in lines[0], (flags, lines)
+    assert not (tmp_path / "o" / "checkpoint.pth").exists()
+
+
+def test_a_nan_stops_the_run_and_best_stays_finite(data_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = training.readout_loss
+
+    def poisoned(output, labels, n_steps, kind="published", reduction="mean"):
+        loss = real(output, labels, n_steps, kind, reduction)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > 2:          # epoch 2 (two batches per epoch)
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(training, "readout_loss", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(training.TrainingDiverged, match="diverged in epoch 2.*epoch 1"):
+        train(tiny(data_dir, out, epochs=3))
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1]
+    for name in ("best.pth", "checkpoint.pth"):
+        model, ckpt = load_checkpoint(out / name)      # refuses non-finite parameters
+        assert ckpt["epoch"] == 1
+
+
+def test_a_checkpoint_with_nan_parameters_is_refused(run2, tmp_path):
+    out, _ = run2
+    model, ckpt = load_checkpoint(out / "checkpoint.pth")
+    with torch.no_grad():
+        model.tau_m[3] = float("nan")
+    training.save_checkpoint(tmp_path / "nan.pth", model, train_config=ckpt["train_config"])
+    with pytest.raises(training.CheckpointError, match="NaN or infinite.*'tau_m'"):
+        load_checkpoint(tmp_path / "nan.pth")
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(data_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = training.train_one_epoch
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+    out = tmp_path / "ctrl_c"
+    with pytest.raises(KeyboardInterrupt, match=r"kept .*checkpoint.pth \(epoch 1\); continue "
+                                                r"with: python \S+ --resume"):
+        train(tiny(data_dir, out, epochs=3))
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1

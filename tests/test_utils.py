@@ -332,6 +332,7 @@ def test_cli_end_to_end(tmp_path):
     training = pytest.importorskip("training")
     from whisker_dataset import ensure_dataset
     data_dir = tmp_path / "data"
+    data_dir.mkdir()
     ensure_dataset(data_dir, objects_per_class=2, workers=1, log=lambda *a: None)
     model = build_model(ModelConfig(engine="reference"))
     ckpt = tmp_path / "best.pth"
@@ -358,3 +359,16 @@ def test_cli_end_to_end(tmp_path):
                                                       "anova_selectivity.json",
                                                       "anova_selectivity.png"]
     assert utils.main(["--checkpoint", str(tmp_path / "missing.pth"), "--out", str(out)]) == 2
+
+
+def test_an_unwritable_out_fails_before_the_analyses(tmp_path, capsys):
+    training = pytest.importorskip("training")
+    model = build_model(ModelConfig(engine="reference"))
+    ckpt = tmp_path / "best.pth"
+    training.save_checkpoint(ckpt, model, train_config={"n_steps": 3})
+    a_file = tmp_path / "figs"
+    a_file.write_text("not a folder")
+    rc = utils.main(["--checkpoint", str(ckpt), "--out", str(a_file), "--data-dir",
+                     str(tmp_path / "no_data"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "is a file" in err[0], err

@@ -1,6 +1,8 @@
 """Whisker simulator tests: geometry, determinism, layout, round trip, learnability, contact spread."""
 import hashlib
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -9,6 +11,8 @@ import torch
 
 import whisker_dataset as wd
 import whisker_sim as ws
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sha(path):
@@ -99,11 +103,25 @@ def test_cli_and_ensure_dataset(tmp_path, capsys):
     ws.main(["--out", str(tmp_path / "cli"), "--objects-per-class", "1", "--seed", "2", "--workers", "1"])
     assert (tmp_path / "cli" / wd.TRAIN_FILE).is_file() and (tmp_path / "cli" / wd.TEST_FILE).is_file()
     msgs = []
+    with pytest.raises(FileNotFoundError, match="does not exist.*whisker_sim.py --out"):
+        wd.ensure_dataset(tmp_path / "ens", objects_per_class=1, seed=2, workers=1)  # a typo
+    (tmp_path / "ens").mkdir()
     train, test = wd.ensure_dataset(tmp_path / "ens", objects_per_class=1, seed=2, workers=1, log=msgs.append)
     assert msgs and "generating" in msgs[0]
     assert _sha(train) == _sha(tmp_path / "cli" / wd.TRAIN_FILE)
     msgs.clear()
     assert wd.ensure_dataset(tmp_path / "ens", log=msgs.append) == (train, test) and not msgs
+
+
+def test_a_users_training_file_survives_a_missing_test_file(tmp_path):
+    """With one of the two files missing, nothing is generated and the file is untouched."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / wd.TRAIN_FILE).write_bytes(b"the user's own recordings")
+    with pytest.raises(FileNotFoundError, match=f"holds {wd.TRAIN_FILE} but not {wd.TEST_FILE}"):
+        wd.ensure_dataset(d, objects_per_class=1, workers=1)
+    assert (d / wd.TRAIN_FILE).read_bytes() == b"the user's own recordings"
+    assert sorted(p.name for p in d.iterdir()) == [wd.TRAIN_FILE]
 
 
 def _paths(n_objects=6):
@@ -236,3 +254,39 @@ def test_full_default_dataset(tmp_path):
     ds = wd.SpikingWhiskerDataset(train)
     assert ds.spiking_shape == (218, 2, 12, 550, 31, 3)
     assert torch.is_tensor(ds[0][0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"   # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prctl")
+def test_killed_generation_leaves_no_workers_and_its_temp_file_is_cleaned(tmp_path):
+    import signal
+    import subprocess
+    import time
+    out = tmp_path / "data"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import whisker_sim; "
+            f"whisker_sim.generate_dataset({str(out)!r}, objects_per_class=40, workers=2)")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    children, deadline = [], time.time() + 120
+    try:
+        while time.time() < deadline and not (children and list(out.glob(".*.tmp"))):
+            time.sleep(0.2)
+            with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as fh:
+                children = [int(p) for p in fh.read().split()]
+        assert children, "no worker processes started"
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in children):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in children), "workers outlived the killed generation"
+    assert list(out.glob(".*.tmp")), "the interrupted write left no temp file to clean"
+    ws.generate_dataset(out, objects_per_class=1, seed=0, workers=1)
+    assert sorted(p.name for p in out.iterdir()) == sorted([wd.TEST_FILE, wd.TRAIN_FILE])
