@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import atomic_write_json, atomic_write_text, make_generator
+from common import atomic_write_json, atomic_write_text, check_writable_dir, make_generator
 
 MODELS = ("cnn", "rnn", "lstm", "gru", "vote")
 ENCODERS = ("spiking", "realvalued")
@@ -220,8 +220,8 @@ def run_baselines(cfg: BaselineConfig, log=print) -> dict:
     out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    check_writable_dir(out)   # before the training, not after it
     train, test, frame = load_inputs(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     log(f"baselines on sweep 0, {cfg.encoder} input {tuple(train[0].shape[1:])}: "
         f"{len(train[1])} train / {len(test[1])} test samples, models {', '.join(kinds)}, "
         f"seeds {seeds}")

@@ -401,8 +401,9 @@ def test_one_process_per_run_directory_and_stale_locks(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ValueError, match=f"in use by process {holder.pid}"):
-            training.claim_run_dir(d)
+        rc, lines = _cli(["--out", str(d), "--epochs", "1"])   # refused before anything else
+        assert rc == 2 and len(lines) == 1 and f"in use by process {holder.pid}" in lines[0]
+        assert sorted(p.name for p in d.iterdir()) == [".lock"]
     finally:
         holder.send_signal(signal.SIGKILL)   # dies holding the lock
         holder.wait()

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import training  # noqa: E402
-from common import atomic_path, atomic_write_text, select_device  # noqa: E402
+from common import atomic_path, atomic_write_text, check_writable_dir, select_device  # noqa: E402
 from model import build_model  # noqa: E402
 
 
@@ -127,8 +127,7 @@ def recorded_statistics(model, x, y, loss_kind: str) -> dict:
 
 def diagnose(cfg: DiagnoseConfig, log=print) -> list[dict]:
     cfg.validate()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(cfg.out)
     device = select_device(cfg.device)
     train_set, _ = training.load_datasets(cfg, log=log)
     n = cfg.max_train_samples or len(train_set)
