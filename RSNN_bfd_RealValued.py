@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from training import RealValuedConfig, run_cli, training_main
+from cli import run_cli
+from training import RealValuedConfig, training_main
 
 DESCRIPTION = "Train the barrel-cortex RSNN on real-valued whisker input."
 

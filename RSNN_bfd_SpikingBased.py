@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import sys
 
-from training import SpikingConfig, run_cli, training_main
+from cli import run_cli
+from training import SpikingConfig, training_main
 
 DESCRIPTION = "Train the barrel-cortex RSNN on spike-encoded whisker input."
 

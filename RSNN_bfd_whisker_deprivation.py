@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from deprivation import DeprivationConfig, run_deprivation
-from training import build_parser, run_cli
+from cli import build_parser, run_cli
 
 DESCRIPTION = "Test accuracy of a trained barrel-cortex RSNN with whiskers removed."
 

@@ -32,7 +32,6 @@ at 1, cross-entropy; the data order and initialisation come from the seed.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -47,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cli import build_parser, flag, run_cli
 from common import atomic_write_json, atomic_write_text, check_writable_dir, make_generator
 
 MODELS = ("cnn", "rnn", "lstm", "gru", "vote")
@@ -56,19 +56,19 @@ ENCODERS = ("spiking", "realvalued")
 @dataclass
 class BaselineConfig:
     """Settings of ``baselines.py`` (each is a flag)."""
-    model: str = "all"            # cnn, rnn, lstm, gru or all
-    encoder: str = "spiking"      # the input form of one RSNN script
-    data_dir: str = "data"
-    out: str = "runs/baselines"
-    seeds: str = "0,1,2"
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 0.003
-    hidden: int = 64
-    vote_tau: float = 10.0        # time constant (steps) of the vote model's leaky integrator
-    spike_seed: int = 0           # the RSNN script's --spike-seed
-    threads: int = 0              # torch CPU threads (0: torch's default)
-    progress: bool = True
+    model: str = flag("all", f"which model: {', '.join(MODELS)} or all")
+    encoder: str = flag("spiking", "the input form of one RSNN script: spiking or realvalued")
+    data_dir: str = flag("data", "folder with snn_train3.h5 / snn_test3.h5")
+    out: str = flag("runs/baselines", "output folder")
+    seeds: str = flag("0,1,2", "comma-separated seeds (model initialisation and data order)")
+    epochs: int = flag(40, "training epochs (fixed; no selection on the test set)")
+    batch_size: int = flag(32, "batch size")
+    lr: float = flag(0.003, "Adam learning rate")
+    hidden: int = flag(64, "hidden units or channels")
+    vote_tau: float = flag(10.0, "time constant (steps) of the vote model's leaky integrator")
+    spike_seed: int = flag(0, "the RSNN script's --spike-seed")
+    threads: int = flag(0, "torch CPU threads (0: torch's default)")
+    progress: bool = flag(True, "a progress bar over models and seeds")
 
 
 class ConvNet(nn.Module):
@@ -259,7 +259,6 @@ def run_baselines(cfg: BaselineConfig, log=print) -> dict:
 
 
 def main(argv=None, defaults: BaselineConfig | None = None) -> int:
-    from training import build_parser
     ns = build_parser(BaselineConfig, defaults, __doc__.split("\n")[0]).parse_args(argv)
     cfg = BaselineConfig(**vars(ns))
     if cfg.model not in MODELS + ("all",):
@@ -278,7 +277,6 @@ def main(argv=None, defaults: BaselineConfig | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from training import run_cli
     # The fixed set-up: every model, 3 seeds, on the spiking script's input.
     sys.exit(run_cli(lambda argv: main(argv, BaselineConfig(model="all", encoder="spiking",
                                                              seeds="0,1,2"))))

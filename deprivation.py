@@ -25,27 +25,28 @@ import torch
 from common import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir, \
     select_device
 from model import ENGINES, InitialState
-from training import _flag, load_checkpoint
+from checkpoint import load_checkpoint
+from cli import flag
 from whisker_dataset import N_WHISKERS
 
 
 @dataclass
 class DeprivationConfig:
     """Settings of ``RSNN_bfd_whisker_deprivation.py`` (each is a ``--flag``)."""
-    checkpoint: str = _flag("", "checkpoint of either training script (e.g. runs/spiking/best.pth)")
-    data_dir: str = _flag("", "folder with snn_test3.h5 (default: the training run's --data-dir)")
-    out: str = _flag("", "output folder (default: the checkpoint's folder)")
-    trials: int = _flag(50, "random whisker sets per number removed (2..max-removed)")
-    max_removed: int = _flag(8, "largest number of whiskers removed")
-    seed: int = _flag(515, "seed of the random whisker sets")
-    device: str = _flag("auto", "auto, cpu, cuda or cuda:N")
-    batch_size: int = _flag(128, "evaluation batch size (sets each sample's row of the "
+    checkpoint: str = flag("", "checkpoint of either training script (e.g. runs/spiking/best.pth)")
+    data_dir: str = flag("", "folder with snn_test3.h5 (default: the training run's --data-dir)")
+    out: str = flag("", "output folder (default: the checkpoint's folder)")
+    trials: int = flag(50, "random whisker sets per number removed (2..max-removed)")
+    max_removed: int = flag(8, "largest number of whiskers removed")
+    seed: int = flag(515, "seed of the random whisker sets")
+    device: str = flag("auto", "auto, cpu, cuda or cuda:N")
+    batch_size: int = flag(128, "evaluation batch size (sets each sample's row of the "
                             "initial state, as in training's evaluation)")
-    lanes: int = _flag(256, "samples per forward pass: whole trials are stacked up to this")
-    n_steps: int = _flag(-1, "truncate sequences to T steps (-1: as in training, 0: full)")
-    max_test_samples: int = _flag(0, "use only the first N test samples (0: all)")
-    engine: str = _flag("", "simulation engine (default: as stored in the checkpoint)")
-    progress: bool = _flag(True, "tqdm progress bar over trials")
+    lanes: int = flag(256, "samples per forward pass: whole trials are stacked up to this")
+    n_steps: int = flag(-1, "truncate sequences to T steps (-1: as in training, 0: full)")
+    max_test_samples: int = flag(0, "use only the first N test samples (0: all)")
+    engine: str = flag("", "simulation engine (default: as stored in the checkpoint)")
+    progress: bool = flag(True, "tqdm progress bar over trials")
 
 
 def whisker_sets(trials: int, seed: int, max_removed: int = 8) -> list[tuple[int, ...]]:

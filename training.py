@@ -5,7 +5,7 @@
 
 What a run directory holds (all writes atomic: temporary file, then rename):
 
-    checkpoint.pth        the last epoch        } see :func:`save_checkpoint`; both load with
+    checkpoint.pth        the last epoch        } see :mod:`checkpoint`; both load with
     best.pth              best test accuracy    } ``torch.load(..., weights_only=True)``
     metrics.csv           one row per epoch: epoch, loss, train_acc, test_loss, test_acc, lr,
                           firing_rate (test set, spikes / neuron / step), seconds
@@ -36,17 +36,14 @@ only rank 0 writes files.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
 import math
 import os
-import pickle
 import sys
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,19 +52,15 @@ import torch.nn.functional as F
 
 from common import DirectoryLock, atomic_path, atomic_torch_save, atomic_write_json, \
     atomic_write_text, check_writable_dir, make_generator, remove_stale_temps, select_device
+from cli import flag, parse_config, run_cli  # noqa: F401  (run_cli: used by the scripts)
+from checkpoint import DTYPES, CheckpointError, load_checkpoint, read_checkpoint, \
+    save_checkpoint  # noqa: F401  (CheckpointError: part of this module's interface)
 from model import ENGINES, BarrelCortexRSNN, ModelConfig, build_model
 
-CHECKPOINT_FORMAT = "barrel-rsnn-checkpoint"
-CHECKPOINT_VERSION = 1
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = ("published", "log-mean-prob")
 METRIC_FIELDS = ("epoch", "loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate",
                  "seconds")
 RUN_FILES = ("config.json", "checkpoint.pth", "best.pth", "metrics.csv", "learning_curves.png")
-
-
-class CheckpointError(ValueError):
-    """A file that is not a loadable checkpoint of this model (one-line message)."""
 
 
 class TrainingDiverged(ValueError):
@@ -75,48 +68,44 @@ class TrainingDiverged(ValueError):
 
 
 # =============================================================================== configs
-def _flag(default, help: str, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
 @dataclass
 class TrainConfig:
     """Every training setting; each field is also a command-line flag (``--snake-case``)."""
-    encoder: str = _flag("spiking", "input encoding", ("spiking", "realvalued"))
-    data_dir: str = _flag("data", "folder with snn_train3.h5 / snn_test3.h5 (generated if missing)")
-    out: str = _flag("runs/spiking", "run directory (checkpoints, metrics, plot)")
-    epochs: int = _flag(100, "number of epochs")
-    batch_size: int = _flag(128, "global batch size (split across processes under torchrun)")
-    lr: float = _flag(0.008, "Adam learning rate")
-    lr_tau_adp_factor: float = _flag(5.0, "learning-rate factor for tau_adp (thalamic and cortical)")
-    lr_tau_m_factor: float = _flag(2.0, "learning-rate factor for tau_m (thalamic and cortical)")
-    step_size: int = _flag(20, "StepLR step in epochs (published: 20 spiking, 10 real-valued)")
-    gamma: float = _flag(0.8, "StepLR factor (published: 0.8 spiking, 0.5 real-valued)")
-    loss: str = _flag("published", "readout loss: 'published' = cross-entropy with the mean "
+    encoder: str = flag("spiking", "input encoding", ("spiking", "realvalued"))
+    data_dir: str = flag("data", "folder with snn_train3.h5 / snn_test3.h5 (generated if missing)")
+    out: str = flag("runs/spiking", "run directory (checkpoints, metrics, plot)")
+    epochs: int = flag(100, "number of epochs")
+    batch_size: int = flag(128, "global batch size (split across processes under torchrun)")
+    lr: float = flag(0.008, "Adam learning rate")
+    lr_tau_adp_factor: float = flag(5.0, "learning-rate factor for tau_adp (thalamic and cortical)")
+    lr_tau_m_factor: float = flag(2.0, "learning-rate factor for tau_m (thalamic and cortical)")
+    step_size: int = flag(20, "StepLR step in epochs (published: 20 spiking, 10 real-valued)")
+    gamma: float = flag(0.8, "StepLR factor (published: 0.8 spiking, 0.5 real-valued)")
+    loss: str = flag("published", "readout loss: 'published' = cross-entropy with the mean "
                       "readout probability output/T as logits; 'log-mean-prob' = -log of the "
                       "true class's mean readout probability", LOSSES)
-    init_b: float = _flag(0.04, "baseline threshold b0")
-    init_w: float = _flag(0.06, "recurrent / thalamic weights start in U[0, init_w]")
-    tau_scale: float = _flag(1.0, "multiply the initial tau_m and tau_adp (about 10 and 5 "
+    init_b: float = flag(0.04, "baseline threshold b0")
+    init_w: float = flag(0.06, "recurrent / thalamic weights start in U[0, init_w]")
+    tau_scale: float = flag(1.0, "multiply the initial tau_m and tau_adp (about 10 and 5 "
                              "steps) by this; 5 gives the spiking network, which sees each "
                              "frame for 5 steps, the real-valued network's time constants "
                              "in frames")
-    seed: int = _flag(0, "model initialisation and data order")
-    spike_seed: int = _flag(0, "seed of the Bernoulli spike encoding (spiking only)")
-    resample_each_epoch: bool = _flag(False, "draw new input spikes every epoch (published: no)")
-    device: str = _flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
-    dtype: str = _flag("float32", "parameter dtype", tuple(DTYPES))
-    engine: str = _flag("fast", "cortex simulation engine", ENGINES)
-    resume: str = _flag("", "continue the run in this directory from its checkpoint.pth")
-    max_train_samples: int = _flag(0, "use only the first N training samples (0: all)")
-    max_test_samples: int = _flag(0, "use only the first N test samples (0: all)")
-    n_steps: int = _flag(0, "truncate the sequences to T steps (0: full, 550 / 110)")
-    objects_per_class: int = _flag(91, "objects per class when the dataset is generated")
-    data_seed: int = _flag(0, "simulator seed when the dataset is generated")
-    workers: int = _flag(0, "simulator processes when the dataset is generated (0: all cores)")
-    loader_workers: int = _flag(-1, "DataLoader worker processes (-1: 4 on CUDA, 0 on the CPU)")
-    progress: bool = _flag(True, "tqdm progress bars")
-    overwrite: bool = _flag(False, "replace the run already in --out (its checkpoints, metrics "
+    seed: int = flag(0, "model initialisation and data order")
+    spike_seed: int = flag(0, "seed of the Bernoulli spike encoding (spiking only)")
+    resample_each_epoch: bool = flag(False, "draw new input spikes every epoch (published: no)")
+    device: str = flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    dtype: str = flag("float32", "parameter dtype", tuple(DTYPES))
+    engine: str = flag("fast", "cortex simulation engine", ENGINES)
+    resume: str = flag("", "continue the run in this directory from its checkpoint.pth")
+    max_train_samples: int = flag(0, "use only the first N training samples (0: all)")
+    max_test_samples: int = flag(0, "use only the first N test samples (0: all)")
+    n_steps: int = flag(0, "truncate the sequences to T steps (0: full, 550 / 110)")
+    objects_per_class: int = flag(91, "objects per class when the dataset is generated")
+    data_seed: int = flag(0, "simulator seed when the dataset is generated")
+    workers: int = flag(0, "simulator processes when the dataset is generated (0: all cores)")
+    loader_workers: int = flag(-1, "DataLoader worker processes (-1: 4 on CUDA, 0 on the CPU)")
+    progress: bool = flag(True, "tqdm progress bars")
+    overwrite: bool = flag(False, "replace the run already in --out (its checkpoints, metrics "
                                    "and plot are deleted first)")
 
     def model_config(self) -> ModelConfig:
@@ -182,175 +171,6 @@ class RealValuedConfig(TrainConfig):
     out: str = _default("out", "runs/realvalued")
     init_b: float = _default("init_b", 0.03)
     init_w: float = _default("init_w", 0.05)
-
-
-def build_parser(config_cls, defaults=None, description: str | None = None,
-                 suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """An ArgumentParser with one ``--flag-name`` per dataclass field.
-
-    ``defaults``: an instance whose values are the defaults (else the class defaults).
-    bool fields become ``--flag / --no-flag``. With ``suppress_defaults`` only given flags
-    appear in the parsed namespace (used to tell which flags were given explicitly).
-    """
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(config_cls):
-        value = getattr(defaults, f.name) if defaults is not None else f.default
-        default = argparse.SUPPRESS if suppress_defaults else value
-        kwargs = dict(default=default, help=f.metadata.get("help", ""), dest=f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        else:
-            parser.add_argument(flag, type=type(f.default), choices=f.metadata.get("choices"),
-                                **kwargs)
-    return parser
-
-
-def parse_config(config_cls, argv=None, defaults=None, description=None):
-    """Parse ``argv`` into ``(config, explicitly_given_field_names)``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    ns = build_parser(config_cls, defaults, description).parse_args(argv)
-    given = vars(build_parser(config_cls, defaults, description,
-                              suppress_defaults=True).parse_args(argv))
-    return config_cls(**vars(ns)), set(given)
-
-
-def run_cli(main_fn, argv=None) -> int:
-    """Run ``main_fn(argv)``; user errors become one ``error: ...`` line on stderr, exit 2."""
-    try:
-        rc = main_fn(argv)
-        return 0 if rc is None else int(rc)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        msg = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:
-        print(f"interrupted{'; ' + str(err) if str(err) else ''}", file=sys.stderr)
-        return 130
-
-
-# =========================================================================== checkpoints
-def _plain(obj):
-    """Config values as plain types (tuples -> lists) so ``weights_only`` loads them."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = 0,
-                    train_config: dict | None = None, extra: dict | None = None) -> None:
-    """Write a checkpoint atomically.
-
-    Contents (plain types and tensors only): ``format``, ``version``, ``model_config``
-    (ModelConfig dict, tuples as lists), ``model_state``, ``optimizer_state``,
-    ``scheduler_state`` (None when absent), ``epoch`` (completed epochs), ``train_config``,
-    ``dtype`` and the entries of ``extra`` (e.g. ``best_test_acc``).
-    """
-    model = getattr(model, "module", model)
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_config": _plain(model.config.to_dict()),
-        "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
-        "epoch": int(epoch),
-        "train_config": _plain(dict(train_config or {})),
-        "dtype": str(model.tau_m.dtype).replace("torch.", ""),
-        "best_test_acc": None,
-    }
-    ckpt.update(extra or {})
-    atomic_torch_save(ckpt, path)
-
-
-def read_checkpoint(path, device="cpu") -> dict:
-    """``torch.load`` a checkpoint safely (``weights_only``) and check its format."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory; give a checkpoint file "
-                              f"(e.g. {path / 'best.pth'})")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    is_zip = zipfile.is_zipfile(path)
-    try:
-        with warnings.catch_warnings():   # e.g. "Detected pickle protocol 4": the error says it
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "Weights only load failed" in text or "weights_only" in text:
-            if is_zip or head[:1] == b"\x80":
-                raise CheckpointError(
-                    f"{path}: refused to load: the file holds Python objects whose loading "
-                    "would run code (weights_only=True); nothing in it was executed — it is not "
-                    "a checkpoint of this project") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint file") from None
-    except Exception as err:  # truncated zip, bad magic, EOF, ...
-        if head[:2] == b"PK" or is_zip:
-            raise CheckpointError(f"{path}: truncated or corrupt checkpoint file "
-                                  f"({type(err).__name__})") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint file") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        hint = (" (it looks like a bare state_dict; this project's checkpoints are written by "
-                "RSNN_bfd_SpikingBased.py / RSNN_bfd_RealValued.py)"
-                if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor)
-                                                           for v in ckpt.values()) else "")
-        raise CheckpointError(f"{path}: not a checkpoint of the barrel-cortex RSNN{hint}")
-    for key in ("model_config", "model_state"):
-        if not isinstance(ckpt.get(key), dict):
-            raise CheckpointError(f"{path}: malformed checkpoint (missing {key!r})")
-    return ckpt
-
-
-def load_checkpoint(path, device="cpu") -> tuple[BarrelCortexRSNN, dict]:
-    """Build the model from a checkpoint and load its weights.
-
-    Returns ``(model, ckpt)``; the model is on ``device`` in the stored dtype, in eval mode.
-    Raises :class:`CheckpointError` (one-line message) for a missing file, a file that is not
-    a checkpoint, a truncated or corrupt file, a checkpoint of another architecture, or a
-    pickle that would run code (refused by ``weights_only=True``; nothing is executed).
-    """
-    ckpt = read_checkpoint(path, device)
-    try:
-        config = ModelConfig(**ckpt["model_config"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: checkpoint of another architecture or version "
-                              f"(model_config: {' '.join(str(err).split())})") from None
-    dtype = DTYPES.get(ckpt.get("dtype", "float32"), torch.float32)
-    model = build_model(config, device=device, dtype=dtype)
-    state = ckpt["model_state"]
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys, e.g. {missing[0]!r}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys, e.g. {unexpected[0]!r}")
-        raise CheckpointError(f"{path}: checkpoint of another architecture ({'; '.join(parts)})")
-    for k, v in state.items():
-        if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(own[k].shape):
-            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise CheckpointError(f"{path}: checkpoint of another architecture ({k!r} has shape "
-                                  f"{shape}, the model expects {tuple(own[k].shape)})")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{path}: {len(bad)} parameter(s) hold NaN or infinite values "
-                              f"(e.g. {bad[0]!r}): the run that wrote it diverged; use an earlier "
-                              "checkpoint")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: checkpoint of another architecture "
-                              f"({str(err).splitlines()[0]})") from None
-    model.eval()
-    return model, ckpt
 
 
 # ============================================================================ distributed

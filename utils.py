@@ -38,7 +38,7 @@ import os
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +52,8 @@ from scipy import special, stats  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import neuron  # noqa: E402  (the single neuron update: neuron.alif_step)
+import cli  # noqa: E402
+from cli import flag  # noqa: E402
 from common import atomic_path, check_writable_dir, select_device  # noqa: E402
 from model import ModelConfig, build_model  # noqa: E402
 
@@ -858,65 +860,40 @@ def run_cv(model_config: dict, dataset, out, w_values, b_values, n_samples: int 
 
 
 # ============================================================================ CLI
-def _meta(help_, **kw):
-    return field(default=kw.pop("default", None), metadata=dict(help=help_, **kw))
-
-
 @dataclass
 class AnalysisConfig:
-    """Command-line options of ``utils.py`` (one field, one flag)."""
-    checkpoint: str = _meta("checkpoint of a trained run (e.g. RUN/best.pth)", required=True)
-    out: str = _meta("output folder for figures, CSV and JSON", required=True)
-    data_dir: str = _meta("folder of snn_train3.h5 / snn_test3.h5 (generated if missing)",
-                          default="data")
-    analysis: str = _meta("which analysis", default="all", choices=("all",) + ANALYSES)
-    device: str = _meta("auto, cpu, cuda or cuda:N", default="auto")
-    engine: Optional[str] = _meta("engine for the forward passes (default: the checkpoint's)",
-                                  choices=("fast", "reference"))
-    batch_size: int = _meta("samples per forward pass", default=16)
-    max_samples: Optional[int] = _meta("ANOVA: at most this many samples, class-balanced "
-                                       "(default: all train + test samples)")
-    n_steps: Optional[int] = _meta("time steps of the input (default: the checkpoint's "
-                                   "train_config n_steps, else the full sequence)")
-    data_seed: Optional[int] = _meta("seed of the input spike draws (default: the checkpoint's "
-                                     "train_config spike_seed, else 0)")
-    sample: int = _meta("raster: index of the test-set sample", default=0)
-    alpha: float = _meta("ANOVA significance threshold", default=0.001)
-    const_steps: int = _meta("dynamics: steps of constant input", default=550)
-    const_current: float = _meta("dynamics: the constant input current", default=1.0)
-    cv_w: str = _meta("CV grid: init_w values, 'a,b,c' or 'start:stop:count'",
-                      default="0.01:0.04:4")
-    cv_b: str = _meta("CV grid: init_b values, 'a,b,c' or 'start:stop:count'",
-                      default="0.01,0.1,0.2,0.3,0.4,0.5,0.6")
-    cv_samples: int = _meta("CV grid: samples per grid point (class-balanced, test set)",
-                            default=8)
-    workers: int = _meta("CV grid: processes over grid points", default=1)
-    objects_per_class: int = _meta("objects per class if the data must be generated",
-                                   default=91)
-    no_progress: bool = _meta("hide progress bars", default=False)
-
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):
-        if action.default is None or isinstance(action.default, bool):
-            return action.help
-        return super()._get_help_string(action)
+    """Command-line options of ``utils.py`` (one field, one flag; None: the checkpoint's)."""
+    checkpoint: str = flag(None, "checkpoint of a trained run (e.g. RUN/best.pth)", type=str,
+                           required=True)
+    out: str = flag(None, "output folder for figures, CSV and JSON", type=str, required=True)
+    data_dir: str = flag("data", "folder of snn_train3.h5 / snn_test3.h5 (generated if it "
+                                 "holds neither)")
+    analysis: str = flag("all", "which analysis", ("all",) + ANALYSES)
+    device: str = flag("auto", "auto, cpu, cuda or cuda:N")
+    engine: Optional[str] = flag(None, "engine for the forward passes (default: the "
+                                       "checkpoint's)", ("fast", "reference"), type=str)
+    batch_size: int = flag(16, "samples per forward pass")
+    max_samples: Optional[int] = flag(None, "ANOVA: at most this many samples, class-balanced "
+                                            "(default: all train + test samples)", type=int)
+    n_steps: Optional[int] = flag(None, "time steps of the input (default: the checkpoint's "
+                                        "train_config n_steps, else the full sequence)", type=int)
+    data_seed: Optional[int] = flag(None, "seed of the input spike draws (default: the "
+                                          "checkpoint's train_config spike_seed, else 0)", type=int)
+    sample: int = flag(0, "raster: index of the test-set sample")
+    alpha: float = flag(0.001, "ANOVA significance threshold")
+    const_steps: int = flag(550, "dynamics: steps of constant input")
+    const_current: float = flag(1.0, "dynamics: the constant input current")
+    cv_w: str = flag("0.01:0.04:4", "CV grid: init_w values, 'a,b,c' or 'start:stop:count'")
+    cv_b: str = flag("0.01,0.1,0.2,0.3,0.4,0.5,0.6",
+                     "CV grid: init_b values, 'a,b,c' or 'start:stop:count'")
+    cv_samples: int = flag(8, "CV grid: samples per grid point (class-balanced, test set)")
+    workers: int = flag(1, "CV grid: processes over grid points")
+    objects_per_class: int = flag(91, "objects per class if the data must be generated")
+    progress: bool = flag(True, "progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="utils.py", description=__doc__.split("\n")[0],
-                                 formatter_class=_Help)
-    hints = {f.name: f.type for f in fields(AnalysisConfig)}
-    for f in fields(AnalysisConfig):
-        flag = "--" + f.name.replace("_", "-")
-        meta = dict(f.metadata)
-        kind = str(hints[f.name])
-        if kind == "bool":
-            ap.add_argument(flag, action="store_true", help=meta["help"])
-            continue
-        typ = int if "int" in kind else float if "float" in kind else str
-        ap.add_argument(flag, type=typ, default=f.default, **meta)
-    return ap
+    return cli.build_parser(AnalysisConfig, description=__doc__.split("\n")[0], prog="utils.py")
 
 
 def parse_config(argv=None) -> AnalysisConfig:
@@ -948,7 +925,7 @@ def parse_config(argv=None) -> AnalysisConfig:
 
 
 def _load(cfg: AnalysisConfig, device):
-    from training import load_checkpoint
+    from checkpoint import load_checkpoint
     model, ckpt = load_checkpoint(cfg.checkpoint, device=device)
     return model.eval(), ckpt
 
@@ -973,7 +950,7 @@ def run(cfg: AnalysisConfig) -> dict:
     device = select_device(cfg.device)
     todo = ANALYSES if cfg.analysis == "all" else (cfg.analysis,)
     out = Path(cfg.out)
-    progress = not cfg.no_progress
+    progress = cfg.progress
     model, ckpt = _load(cfg, device)
     check_writable_dir(out)   # before the long work, not after it
     initial = untrained_like(model)

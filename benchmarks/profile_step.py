@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 import engine_fast  # noqa: E402
 import training  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
 from model import build_model  # noqa: E402
 
 KERNELS = ("_thalamus_forward", "_fwd_chunk", "_recompute_chunk", "_bwd_chunk",
@@ -57,7 +58,7 @@ def main(argv=None) -> dict:
     cfg = training.SpikingConfig(data_dir=args.data_dir)
     train_set, _ = training.load_datasets(cfg)
     if args.checkpoint:
-        model, _ = training.load_checkpoint(args.checkpoint)
+        model, _ = load_checkpoint(args.checkpoint)
     else:
         model = build_model(cfg.model_config())
     batch = min(args.batch, len(train_set))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from deprivation import DeprivationConfig, run_deprivation, whisker_sets
-from training import CheckpointError, load_checkpoint, save_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "RSNN_bfd_whisker_deprivation.py"
@@ -217,7 +217,7 @@ def test_bad_settings_are_refused(flags, word, ckpt_path, tmp_path):
     import io
 
     import RSNN_bfd_whisker_deprivation as script
-    from training import run_cli as run_in_process
+    from cli import run_cli as run_in_process
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = run_in_process(script.main, ["--checkpoint", str(ckpt_path), "--out",

@@ -23,7 +23,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_records_rates_gradients_and_saturation(data_dir, tmp_path):
-    cfg, _ = dl.training.parse_config(dl.DiagnoseConfig, [
+    cfg, _ = dl.parse_config(dl.DiagnoseConfig, [
         "--data-dir", str(data_dir), "--out", str(tmp_path), "--epochs", "2",
         "--max-train-samples", "4", "--batch-size", "4", "--n-steps", "20", "--device", "cpu",
         "--loss", "log-mean-prob", "--no-progress"])

@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import training  # noqa: E402
+from cli import parse_config, run_cli  # noqa: E402
 from common import atomic_path, atomic_write_text, check_writable_dir, select_device  # noqa: E402
 from model import build_model  # noqa: E402
 
@@ -230,10 +231,10 @@ def plot(records: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    cfg, _ = training.parse_config(DiagnoseConfig, argv, description=__doc__.split("\n")[0])
+    cfg, _ = parse_config(DiagnoseConfig, argv, description=__doc__.split("\n")[0])
     diagnose(cfg)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(training.run_cli(main))
+    sys.exit(run_cli(main))

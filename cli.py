@@ -1,0 +1,82 @@
+"""Command lines from config dataclasses: one convention for every script.
+
+Each script has one config dataclass; every field is a ``--flag-name`` built by
+:func:`build_parser`:
+
+- a ``bool`` field becomes ``--flag / --no-flag``;
+- a field whose default is ``None`` means "the checkpoint's (or the training run's) value";
+  its type is given with ``flag(..., type=int)``;
+- ``choices`` and ``required`` pass through to argparse.
+
+:func:`run_cli` runs a script's ``main`` so that user errors (``ValueError``, missing files)
+become one ``error: ...`` line and exit code 2, and Ctrl-C one line and exit code 130.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import field
+
+
+def flag(default, help: str, choices=None, type=None, required: bool = False):
+    """A config field with its command-line help (``type`` for fields defaulting to None)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "type": type,
+                                            "required": required})
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None ("from the checkpoint") and booleans (``--no-x``)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser(config_cls, defaults=None, description: str | None = None,
+                 suppress_defaults: bool = False, prog: str | None = None
+                 ) -> argparse.ArgumentParser:
+    """An ArgumentParser with one ``--flag-name`` per field of the dataclass ``config_cls``.
+
+    ``defaults``: an instance whose values are the defaults (else the class defaults). With
+    ``suppress_defaults`` only the flags given appear in the parsed namespace (to tell which
+    were given explicitly).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Help)
+    for f in dataclasses.fields(config_cls):
+        meta = f.metadata
+        value = getattr(defaults, f.name) if defaults is not None else f.default
+        kwargs = dict(default=argparse.SUPPRESS if suppress_defaults else value,
+                      help=meta.get("help", ""), dest=f.name)
+        name = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(name, type=meta.get("type") or type(f.default),
+                                choices=meta.get("choices"), required=meta.get("required", False),
+                                **kwargs)
+    return parser
+
+
+def parse_config(config_cls, argv=None, defaults=None, description=None, prog=None):
+    """Parse ``argv`` into ``(config, names of the fields given explicitly)``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ns = build_parser(config_cls, defaults, description, prog=prog).parse_args(argv)
+    given = vars(build_parser(config_cls, defaults, description, suppress_defaults=True,
+                              prog=prog).parse_args(argv))
+    return config_cls(**vars(ns)), set(given)
+
+
+def run_cli(main_fn, argv=None) -> int:
+    """Run ``main_fn(argv)``; user errors become one ``error: ...`` line on stderr, exit 2."""
+    try:
+        rc = main_fn(argv)
+        return 0 if rc is None else int(rc)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print(f"interrupted{'; ' + str(err) if str(err) else ''}", file=sys.stderr)
+        return 130
