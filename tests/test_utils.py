@@ -1,4 +1,4 @@
-"""Tests of the analyses in utils.py: the numbers, not only that files exist."""
+"""utils.py: the command line of the analyses, and the analyses that run the model (figures, recording)."""
 import csv
 import json
 import math
@@ -47,47 +47,6 @@ def read_csv(path):
 
 
 # ----------------------------------------------------------------------------- ANOVA
-def test_anova_matches_scipy():
-    rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1, 2], [5, 7, 6])
-    counts = rng.poisson(3.0, size=(18, 40)).astype(float)
-    counts[labels == 1, :10] += 4
-    F, p = utils.anova_oneway(counts, labels)
-    for j in range(counts.shape[1]):
-        ref = stats.f_oneway(*(counts[labels == c, j] for c in range(3)))
-        assert F[j] == pytest.approx(ref.statistic, rel=1e-10)
-        assert p[j] == pytest.approx(ref.pvalue, rel=1e-8, abs=1e-300)
-
-
-def test_anova_selective_and_not_selective():
-    rng = np.random.default_rng(1)
-    labels = np.repeat([0, 1, 2], 10)
-    counts = np.zeros((30, 4))
-    counts[:, 0] = np.where(labels == 0, 20 + rng.integers(0, 3, 30), rng.integers(0, 2, 30))
-    counts[:, 1] = np.tile([1, 2, 3, 4, 5], 6)          # the same distribution in each class
-    counts[:, 2] = 7                                    # constant: zero variance
-    counts[:, 3] = labels                               # differs only between classes
-    F, p = utils.anova_oneway(counts, labels)
-    assert p[0] < 1e-10 and p[0] < 0.001
-    assert F[1] == pytest.approx(0.0) and p[1] == pytest.approx(1.0)
-    assert np.isnan(F[2]) and p[2] == 1.0
-    assert np.isinf(F[3]) and p[3] == 0.0
-    with pytest.raises(ValueError):
-        utils.anova_oneway(counts[:3], labels[:3])
-
-
-def test_class_proportions_and_ternary():
-    counts = np.array([[4, 0, 1], [4, 0, 1], [0, 0, 1], [0, 0, 1]], float)
-    labels = np.array([0, 0, 1, 2])
-    props = utils.class_proportions(counts, labels)
-    np.testing.assert_allclose(props[0], [1, 0, 0])
-    assert np.all(np.isnan(props[1]))                  # silent neuron
-    np.testing.assert_allclose(props[2], [1 / 3] * 3)
-    x, y = utils.ternary_xy(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]]))
-    np.testing.assert_allclose(x, [0, 1, 0.5])
-    np.testing.assert_allclose(y, [0, 0, math.sqrt(3) / 2])
-
-
 def wired_model():
     """Only neuron k receives input, and only when the input spikes (class 0)."""
     m = build_model(ModelConfig(engine="reference")).eval()
@@ -166,20 +125,6 @@ def test_group_rates_and_raster(tmp_path, model):
 
 
 # ----------------------------------------------------------------------------- dynamics
-def test_minmax_and_pearson():
-    rng = np.random.default_rng(2)
-    x, y = rng.normal(size=13), rng.normal(size=13)
-    y[:5] += x[:5]
-    r, p = utils.pearson(x, y)
-    ref = stats.pearsonr(x, y)
-    assert r == pytest.approx(ref[0], rel=1e-12)
-    assert p == pytest.approx(ref[1], rel=1e-9)
-    np.testing.assert_allclose(utils.minmax([2.0, 4.0, 3.0]), [0, 1, 0.5])
-    np.testing.assert_array_equal(utils.minmax([3.0, 3.0]), [0, 0])
-    assert utils.pearson(utils.minmax(x), utils.minmax(y))[0] == pytest.approx(r)
-    assert math.isnan(utils.pearson([1.0, 1, 1], [1.0, 2, 3])[0])
-
-
 def test_constant_input_rates_use_alif_step(monkeypatch, model):
     calls = []
     real = neuron.alif_step
@@ -252,36 +197,6 @@ def test_weighted_degrees_sum_to_effective_weights(tmp_path, model):
 
 
 # ----------------------------------------------------------------------------- CV
-def test_binned_and_isi_cv_by_hand():
-    a = np.array([1, 0, 0, 1, 0, 0, 1, 0, 0, 0])          # p = 0.3; ISIs 3, 3
-    b = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0, 0])          # p = 0.3; ISIs 1, 3
-    c = np.zeros(10)                                      # silent
-    d = np.array([0, 0, 1, 0, 0, 0, 0, 1, 0, 0])          # one ISI only
-    S = np.stack([a, b, c, d], axis=1)                    # (T, trains)
-    cv = utils.binned_cv(S, reduce=False)
-    assert cv[0] == pytest.approx(math.sqrt(0.7 / 0.3))
-    assert cv[1] == pytest.approx(math.sqrt(0.7 / 0.3))
-    assert cv[3] == pytest.approx(math.sqrt(0.8 / 0.2))
-    assert np.isnan(cv[2])
-    assert utils.binned_cv(S) == pytest.approx((2 * math.sqrt(0.7 / 0.3) + 2.0) / 3)
-    icv = utils.isi_cv(S, reduce=False)
-    assert icv[0] == pytest.approx(0.0) and icv[1] == pytest.approx(0.5)
-    assert np.isnan(icv[2]) and np.isnan(icv[3])
-    assert utils.isi_cv(S) == pytest.approx(0.25)
-    # (T, batch, neurons) layout, the model's
-    S3 = np.stack([S, S[:, ::-1]], axis=1)
-    assert utils.binned_cv(S3, reduce=False).shape == (2, 4)
-    assert utils.isi_cv(S3, reduce=False)[1, 2] == pytest.approx(0.5)
-
-
-def test_bernoulli_binned_cv_tracks_rate():
-    rng = np.random.default_rng(3)
-    for p in (0.05, 0.2):
-        s = (rng.random((20000, 5)) < p).astype(float)
-        assert utils.binned_cv(s) == pytest.approx(math.sqrt((1 - p) / p), rel=0.03)
-        assert utils.isi_cv(s) == pytest.approx(math.sqrt(1 - p), rel=0.05)   # geometric ISIs
-
-
 def test_cv_grid_small(tmp_path):
     data = FakeSpikingData([0, 1, 2, 0], n_steps=3, seed=5)
     cfg = ModelConfig(engine="reference").to_dict()
