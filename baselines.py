@@ -186,21 +186,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 64
 
 def load_inputs(cfg: BaselineConfig):
     """(train, test) pairs of sweep-0 inputs and labels, and the frame length in steps."""
-    from whisker_dataset import (DT_REPEAT, TEST_FILE, TRAIN_FILE, RealValuedWhiskerDataset,
-                                 SpikingWhiskerDataset)
+    from whisker_dataset import DT_REPEAT, TEST_FILE, TRAIN_FILE, datasets_for
     data_dir = Path(cfg.data_dir)
     for name in (TRAIN_FILE, TEST_FILE):
         if not (data_dir / name).is_file():
             raise FileNotFoundError(f"{data_dir / name} not found; generate the data with "
                                     f"`python whisker_sim.py --out {data_dir}` or pass --data-dir")
-    if cfg.encoder == "spiking":
-        make = lambda p: SpikingWhiskerDataset(p, seed=cfg.spike_seed)  # noqa: E731
-        frame = DT_REPEAT
-    else:
-        make = RealValuedWhiskerDataset
-        frame = 1
-    return (sweep0_inputs(make(data_dir / TRAIN_FILE), cfg.encoder),
-            sweep0_inputs(make(data_dir / TEST_FILE), cfg.encoder), frame)
+    train, test = datasets_for(cfg.encoder, data_dir, spike_seed=cfg.spike_seed)
+    frame = DT_REPEAT if cfg.encoder == "spiking" else 1
+    return sweep0_inputs(train, cfg.encoder), sweep0_inputs(test, cfg.encoder), frame
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -135,7 +135,7 @@ def validate(cfg: DeprivationConfig) -> DeprivationConfig:
 
 def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     """Evaluate every trial; write CSV, JSON and plot. Returns the JSON summary."""
-    from whisker_dataset import TEST_FILE, RealValuedWhiskerDataset, SpikingWhiskerDataset
+    from whisker_dataset import datasets_for
 
     validate(cfg)
     device = select_device(cfg.device)
@@ -148,13 +148,9 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     out = check_writable_dir(Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent)
     n_steps = tc.get("n_steps", 0) if cfg.n_steps < 0 else cfg.n_steps
     n_steps = int(n_steps) or None
-    test_path = data_dir / TEST_FILE
-    if model.config.encoder == "spiking":
-        spike_seed = int(tc.get("spike_seed", 0))
-        base = SpikingWhiskerDataset(test_path, seed=spike_seed, n_steps=n_steps)
-    else:
-        spike_seed = None
-        base = RealValuedWhiskerDataset(test_path, n_steps=n_steps)
+    spike_seed = int(tc.get("spike_seed", 0)) if model.config.encoder == "spiking" else None
+    base, = datasets_for(model.config.encoder, data_dir, spike_seed=spike_seed or 0,
+                         n_steps=n_steps, splits=("test",))
     n = len(base) if not cfg.max_test_samples else min(len(base), cfg.max_test_samples)
     indices = list(range(n))
     sets = whisker_sets(cfg.trials, cfg.seed, cfg.max_removed)

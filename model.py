@@ -25,6 +25,10 @@ from neuron import BETA
 from SparseLinear import SparseLinear
 
 ENCODERS = ("spiking", "realvalued")
+# The paper's initialisation per input encoding: (init_b, init_w), the baseline threshold b0
+# and the upper end of the initial recurrent / thalamic weights U[0, init_w]. The one place
+# these numbers live; the training scripts' configs take their defaults from here.
+PAPER_INIT = {"spiking": (0.04, 0.06), "realvalued": (0.03, 0.05)}
 ENGINES = ("fast", "reference")
 
 
@@ -32,8 +36,8 @@ ENGINES = ("fast", "reference")
 class ModelConfig:
     """Architecture and initialisation; the defaults are the paper's spiking set-up."""
     encoder: str = "spiking"        # "spiking" (93 + 93 -> 200) or "realvalued" (558 -> 200)
-    init_b: float = 0.04            # baseline threshold b_j0 (0.03 for real-valued)
-    init_w: float = 0.06            # recurrent / thalamic weights start in U[0, init_w] (0.05 real-valued)
+    init_b: float = PAPER_INIT["spiking"][0]   # baseline threshold b_j0
+    init_w: float = PAPER_INIT["spiking"][1]   # recurrent / thalamic weights start in U[0, init_w]
     n_thalamus: int = 200           # VPM barreloid units
     n_inputs_spiking: int = 93      # 31 whiskers x 3 nodes
     n_inputs_realvalued: int = 558  # 31 whiskers x 3 nodes x 6 components

@@ -3,18 +3,10 @@
     cfg = SpikingConfig(epochs=2, n_steps=8, max_train_samples=4)   # or RealValuedConfig
     summary = train(cfg)                                            # writes cfg.out/...
 
-What a run directory holds (all writes atomic: temporary file, then rename):
-
-    checkpoint.pth        the last epoch        } see :mod:`checkpoint`; both load with
-    best.pth              best test accuracy    } ``torch.load(..., weights_only=True)``
-    metrics.csv           one row per epoch: epoch, loss, train_acc, test_loss, test_acc, lr,
-                          firing_rate (test set, spikes / neuron / step), seconds
-    learning_curves.png   loss and accuracy against epoch
-    config.json           the training config
-    .lock                 held while a process trains here (released when it ends)
-
-A folder that already holds a run is never overwritten: a new run there is refused unless
-``--resume`` continues it or ``--overwrite`` replaces it (:func:`claim_run_dir`). A run stops
+A run writes into its run directory (:mod:`rundir`: checkpoints, metrics.csv, learning
+curves, config; all writes atomic). A folder that already holds a run is never overwritten:
+a new run there is refused unless ``--resume`` continues it or ``--overwrite`` replaces it
+(:func:`rundir.claim_run_dir`). A run stops
 with a one-line message, keeping its last good checkpoint, when the loss or a parameter
 becomes NaN or infinite (:class:`TrainingDiverged`).
 
@@ -28,19 +20,15 @@ epoch ``e`` is a permutation drawn from a generator seeded with ``(seed, e)``; s
 per sample from ``(spike_seed, index)``. Nothing uses the global RNG, so ``--resume`` gives the
 same weights as an uninterrupted run.
 
-Multi-process (``torchrun --nproc_per_node K script.py ...``): DistributedDataParallel, NCCL on
-GPUs and gloo on the CPU. Each rank takes a contiguous shard of every global batch; its loss is
-``K * sum(CE over shard) / global_batch`` so DDP's gradient average equals the gradient of the
-mean loss over the global batch (shards may differ in size). Evaluation sums are all-reduced;
-only rank 0 writes files.
+Multi-process (``torchrun``, :mod:`distributed`): DistributedDataParallel. Each rank's loss is
+``K * sum(CE over its shard) / global_batch``, so DDP's gradient average equals the gradient
+of the mean loss over the global batch (shards may differ in size). Evaluation sums are
+all-reduced; only rank 0 writes files.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
-import os
 import sys
 import time
 import warnings
@@ -50,17 +38,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import DirectoryLock, atomic_path, atomic_torch_save, atomic_write_json, \
-    atomic_write_text, check_writable_dir, make_generator, remove_stale_temps, select_device
-from cli import flag, parse_config, run_cli  # noqa: F401  (run_cli: used by the scripts)
 from checkpoint import DTYPES, CheckpointError, load_checkpoint, read_checkpoint, \
-    save_checkpoint  # noqa: F401  (CheckpointError: part of this module's interface)
-from model import ENGINES, BarrelCortexRSNN, ModelConfig, build_model
+    save_checkpoint  # noqa: F401  (CheckpointError, read_checkpoint: this module's interface)
+from cli import flag, parse_config, run_cli  # noqa: F401  (run_cli: used by the scripts)
+from common import atomic_write_json, make_generator
+from distributed import Dist, setup_distributed, shard, shard_bounds, shard_state
+from model import ENGINES, PAPER_INIT, BarrelCortexRSNN, ModelConfig, build_model
+from rundir import METRIC_FIELDS, claim_run_dir, plot_learning_curves, read_metrics, \
+    same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
 
 LOSSES = ("published", "log-mean-prob")
-METRIC_FIELDS = ("epoch", "loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate",
-                 "seconds")
-RUN_FILES = ("config.json", "checkpoint.pth", "best.pth", "metrics.csv", "learning_curves.png")
 
 
 class TrainingDiverged(ValueError):
@@ -84,8 +71,9 @@ class TrainConfig:
     loss: str = flag("published", "readout loss: 'published' = cross-entropy with the mean "
                       "readout probability output/T as logits; 'log-mean-prob' = -log of the "
                       "true class's mean readout probability", LOSSES)
-    init_b: float = flag(0.04, "baseline threshold b0")
-    init_w: float = flag(0.06, "recurrent / thalamic weights start in U[0, init_w]")
+    init_b: float = flag(PAPER_INIT["spiking"][0], "baseline threshold b0")
+    init_w: float = flag(PAPER_INIT["spiking"][1], "recurrent / thalamic weights start in "
+                                                   "U[0, init_w]")
     tau_scale: float = flag(1.0, "multiply the initial tau_m and tau_adp (about 10 and 5 "
                              "steps) by this; 5 gives the spiking network, which sees each "
                              "frame for 5 steps, the real-valued network's time constants "
@@ -157,64 +145,20 @@ def _default(name: str, default):
 
 @dataclass
 class SpikingConfig(TrainConfig):
-    """``RSNN_bfd_SpikingBased.py``: spike-encoded input, T = 550, b0 0.04, init_w 0.06,
+    """``RSNN_bfd_SpikingBased.py``: spike-encoded input, T = 550, the spiking PAPER_INIT,
     StepLR(20, 0.8) (the defaults of :class:`TrainConfig`)."""
 
 
 @dataclass
 class RealValuedConfig(TrainConfig):
-    """``RSNN_bfd_RealValued.py``: real-valued input, T = 110, b0 0.03, init_w 0.05,
+    """``RSNN_bfd_RealValued.py``: real-valued input, T = 110, the real-valued PAPER_INIT,
     StepLR(10, 0.5)."""
     encoder: str = _default("encoder", "realvalued")
     step_size: int = _default("step_size", 10)
     gamma: float = _default("gamma", 0.5)
     out: str = _default("out", "runs/realvalued")
-    init_b: float = _default("init_b", 0.03)
-    init_w: float = _default("init_w", 0.05)
-
-
-# ============================================================================ distributed
-@dataclass
-class Dist:
-    """Process-group facts: ``world`` processes, this one is ``rank`` (0 writes files)."""
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    active: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if self.active:
-            torch.distributed.barrier()
-
-    def all_sum(self, values, device) -> list[float]:
-        """Sum a list of floats over all processes (float64)."""
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        if self.active:
-            torch.distributed.all_reduce(t)
-        return t.tolist()
-
-
-def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Start the process group under torchrun (``WORLD_SIZE`` > 1) and choose the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), select_device(device_name)
-    import datetime
-
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = select_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if not torch.distributed.is_initialized():
-        # long timeout: rank 0 may be generating the dataset while the others wait
-        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=3))
-    return Dist(rank, world, local_rank, True), device
+    init_b: float = _default("init_b", PAPER_INIT["realvalued"][0])
+    init_w: float = _default("init_w", PAPER_INIT["realvalued"][1])
 
 
 # ============================================================================== training
@@ -236,24 +180,17 @@ def make_optimizer(model: BarrelCortexRSNN, cfg: TrainConfig):
 
 def load_datasets(cfg: TrainConfig, dist: Dist | None = None, log=print):
     """(train, test) datasets; generates the data on rank 0 if missing (others wait)."""
-    from whisker_dataset import RealValuedWhiskerDataset, SpikingWhiskerDataset, ensure_dataset
+    from whisker_dataset import datasets_for, ensure_dataset
 
     dist = dist or Dist()
     data_dir = Path(cfg.data_dir)
     if dist.main:
-        train_path, test_path = ensure_dataset(data_dir, cfg.objects_per_class, cfg.data_seed,
-                                               cfg.workers or None, log=log,
-                                               progress=cfg.progress)
+        ensure_dataset(data_dir, cfg.objects_per_class, cfg.data_seed, cfg.workers or None,
+                       log=log, progress=cfg.progress)
     dist.barrier()
-    from whisker_dataset import TEST_FILE, TRAIN_FILE
-    train_path, test_path = data_dir / TRAIN_FILE, data_dir / TEST_FILE
-    n_steps = cfg.n_steps or None
-    if cfg.encoder == "spiking":
-        make = lambda p: SpikingWhiskerDataset(p, seed=cfg.spike_seed, n_steps=n_steps,  # noqa: E731
-                                               resample_each_epoch=cfg.resample_each_epoch)
-    else:
-        make = lambda p: RealValuedWhiskerDataset(p, n_steps=n_steps)  # noqa: E731
-    return make(train_path), make(test_path)
+    return datasets_for(cfg.encoder, data_dir, spike_seed=cfg.spike_seed,
+                        n_steps=cfg.n_steps or None,
+                        resample_each_epoch=cfg.resample_each_epoch)
 
 
 def _subset_indices(n: int, limit: int) -> list[int]:
@@ -266,30 +203,6 @@ def epoch_batches(indices: list[int], batch_size: int, seed: int, epoch: int) ->
     perm = torch.randperm(len(indices), generator=g).tolist()
     order = [indices[i] for i in perm]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def shard_bounds(n: int, dist: Dist) -> tuple[int, int]:
-    """``[lo, hi)`` of this rank's contiguous share of ``n`` items (sizes differ by <= 1)."""
-    w, r = dist.world, dist.rank
-    lo = r * (n // w) + min(r, n % w)
-    return lo, lo + n // w + (1 if r < n % w else 0)
-
-
-def shard(batch: list[int], dist: Dist) -> list[int]:
-    """This rank's contiguous share of a global batch."""
-    lo, hi = shard_bounds(len(batch), dist)
-    return batch[lo:hi]
-
-
-def shard_state(model: BarrelCortexRSNN, global_n: int, lo: int, hi: int, device):
-    """Rows ``lo:hi`` of the initial state of a whole global batch of ``global_n``.
-
-    The published initial state is drawn per batch (sample i's state depends on its row), so
-    a rank must use its rows of the global batch's state to match a single-process run.
-    """
-    from model import InitialState
-    full = model.initial_state(global_n, device=device)
-    return InitialState(*(t[lo:hi] for t in full))
 
 
 def _stack(dataset, idx: list[int], device):
@@ -435,51 +348,6 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
 
 
-def read_metrics(path) -> list[dict]:
-    """Rows of ``metrics.csv`` as dicts of floats (``epoch`` as int)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
-
-
-def write_metrics(rows: list[dict], path) -> None:
-    """Write ``metrics.csv`` atomically (header :data:`METRIC_FIELDS`)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: r[k] for k in METRIC_FIELDS})
-    atomic_write_text(buf.getvalue(), path)
-
-
-def plot_learning_curves(rows: list[dict], path, title: str = "") -> None:
-    """Loss and accuracy (train / test) against epoch, as a PNG (Agg backend)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(ep, [r["loss"] for r in rows], "o-", label="train")
-    ax1.plot(ep, [r["test_loss"] for r in rows], "s-", label="test")
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax2.plot(ep, [r["train_acc"] for r in rows], "o-", label="train")
-    ax2.plot(ep, [r["test_acc"] for r in rows], "s-", label="test")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
-    for ax in (ax1, ax2):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
 def resolve_resume(cfg: TrainConfig, given: set[str], log=print) -> TrainConfig:
     """For ``--resume RUN_DIR``: the run's stored config, overridden by the flags given now."""
     if not cfg.resume:
@@ -492,7 +360,7 @@ def resolve_resume(cfg: TrainConfig, given: set[str], log=print) -> TrainConfig:
     stored = ckpt.get("train_config") or {}
     out = Path(cfg.out) if "out" in given else run_dir
     latest = run_dir / "checkpoint.pth"
-    if (_same_dir(out, run_dir) and ckpt_path.name != latest.name and latest.is_file()
+    if (same_dir(out, run_dir) and ckpt_path.name != latest.name and latest.is_file()
             and int(read_checkpoint(latest).get("epoch", 0)) > int(ckpt.get("epoch", 0))):
         raise ValueError(
             f"{ckpt_path} is from epoch {ckpt.get('epoch', 0)} but {latest} holds a later one; "
@@ -507,37 +375,6 @@ def resolve_resume(cfg: TrainConfig, given: set[str], log=print) -> TrainConfig:
     if changed:
         log(f"resuming {run_dir} with changed settings: {', '.join(changed)}")
     return type(cfg)(**merged)
-
-
-def _same_dir(a, b) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def claim_run_dir(out, resume: str = "", overwrite: bool = False) -> DirectoryLock:
-    """Lock the run folder ``out`` for this process and check that training there loses nothing.
-
-    A folder that already holds a run (any of :data:`RUN_FILES`) is refused unless this run
-    continues it (``resume`` is a checkpoint in ``out``) or ``overwrite`` is set, in which case
-    those files are deleted first. Temporary files of writes interrupted by a killed process
-    are cleaned up. Raises ``ValueError`` (one line); returns the held :class:`DirectoryLock`.
-    """
-    out = check_writable_dir(out)
-    lock = DirectoryLock(out, "training").acquire()
-    try:
-        remove_stale_temps(out, RUN_FILES)
-        existing = [n for n in RUN_FILES if (out / n).exists()]
-        continuing = bool(resume) and _same_dir(Path(resume).parent, out)
-        if existing and not continuing:
-            if not overwrite:
-                raise ValueError(f"{out} already holds a run ({', '.join(existing)}); continue it "
-                                 f"with --resume {out}, replace it with --overwrite, or choose "
-                                 "another --out")
-            for name in existing:
-                (out / name).unlink()
-    except BaseException:
-        lock.release()
-        raise
-    return lock
 
 
 def _duration(seconds: float) -> str:

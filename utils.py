@@ -115,18 +115,13 @@ def _load(cfg: AnalysisConfig, device):
 
 
 def _datasets(cfg: AnalysisConfig, model, ckpt):
-    from whisker_dataset import (RealValuedWhiskerDataset, SpikingWhiskerDataset,
-                                 ensure_dataset)
-    train_path, test_path = ensure_dataset(cfg.data_dir, objects_per_class=cfg.objects_per_class)
+    from whisker_dataset import datasets_for, ensure_dataset
+    ensure_dataset(cfg.data_dir, objects_per_class=cfg.objects_per_class)
     tc = ckpt.get("train_config") or {}
     tc = tc if isinstance(tc, dict) else vars(tc)
     n_steps = cfg.n_steps if cfg.n_steps is not None else (tc.get("n_steps") or None)
     seed = cfg.data_seed if cfg.data_seed is not None else int(tc.get("spike_seed") or 0)
-    if model.config.encoder == "spiking":
-        make = lambda p: SpikingWhiskerDataset(p, seed=seed, n_steps=n_steps)  # noqa
-    else:
-        make = lambda p: RealValuedWhiskerDataset(p, n_steps=n_steps)  # noqa
-    return make(train_path), make(test_path)
+    return datasets_for(model.config.encoder, cfg.data_dir, spike_seed=seed, n_steps=n_steps)
 
 
 def run(cfg: AnalysisConfig) -> dict:

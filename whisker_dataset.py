@@ -41,8 +41,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
-LABEL_MAP = {53: 0, 55: 1, 113: 2}
+# the label values of the original files and the classes they stand for, in class order
+CLASS_LABELS = (53, 55, 113)
 CLASS_NAMES = ("helmet", "box", "plane")
+LABEL_MAP = {label: i for i, label in enumerate(CLASS_LABELS)}
 N_WHISKERS = 31
 N_NODES = 3
 N_STEPS = 110
@@ -400,6 +402,31 @@ def samples_by_class(dataset) -> dict[int, torch.Tensor]:
         if idx:
             out[c] = torch.stack([dataset[i][0] for i in idx])
     return out
+
+
+def datasets_for(encoder: str, data_dir, *, spike_seed: int = 0, n_steps: int | None = None,
+                 resample_each_epoch: bool = False, splits=("train", "test")) -> tuple:
+    """The datasets a run reads from ``data_dir``, one per split (``"train"``, ``"test"``).
+
+    ``encoder``: ``"spiking"`` (:class:`SpikingWhiskerDataset`, spikes from ``spike_seed``)
+    or ``"realvalued"`` (:class:`RealValuedWhiskerDataset`); ``n_steps`` truncates the
+    sequences (None: full). Files are read as they are; :func:`ensure_dataset` generates
+    missing ones.
+    """
+    files = {"train": TRAIN_FILE, "test": TEST_FILE}
+    unknown = [s for s in splits if s not in files]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}: use 'train' and / or 'test'")
+    if encoder == "spiking":
+        def make(path):
+            return SpikingWhiskerDataset(path, seed=spike_seed, n_steps=n_steps,
+                                         resample_each_epoch=resample_each_epoch)
+    elif encoder == "realvalued":
+        def make(path):
+            return RealValuedWhiskerDataset(path, n_steps=n_steps)
+    else:
+        raise ValueError(f"encoder must be 'spiking' or 'realvalued', got {encoder!r}")
+    return tuple(make(Path(data_dir) / files[s]) for s in splits)
 
 
 def ensure_dataset(data_dir, objects_per_class: int = 91, seed: int = 0, workers=None,

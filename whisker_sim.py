@@ -76,13 +76,10 @@ from pathlib import Path
 import numpy as np
 
 from common import atomic_path, remove_stale_temps
+from whisker_dataset import CLASS_LABELS, CLASS_NAMES, TEST_FILE, TRAIN_FILE
 
 GENERATOR_VERSION = "whisker_sim 2.0"
 ARRAY_CSV = Path(__file__).resolve().parent / "data" / "whisker_array.csv"
-TRAIN_FILE = "snn_train3.h5"
-TEST_FILE = "snn_test3.h5"
-CLASS_LABELS = (53, 55, 113)  # helmet, box, plane
-CLASS_KINDS = ("helmet", "box", "plane")
 
 PARAMS = dict(
     n_sweeps=12, n_frames=110, frame_dt_s=0.1, n_nodes=3,
@@ -310,7 +307,7 @@ def _array():
 def draw_object(class_index: int, seed_seq: np.random.SeedSequence) -> dict:
     """Shape, scale, orientation and path parameters of one object."""
     rng = np.random.default_rng(seed_seq)
-    shape = draw_shape(CLASS_KINDS[class_index], rng)
+    shape = draw_shape(CLASS_NAMES[class_index], rng)
     diag_mm = rng.uniform(*PARAMS["bbox_diagonal_mm"])
     euler = rng.uniform(0, 2 * np.pi, 3)
     axis = rng.normal(size=3)
@@ -531,7 +528,7 @@ def generate_dataset(out, objects_per_class: int = 91, seed: int = 0, workers=No
                     h5.attrs["generator_version"] = GENERATOR_VERSION
                     h5.attrs["split"] = "train" if path.name == TRAIN_FILE else "test"
                     h5.attrs["parameters"] = json.dumps(PARAMS, sort_keys=True)
-                    h5.attrs["classes"] = json.dumps(dict(zip(CLASS_KINDS, CLASS_LABELS)))
+                    h5.attrs["classes"] = json.dumps(dict(zip(CLASS_NAMES, CLASS_LABELS)))
             if log:
                 log(f"wrote {path} ({len(tasks)} objects, {time.time() - t0:.1f} s)")
     finally:
@@ -574,7 +571,7 @@ def sweep_statistics(force, labels) -> dict:
     touched = np.linalg.norm(base, axis=-1) > 0
     first = first_contact_frames(force)
     per_class = {}
-    for c, kind in enumerate(CLASS_KINDS):
+    for c, kind in enumerate(CLASS_NAMES):
         fc = first[labels == c]
         entry = {}
         for name, f in (("sweep0", fc[:, 0]), ("all_sweeps", fc.ravel())):

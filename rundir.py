@@ -1,0 +1,96 @@
+"""The run directory of a training run: claiming it, and its metrics and learning curves.
+
+    checkpoint.pth, best.pth   see :mod:`checkpoint`
+    metrics.csv                one row per epoch (:data:`METRIC_FIELDS`)
+    learning_curves.png        loss and accuracy against epoch
+    config.json                the training config
+    .lock                      held while a process trains here (:class:`common.DirectoryLock`)
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from common import (DirectoryLock, atomic_path, atomic_write_text, check_writable_dir,
+                    remove_stale_temps)
+
+METRIC_FIELDS = ("epoch", "loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate",
+                 "seconds")
+RUN_FILES = ("config.json", "checkpoint.pth", "best.pth", "metrics.csv", "learning_curves.png")
+
+
+def read_metrics(path) -> list[dict]:
+    """Rows of ``metrics.csv`` as dicts of floats (``epoch`` as int)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in rows]
+
+
+def write_metrics(rows: list[dict], path) -> None:
+    """Write ``metrics.csv`` atomically (header :data:`METRIC_FIELDS`)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r[k] for k in METRIC_FIELDS})
+    atomic_write_text(buf.getvalue(), path)
+
+
+def plot_learning_curves(rows: list[dict], path, title: str = "") -> None:
+    """Loss and accuracy (train / test) against epoch, as a PNG (Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(ep, [r["loss"] for r in rows], "o-", label="train")
+    ax1.plot(ep, [r["test_loss"] for r in rows], "s-", label="test")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax2.plot(ep, [r["train_acc"] for r in rows], "o-", label="train")
+    ax2.plot(ep, [r["test_acc"] for r in rows], "s-", label="test")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def same_dir(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def claim_run_dir(out, resume: str = "", overwrite: bool = False) -> DirectoryLock:
+    """Lock the run folder ``out`` for this process and check that training there loses nothing.
+
+    A folder that already holds a run (any of :data:`RUN_FILES`) is refused unless this run
+    continues it (``resume`` is a checkpoint in ``out``) or ``overwrite`` is set, in which case
+    those files are deleted first. Temporary files of writes interrupted by a killed process
+    are cleaned up. Raises ``ValueError`` (one line); returns the held :class:`DirectoryLock`.
+    """
+    out = check_writable_dir(out)
+    lock = DirectoryLock(out, "training").acquire()
+    try:
+        remove_stale_temps(out, RUN_FILES)
+        existing = [n for n in RUN_FILES if (out / n).exists()]
+        continuing = bool(resume) and same_dir(Path(resume).parent, out)
+        if existing and not continuing:
+            if not overwrite:
+                raise ValueError(f"{out} already holds a run ({', '.join(existing)}); continue it "
+                                 f"with --resume {out}, replace it with --overwrite, or choose "
+                                 "another --out")
+            for name in existing:
+                (out / name).unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
