@@ -19,11 +19,8 @@ Rx(pitch) P. As in the original, each whisker is a chain of ``n_links`` links of
 contact is tested at the joints and link midpoints (1.04 mm spacing). Nodes 0, 1, 2 are the
 joints at arc length 0, 2.08, 4.16 mm.
 
-The objects. Analytic signed-distance functions with random proportions per object:
-helmet = ellipsoidal dome shell cut near its equator, with a rim lip that widens into a visor;
-box = rounded cuboid (microwave) with a recessed door, a control panel and a bar handle on
-stand-offs; plane = capsule fuselage, swept tapered wings, two engine nacelles, tail plane and
-fin. Thin parts are at least 1.2 mm thick so that the 1.04 mm contact sampling resolves them.
+The objects: helmets, boxes and planes as analytic signed-distance functions with random
+proportions per object (:mod:`whisker_objects`).
 
 The sweeps follow the original dataset's protocol (``data/whisker_array.csv`` and the sweep
 protocol of the original generator, neuroailab/whisker_model with ``reset_pos``,
@@ -59,8 +56,8 @@ which puts contacts in the ranges the spike encoder expects (|F| ~ 1-100, |tau| 
 
 Limitations: no whisker-whisker interaction, no dynamics or vibration, no history (a whisker
 that slips past a thin part springs back at once); non-uniformly scaled SDFs are approximate
-distances, which only affects penetration depths slightly. Figures of the default dataset
-(contact rates, first contact, baseline accuracies) are in ``docs/RESULTS.md``.
+distances, which only affects penetration depths slightly. ``--stats`` describes a dataset
+(:mod:`whisker_statistics`); the figures of the default one are in ``docs/RESULTS.md``.
 """
 from __future__ import annotations
 
@@ -77,6 +74,7 @@ import numpy as np
 
 from common import atomic_path, remove_stale_temps
 from whisker_dataset import CLASS_LABELS, CLASS_NAMES, TEST_FILE, TRAIN_FILE
+from whisker_objects import draw_shape, shape_extent, shape_sdf
 
 GENERATOR_VERSION = "whisker_sim 2.0"
 ARRAY_CSV = Path(__file__).resolve().parent / "data" / "whisker_array.csv"
@@ -168,121 +166,6 @@ def build_array(path=ARRAY_CSV) -> dict:
                 valid=valid, nodes=nodes, n_pts=np.array(n_pts))
 
 
-# ----------------------------------------------------------------------------- SDF primitives
-def _len(*c):
-    return np.sqrt(sum(x * x for x in c))
-
-
-def _box_from_q(qx, qy, qz):
-    return (_len(np.maximum(qx, 0), np.maximum(qy, 0), np.maximum(qz, 0))
-            + np.minimum(np.maximum(np.maximum(qx, qy), qz), 0))
-
-
-def _box(x, y, z, cx, cy, cz, hx, hy, hz):
-    return _box_from_q(np.abs(x - cx) - hx, np.abs(y - cy) - hy, np.abs(z - cz) - hz)
-
-
-def _capsule(x, y, z, a, b, r):
-    ba = np.subtract(b, a)
-    px, py, pz = x - a[0], y - a[1], z - a[2]
-    t = np.clip((px * ba[0] + py * ba[1] + pz * ba[2]) / float(ba @ ba), 0, 1)
-    return _len(px - t * ba[0], py - t * ba[1], pz - t * ba[2]) - r
-
-
-def _ellipsoid(x, y, z, ra, rb, rc):
-    k0 = _len(x / ra, y / rb, z / rc)
-    k1 = np.maximum(_len(x / ra ** 2, y / rb ** 2, z / rc ** 2), 1e-9)
-    return k0 * (k0 - 1) / k1
-
-
-# ----------------------------------------------------------------------------- object shapes
-def draw_shape(kind: str, rng: np.random.Generator) -> dict:
-    """Random proportions (object units, roughly 2 across) of one object of class ``kind``."""
-    u = rng.uniform
-    if kind == "helmet":
-        return dict(kind=kind, a=1.0, b=u(0.88, 1.0), c=u(0.85, 1.05), t=u(0.06, 0.12),
-                    zcut=u(-0.15, 0.15), w0=u(0.03, 0.12), wv=u(0.0, 0.45), h=u(0.04, 0.09))
-    if kind == "box":
-        hx, hy, hz = 1.0, u(0.75, 0.95), u(0.6, 0.85)
-        return dict(kind=kind, hx=hx, hy=hy, hz=hz, r=u(0.02, 0.07), panel=u(0.25, 0.45),
-                    depth=u(0.02, 0.06), hr=u(0.025, 0.05), hoff=u(0.06, 0.12), hlen=u(0.5, 0.8))
-    if kind == "plane":
-        return dict(kind=kind, rf=u(0.07, 0.13), xw=u(-0.2, 0.15), span=u(0.8, 1.15),
-                    cr=u(0.3, 0.48), taper=u(0.25, 0.5), sweep=u(0.35, 0.75), tw=u(0.015, 0.03),
-                    zw=u(-0.06, 0.02), tspan=u(0.28, 0.42), tchord=u(0.14, 0.22),
-                    fin=u(0.28, 0.45), eng=u(0.04, 0.07))
-    raise ValueError(kind)
-
-
-def shape_sdf(p: dict, x, y, z):
-    """Signed distance (object units) of shape ``p`` at points (x, y, z)."""
-    k = p["kind"]
-    if k == "helmet":
-        a, b, c, t = p["a"], p["b"], p["c"], p["t"]
-        shell = np.abs(_ellipsoid(x, y, z, a, b, c)) - t / 2
-        dome = np.maximum(shell, p["zcut"] - z)
-        e = np.sqrt(max(1.0 - (p["zcut"] / c) ** 2, 0.05))
-        rho = _len(x / (a * e), y / (b * e))  # 1 on the shell at the cut
-        fx = np.clip(x / (a * e), 0, 1) ** 2  # visor toward +x
-        w = p["w0"] + p["wv"] * fx
-        dr = (np.abs(rho - 1 - w / 2) - w / 2) * min(a, b) * e
-        rim = _box_from_q(dr, np.abs(z - p["zcut"]) - p["h"] / 2, -1.0)
-        return np.minimum(dome, rim)
-    if k == "box":
-        hx, hy, hz, r = p["hx"], p["hy"], p["hz"], p["r"]
-        body = _box(x, y, z, 0, 0, 0, hx - r, hy - r, hz - r) - r
-        pw = p["panel"] * 2 * hx
-        dx0, dx1 = -hx + 0.07, hx - pw
-        recess = _box(x, y, z, (dx0 + dx1) / 2, -hy, 0, (dx1 - dx0) / 2, p["depth"], hz - 0.07)
-        body = np.maximum(body, -recess)
-        xh = dx1 - 0.08
-        yh = -hy - p["hoff"]
-        zl = p["hlen"] * hz
-        handle = _capsule(x, y, z, (xh, yh, -zl), (xh, yh, zl), p["hr"])
-        stand = np.minimum(_box(x, y, z, xh, (yh - hy) / 2, 0.9 * zl, 0.025, p["hoff"] / 2, 0.025),
-                           _box(x, y, z, xh, (yh - hy) / 2, -0.9 * zl, 0.025, p["hoff"] / 2, 0.025))
-        return np.minimum(np.minimum(body, handle), stand)
-    if k == "plane":
-        rf = p["rf"]
-        fus = _capsule(x, y, z, (-1.0 + rf, 0, 0), (1.0 - rf, 0, 0), rf)
-        ay = np.abs(y)
-        # main wings: swept, tapered plate
-        S = p["span"]
-        uu = np.clip(ay / S, 0, 1)
-        chord = p["cr"] * (1 - (1 - p["taper"]) * uu)
-        dx = x - (p["xw"] + ay * p["sweep"])
-        wing = _box_from_q(np.abs(dx) - chord / 2, ay - S, np.abs(z - p["zw"]) - p["tw"])
-        # engines under the wings
-        ye = 0.38 * S
-        xe = p["xw"] + ye * p["sweep"] - 0.12
-        eng = _capsule(x, ay, z, (xe - 0.12, ye, p["zw"] - 0.09), (xe + 0.1, ye, p["zw"] - 0.09), p["eng"])
-        # tail plane and fin
-        St = p["tspan"]
-        ut = np.clip(ay / St, 0, 1)
-        ct = p["tchord"] * (1 - 0.5 * ut)
-        dxt = x - (0.78 + ay * p["sweep"])
-        tail = _box_from_q(np.abs(dxt) - ct / 2, ay - St, np.abs(z - 0.02) - p["tw"])
-        H = p["fin"]
-        zz = np.maximum(z, 0)
-        cf = p["tchord"] * 1.3 * (1 - 0.5 * np.clip(z / H, 0, 1))
-        dxf = x - (0.8 + zz * p["sweep"])
-        fin = _box_from_q(np.abs(dxf) - cf / 2, np.abs(y) - p["tw"], np.abs(z - H / 2) - H / 2)
-        return np.minimum(np.minimum(np.minimum(fus, wing), np.minimum(eng, tail)), fin)
-    raise ValueError(k)
-
-
-def _shape_extent(p: dict):
-    """Bounding-box diagonal and a bounding radius (object units), from a conservative grid."""
-    g = np.linspace(-2.0, 2.0, 49)
-    cell = g[1] - g[0]
-    X, Y, Z = np.meshgrid(g, g, g, indexing="ij")
-    d = shape_sdf(p, X.ravel(), Y.ravel(), Z.ravel())
-    inside = d < cell * 0.87
-    P = np.stack([X.ravel()[inside], Y.ravel()[inside], Z.ravel()[inside]], 1)
-    lo, hi = P.min(0), P.max(0)
-    return float(np.linalg.norm(hi - lo)), float(np.linalg.norm(P, axis=1).max() + 2 * cell)
-
-
 def _euler(a, b, c):
     return _rot("z", a) @ _rot("y", b) @ _rot("x", c)
 
@@ -313,7 +196,7 @@ def draw_object(class_index: int, seed_seq: np.random.SeedSequence) -> dict:
     axis = rng.normal(size=3)
     start = np.array(PARAMS["start_mean_mm"]) + rng.uniform(-1, 1, 3) * np.array(PARAMS["start_halfrange_mm"])
     speed = rng.uniform(*PARAMS["speed_mm_s"])
-    diag_unit, radius_unit = _shape_extent(shape)
+    diag_unit, radius_unit = shape_extent(shape)
     scale = diag_mm / diag_unit  # mm per object unit
     tmin = PARAMS["min_half_thickness_mm"] / scale
     for key in ("t", "tw"):  # keep thin parts resolvable by the 1.04 mm contact sampling
@@ -537,80 +420,6 @@ def generate_dataset(out, objects_per_class: int = 91, seed: int = 0, workers=No
     return paths
 
 
-# ----------------------------------------------------------------------------- checks
-def contact_features(force) -> np.ndarray:
-    """Per-whisker contact features (N, 62): fraction of frames in contact and mean log(1 + |F|)
-    at the base node, each averaged over sweeps and frames."""
-    mag = np.linalg.norm(np.asarray(force)[..., 0, :], axis=-1)  # (N, 12, 110, 31)
-    return np.concatenate([(mag > 0).mean((1, 2)), np.log1p(mag).mean((1, 2))], axis=1)
-
-
-def contact_rates(force) -> np.ndarray:
-    """Per-whisker fraction of sweeps with any contact, (31,)."""
-    mag = np.linalg.norm(np.asarray(force)[..., 0, :], axis=-1)
-    return (mag > 0).any(axis=2).mean(axis=(0, 1))
-
-
-def first_contact_frames(force) -> np.ndarray:
-    """Frame of the first contact of any whisker, per object and sweep (N, 12); -1 if none."""
-    touched = (np.linalg.norm(np.asarray(force)[..., 0, :], axis=-1) > 0).any(-1)  # (N, 12, 110)
-    return np.where(touched.any(-1), touched.argmax(-1), -1)
-
-
-def sweep_statistics(force, labels) -> dict:
-    """What the sweeps look like: first contact, contact rates and static presses.
-
-    force (N, 12, 110, 31, 3, 3); labels (N,) class indices 0..2. Per class: quartiles of
-    the first-contact frame over sweep 0 and over all sweeps, and the fraction of sweeps
-    touching at frame 0 or never. Overall: per-whisker sweep contact rates, the fraction of
-    base-node frames in contact (all sweeps, sweep 0), and the fraction of contact frames
-    whose force equals the previous frame's (a static press).
-    """
-    force, labels = np.asarray(force), np.asarray(labels)
-    base = force[..., 0, :]                                   # (N, 12, 110, 31, 3)
-    touched = np.linalg.norm(base, axis=-1) > 0
-    first = first_contact_frames(force)
-    per_class = {}
-    for c, kind in enumerate(CLASS_NAMES):
-        fc = first[labels == c]
-        entry = {}
-        for name, f in (("sweep0", fc[:, 0]), ("all_sweeps", fc.ravel())):
-            hit = f[f >= 0]
-            entry[name] = {"first_contact_quartiles": (np.percentile(hit, [25, 50, 75]).tolist()
-                                                       if hit.size else None),
-                           "at_frame0": float((f == 0).mean()) if f.size else 0.0,
-                           "never": float((f < 0).mean()) if f.size else 0.0}
-        entry["contact_fraction_sweep0"] = float(touched[labels == c, 0].mean()) if fc.size else 0.0
-        per_class[kind] = entry
-    same = (np.abs(np.diff(base, axis=2)).sum(-1) == 0) & touched[:, :, 1:]
-    return {"n_objects": int(len(labels)), "per_class": per_class,
-            "contact_rate_per_whisker": contact_rates(force).round(4).tolist(),
-            "contact_fraction": float(touched.mean()),
-            "contact_fraction_sweep0": float(touched[:, 0].mean()),
-            "static_press_fraction": float(same.sum() / max(touched[:, :, 1:].sum(), 1)),
-            "first_contact_at_frame0": float((first == 0).mean())}
-
-
-def nearest_class_mean_accuracy(x_train, y_train, x_test, y_test) -> float:
-    """Accuracy of a nearest-class-mean classifier on standardised features."""
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-9
-    a, b = (x_train - mu) / sd, (x_test - mu) / sd
-    classes = np.unique(y_train)
-    means = np.stack([a[y_train == c].mean(0) for c in classes])
-    pred = classes[((b[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
-    return float((pred == y_test).mean())
-
-
-def dataset_statistics(data_dir) -> dict:
-    """:func:`sweep_statistics` of both files of ``data_dir`` together."""
-    from whisker_dataset import load_whisker_file
-
-    parts = [load_whisker_file(Path(data_dir) / name) for name in (TRAIN_FILE, TEST_FILE)]
-    force = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[2] for p in parts])
-    return sweep_statistics(force, labels)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="output folder")
@@ -625,6 +434,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.stats:
         from common import atomic_write_json
+        from whisker_statistics import dataset_statistics
         stats = dataset_statistics(args.stats)
         atomic_write_json(stats, Path(args.stats) / "sweep_statistics.json")
         print(json.dumps(stats, indent=1))

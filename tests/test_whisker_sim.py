@@ -11,6 +11,7 @@ import torch
 
 import whisker_dataset as wd
 import whisker_sim as ws
+import whisker_statistics as wst
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,7 +191,7 @@ def simulated_set():
 
 def test_contact_spread(simulated_set):
     force, _ = simulated_set
-    rates = ws.contact_rates(force)
+    rates = wst.contact_rates(force)
     assert rates.shape == (31,)
     # objects pass below the bases: the short rostral whiskers are rarely touched
     assert (rates >= 0.05).sum() >= 25 and rates.max() < 0.9, rates
@@ -202,23 +203,23 @@ def test_contact_spread(simulated_set):
 def test_first_contact_comes_after_the_start(simulated_set):
     """Objects start apart from the array: most sweeps touch only after a few frames."""
     force, _ = simulated_set
-    first = ws.first_contact_frames(force)
+    first = wst.first_contact_frames(force)
     assert first.shape == (60, 12)
     assert (first == 0).mean() < 0.1 and np.median(first[first >= 0]) >= 5, first
-    stats = ws.sweep_statistics(force, simulated_set[1])
+    stats = wst.sweep_statistics(force, simulated_set[1])
     assert stats["static_press_fraction"] < 0.05   # the objects never stop
     assert set(stats["per_class"]) == {"helmet", "box", "plane"}
 
 
 def test_learnable(simulated_set):
     force, y = simulated_set
-    x = ws.contact_features(force)
+    x = wst.contact_features(force)
     rng = np.random.default_rng(0)
     accs = []
     for _ in range(20):  # repeated 75/25 splits, stratified
         test = np.concatenate([rng.permutation(np.nonzero(y == c)[0])[:5] for c in range(3)])
         train = np.setdiff1d(np.arange(len(y)), test)
-        accs.append(ws.nearest_class_mean_accuracy(x[train], y[train], x[test], y[test]))
+        accs.append(wst.nearest_class_mean_accuracy(x[train], y[train], x[test], y[test]))
     acc = float(np.mean(accs))
     assert 0.6 <= acc < 1.0, acc  # measured 0.77 on this 20-per-class set (generator 2.0)
 
@@ -226,13 +227,13 @@ def test_learnable(simulated_set):
 def test_learnable_sweep0(simulated_set):
     """The downstream network reads sweep 0 only: it alone must still beat chance (1/3) clearly."""
     force, y = simulated_set
-    x = ws.contact_features(force[:, :1])
+    x = wst.contact_features(force[:, :1])
     rng = np.random.default_rng(0)
     accs = []
     for _ in range(20):
         test = np.concatenate([rng.permutation(np.nonzero(y == c)[0])[:5] for c in range(3)])
         train = np.setdiff1d(np.arange(len(y)), test)
-        accs.append(ws.nearest_class_mean_accuracy(x[train], y[train], x[test], y[test]))
+        accs.append(wst.nearest_class_mean_accuracy(x[train], y[train], x[test], y[test]))
     acc = float(np.mean(accs))
     assert 0.55 <= acc < 1.0, acc  # measured 0.72 on this 20-per-class set (generator 2.0)
 
@@ -244,12 +245,12 @@ def test_full_default_dataset(tmp_path):
     ftr, _, ytr = wd.load_whisker_file(train)
     fte, _, yte = wd.load_whisker_file(test)
     assert len(ytr) == 218 and len(yte) == 55
-    rates = ws.contact_rates(np.concatenate([ftr, fte]))
+    rates = wst.contact_rates(np.concatenate([ftr, fte]))
     assert (rates >= 0.05).sum() >= 25 and rates.max() < 1.0, rates
-    acc = ws.nearest_class_mean_accuracy(ws.contact_features(ftr), ytr, ws.contact_features(fte), yte)
+    acc = wst.nearest_class_mean_accuracy(wst.contact_features(ftr), ytr, wst.contact_features(fte), yte)
     assert 0.6 <= acc < 1.0, acc  # measured 0.73 (generator 2.0)
-    acc0 = ws.nearest_class_mean_accuracy(ws.contact_features(ftr[:, :1]), ytr,
-                                          ws.contact_features(fte[:, :1]), yte)
+    acc0 = wst.nearest_class_mean_accuracy(wst.contact_features(ftr[:, :1]), ytr,
+                                          wst.contact_features(fte[:, :1]), yte)
     assert 0.5 <= acc0 < 1.0, acc0  # measured 0.60 (generator 2.0); chance is 1/3
     ds = wd.SpikingWhiskerDataset(train)
     assert ds.spiking_shape == (218, 2, 12, 550, 31, 3)
