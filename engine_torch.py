@@ -21,9 +21,8 @@ than launching many small sparse kernels:
   presynaptic spikes, masked by population order).
 * The VPM layer (200 units, no recurrence) runs through the same loops as one population
   without recurrent weights (``_ThalamusFunction``).
-* CUDA graphs: a step is about 70 small kernels in each direction, and launching them costs
-  about three times as long as running them (H200, batch 128: 1.31 ms per forward step
-  launched one by one, 0.45 ms replayed from a graph). Both loops therefore run in chunks
+* CUDA graphs: a step is about 70 small kernels in each direction, whose launches cost more
+  than their work (docs/performance.md has the measurements). Both loops therefore run in chunks
   of ``CHUNK`` steps on fixed buffers (``_Chunks``); on CUDA the chunk is captured once per
   call into a CUDA graph and replayed for every later chunk. The first step of the forward,
   the last (t = 0) of the backward and a remainder of fewer than ``CHUNK`` steps run
@@ -73,8 +72,8 @@ def _capture(fn, *args):
     garbage collection and emptying of the allocator's cache, which would cost every call;
     "thread_local" lets other threads (data loading) use CUDA meanwhile. Python's garbage
     collector is paused during the capture: destroying a CUDA graph is not permitted while
-    a stream captures, and a collection that freed one (say, a graph kept in a reference
-    cycle elsewhere) invalidated a capture on an H200.
+    a stream captures, and a collection may free one (say, a graph kept in a reference
+    cycle elsewhere).
     """
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()

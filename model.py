@@ -9,8 +9,8 @@ nodes for 12 sweeps), real-valued input ``(batch, 1, 12, T, 558)`` (31 whiskers 
 
 Within a time step the populations are updated one after another in index order; a
 population receives this step's spikes of the populations before it and the previous step's
-spikes of itself and those after it (the published Gauss-Seidel order, see
-``../shared/golden/README.md``).
+spikes of itself and those after it (the published Gauss-Seidel order, which the golden
+cases of the published code fix).
 """
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ class BarrelCortexRSNN(nn.Module):
     def readout_sum(self, spikes: torch.Tensor) -> torch.Tensor:
         """Summed readout softmax. spikes: (T', batch, 4218) of steps 1..T-1 -> (batch, 3)."""
         # index_select, not spikes[..., index]: on CUDA the backward of advanced indexing
-        # sorts the indices (22 ms per call at T = 200, batch 128, on an H200)
+        # sorts the indices, which costs more than the rest of the readout
         logits = self.readout(spikes.index_select(-1, self.readout_index))
         return torch.softmax(logits, dim=-1).sum(0)
 
