@@ -72,7 +72,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import atomic_path, remove_stale_temps
+from common import atomic_path, end_with_parent, remove_stale_temps
 from whisker_dataset import CLASS_LABELS, CLASS_NAMES, TEST_FILE, TRAIN_FILE
 from whisker_objects import draw_shape, shape_extent, shape_sdf
 
@@ -354,20 +354,6 @@ def plan(objects_per_class: int, seed: int):
     return train, test
 
 
-def _end_with_parent(parent_pid: int) -> None:
-    """Worker initializer: on Linux the kernel ends this worker when the parent process dies,
-    however it dies (kill -9 included), so an interrupted generation leaves no workers behind."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:   # the parent died before the request took effect
-        os._exit(1)
-
-
 def generate_dataset(out, objects_per_class: int = 91, seed: int = 0, workers=None, log=None,
                      progress: bool = False):
     """Write ``out/snn_train3.h5`` and ``out/snn_test3.h5``; return their paths.
@@ -388,7 +374,7 @@ def generate_dataset(out, objects_per_class: int = 91, seed: int = 0, workers=No
     paths = (out / TRAIN_FILE, out / TEST_FILE)
     t0 = time.time()
     shape = (PARAMS["n_sweeps"], PARAMS["n_frames"], 31, 3, 3)
-    pool = (ProcessPoolExecutor(max_workers=workers, initializer=_end_with_parent,
+    pool = (ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent,
                                 initargs=(os.getpid(),)) if workers > 1 else None)
     try:
         for path, tasks in zip(paths, (train, test)):

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 import neuron  # the single neuron update: neuron.alif_step
+from common import end_with_parent
 from model import ModelConfig, build_model
 
 from .statistics import binned_cv, isi_cv, weighted_degrees
@@ -166,7 +167,8 @@ def cv_grid(config: dict, x: torch.Tensor, w_values, b_values, batch_size: int =
         threads = max(1, (os.cpu_count() or 1) // workers)
         tasks = [(config, x, w, b, batch_size, engine, threads) for w, b in points]
         import multiprocessing as mp
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                 initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
             return list(tqdm(pool.map(_cv_task, tasks), total=len(tasks), desc="CV grid",
                              disable=not progress))
     return [cv_point(config, x, w, b, batch_size, engine)
