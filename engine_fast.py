@@ -847,7 +847,7 @@ def _announce_compilation() -> None:
     _ANNOUNCED = True
     try:
         cached = all(os.path.exists(k._cache._cache_file._index_path)
-                     for k in (_fwd_chunk, _thalamus_forward, _recompute_chunk))
+                     for k in (_fwd_chunk, _thalamus_forward))   # used by every forward
     except AttributeError:   # another numba version keeps its cache elsewhere: say nothing
         return
     if not cached:
