@@ -24,6 +24,7 @@ import torch
 
 from common import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir, \
     select_device
+from engines import EngineOptions
 from model import ENGINES, InitialState
 from checkpoint import load_checkpoint
 from cli import flag
@@ -45,7 +46,8 @@ class DeprivationConfig:
     lanes: int = flag(256, "samples per forward pass: whole trials are stacked up to this")
     n_steps: int = flag(-1, "truncate sequences to T steps (-1: as in training, 0: full)")
     max_test_samples: int = flag(0, "use only the first N test samples (0: all)")
-    engine: str = flag("", "simulation engine (default: as stored in the checkpoint)")
+    engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
+                               "reference, numba or torch")
     progress: bool = flag(True, "tqdm progress bar over trials")
 
 
@@ -124,7 +126,7 @@ def validate(cfg: DeprivationConfig) -> DeprivationConfig:
          f"--n-steps must be -1 (as in training), 0 (full) or >= 2, got {cfg.n_steps}"),
         (cfg.max_test_samples >= 0, f"--max-test-samples must be >= 0 (0: all), got "
                                     f"{cfg.max_test_samples}"),
-        (cfg.engine in ("",) + tuple(ENGINES),
+        (cfg.engine in ENGINES,
          f"--engine must be one of {tuple(ENGINES)}, got {cfg.engine!r}"),
     ]
     for ok, msg in checks:
@@ -140,8 +142,8 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     validate(cfg)
     device = select_device(cfg.device)
     model, ckpt = load_checkpoint(cfg.checkpoint, device)
-    if cfg.engine:
-        model.config.engine = cfg.engine
+    model.engine = model.resolved_engine(cfg.engine)
+    model.engine_options = EngineOptions.from_env()
     tc = ckpt.get("train_config") or {}
     data_dir = Path(cfg.data_dir or tc.get("data_dir") or "data")
     # before the long evaluation: fail now, not after it, if the results cannot be written
@@ -155,7 +157,7 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     indices = list(range(n))
     sets = whisker_sets(cfg.trials, cfg.seed, cfg.max_removed)
     log(f"deprivation: {len(sets)} trials on {n} test samples ({model.config.encoder}, "
-        f"{device}) from {cfg.checkpoint}")
+        f"{device}, {model.engine} engine) from {cfg.checkpoint}")
 
     accuracies = evaluate_trials(model, base, indices, sets, cfg.batch_size, cfg.lanes, device,
                                  cfg.progress)

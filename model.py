@@ -20,16 +20,18 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+import engines
 from anatomy import Anatomy, load_anatomy
+from engines import EngineOptions, Network
 from neuron import BETA
 from SparseLinear import SparseLinear
 
 ENCODERS = ("spiking", "realvalued")
+ENGINES = engines.NAMES
 # The paper's initialisation per input encoding: (init_b, init_w), the baseline threshold b0
 # and the upper end of the initial recurrent / thalamic weights U[0, init_w]. The one place
 # these numbers live; the training scripts' configs take their defaults from here.
 PAPER_INIT = {"spiking": (0.04, 0.06), "realvalued": (0.03, 0.05)}
-ENGINES = ("fast", "reference")
 
 
 @dataclass
@@ -49,13 +51,10 @@ class ModelConfig:
     sweep: int = 0                  # the sweep that drives the network (published: 0)
     seed: int = 0                   # masks, weights and time constants (own generator)
     init_state_seed: int = 515      # the published initial state: U[0,1) from seed 515
-    engine: str = "fast"            # "fast" (whole-sequence engine) or "reference"
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if not 0 <= self.init_w <= 1:
             raise ValueError(f"init_w must lie in [0, 1], got {self.init_w}")
         self.tau_m_range = tuple(self.tau_m_range)
@@ -126,10 +125,17 @@ class BarrelCortexRSNN(nn.Module):
                                        signed by the presynaptic type (``pre_sign`` buffer)
       ``tau_m``, ``tau_adp``           (4218,) cortical time constants
       ``readout``                      Linear(3606, 128) then Linear(128, 3), no nonlinearity
+
+    The simulation engine is a run-time choice, not part of the architecture: ``engine``
+    (``"auto"``, ``"reference"``, ``"numba"`` or ``"torch"``; see :mod:`engines`) and
+    ``engine_options``, or the ``engine=`` argument of :meth:`forward`.
     """
 
-    def __init__(self, config: ModelConfig | None = None, anatomy: Anatomy | None = None):
+    def __init__(self, config: ModelConfig | None = None, anatomy: Anatomy | None = None,
+                 engine: str = "auto"):
         super().__init__()
+        self.engine = engine
+        self.engine_options = EngineOptions()
         self.config = config = config or ModelConfig()
         self.anatomy = anatomy = anatomy or load_anatomy()
         n, n_thal = anatomy.n_neurons, config.n_thalamus
@@ -231,51 +237,60 @@ class BarrelCortexRSNN(nn.Module):
         sweep -> VPM input current (T, batch, 200)."""
         return self.thalamus_input(self.encoder(x.to(self.tau_m.dtype)))
 
-    def thalamus(self, x: torch.Tensor, state: InitialState, engine: str | None = None):
+    def network(self) -> Network:
+        """The record an engine reads (see :mod:`engines`): the parameters themselves (so
+        gradients flow), the masks, time constants, readout and constants."""
+        ro1, ro2 = self.readout[0], self.readout[1]
+        return Network(tuple(self.population_offsets), self.recurrent.weight,
+                       self.recurrent.mask, self.pre_sign, self.thalamocortical.weight,
+                       self.thalamocortical.mask, self.tau_m, self.tau_adp, self.thal_tau_m,
+                       self.thal_tau_adp, self.readout_index,
+                       (ro1.weight, ro1.bias, ro2.weight, ro2.bias),
+                       float(self.config.init_b), float(self.config.beta),
+                       int(self.config.n_classes))
+
+    def resolved_engine(self, engine: str | None = None) -> str:
+        """The engine that runs for ``engine`` (default: ``self.engine``) on this model's
+        device (``auto`` resolved, see :func:`engines.resolve`)."""
+        return engines.resolve(engine or self.engine, self.tau_m.device)
+
+    def thalamus(self, x: torch.Tensor, state: InitialState, engine: str | None = None,
+                 options: EngineOptions | None = None):
         """Encoder and VPM layer for the whole sequence.
 
         x: (batch, channels, T, features) of the driving sweep. Returns the thalamic spikes
         (T, batch, 200).
         """
-        run_thalamus, _ = _engine(engine or self.config.engine)
-        return run_thalamus(self, self.thalamus_current(x), state)
+        run = engines.get(self.resolved_engine(engine))
+        return run.run_thalamus(self.network(), self.thalamus_current(x), state,
+                                options or self.engine_options)
 
     def forward(self, x: torch.Tensor, state: InitialState | None = None,
                 record_spikes: bool = False, record_mem: bool = False,
-                engine: str | None = None) -> RSNNOutput:
+                engine: str | None = None, options: EngineOptions | None = None
+                ) -> RSNNOutput:
         """Run the network over a whole sequence.
 
         x: (batch, 2, 12, T, 93) spikes or (batch, 1, 12, T, 558) real values.
         state: explicit :class:`InitialState`; default :meth:`initial_state`.
+        engine, options: this call's engine and :class:`engines.EngineOptions` (default:
+        ``self.engine``, ``self.engine_options``).
         Returns :class:`RSNNOutput`; ``output`` is (batch, 3).
         """
         x = self.check_input(x)
         batch = x.shape[0]
         state = self._check_state(state, batch) if state is not None else \
             self.initial_state(batch)
-        engine = engine or self.config.engine
-        thal_spikes = self.thalamus(x[:, :, self.config.sweep], state, engine)
-        _, run_cortex = _engine(engine)
-        output, spikes, mem = run_cortex(self, thal_spikes, state, record_spikes, record_mem)
+        name = self.resolved_engine(engine)
+        options = options or self.engine_options
+        thal_spikes = self.thalamus(x[:, :, self.config.sweep], state, name, options)
+        output, spikes, mem = engines.get(name).run_cortex(self.network(), thal_spikes, state,
+                                                           record_spikes, record_mem, options)
         return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None)
 
     def readout_sum(self, spikes: torch.Tensor) -> torch.Tensor:
         """Summed readout softmax. spikes: (T', batch, 4218) of steps 1..T-1 -> (batch, 3)."""
-        # index_select, not spikes[..., index]: on CUDA the backward of advanced indexing
-        # sorts the indices, which costs more than the rest of the readout
-        logits = self.readout(spikes.index_select(-1, self.readout_index))
-        return torch.softmax(logits, dim=-1).sum(0)
-
-
-def _engine(name: str):
-    """(run_thalamus, run_cortex) of the engine ``name``."""
-    if name == "reference":
-        import engine_reference as engine
-    elif name == "fast":
-        import engine_fast as engine
-    else:
-        raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
-    return engine.run_thalamus, engine.run_cortex
+        return engines.readout_sum(self.network(), spikes)
 
 
 def _linear(n_in: int, n_out: int, generator, xavier: bool) -> nn.Linear:
@@ -298,8 +313,15 @@ def _uniform(n: int, bounds, generator) -> torch.Tensor:
 
 
 def build_model(config: ModelConfig | dict | None = None, device=None,
-                dtype=torch.float32) -> BarrelCortexRSNN:
-    """Construct the network from a config (or its dict) on ``device`` in ``dtype``."""
+                dtype=torch.float32, engine: str | None = None) -> BarrelCortexRSNN:
+    """Construct the network from a config (or its dict) on ``device`` in ``dtype``.
+
+    ``engine``: the simulation engine it runs with (a run-time choice, default ``auto``; see
+    :mod:`engines`). A config dict of an older version that names an engine is accepted.
+    """
     if isinstance(config, dict):
+        config = dict(config)
+        engine = engine or config.pop("engine", None)
+        config.pop("engine", None)
         config = ModelConfig(**config)
-    return BarrelCortexRSNN(config).to(device=device, dtype=dtype)
+    return BarrelCortexRSNN(config, engine=engine or "auto").to(device=device, dtype=dtype)

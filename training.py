@@ -43,6 +43,7 @@ from checkpoint import DTYPES, CheckpointError, load_checkpoint, read_checkpoint
 from cli import flag, parse_config, run_cli  # noqa: F401  (run_cli: used by the scripts)
 from common import atomic_write_json, make_generator
 from distributed import Dist, setup_distributed, shard, shard_bounds, shard_state
+from engines import EngineOptions
 from model import ENGINES, PAPER_INIT, BarrelCortexRSNN, ModelConfig, build_model
 from rundir import METRIC_FIELDS, claim_run_dir, plot_learning_curves, read_metrics, \
     same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
@@ -83,7 +84,8 @@ class TrainConfig:
     resample_each_epoch: bool = flag(False, "draw new input spikes every epoch (published: no)")
     device: str = flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
     dtype: str = flag("float32", "parameter dtype", tuple(DTYPES))
-    engine: str = flag("fast", "cortex simulation engine", ENGINES)
+    engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
+                               "reference, numba or torch", ENGINES)
     resume: str = flag("", "continue the run in this directory from its checkpoint.pth")
     max_train_samples: int = flag(0, "use only the first N training samples (0: all)")
     max_test_samples: int = flag(0, "use only the first N test samples (0: all)")
@@ -96,11 +98,15 @@ class TrainConfig:
     overwrite: bool = flag(False, "replace the run already in --out (its checkpoints, metrics "
                                    "and plot are deleted first)")
 
+    def __post_init__(self):
+        if self.engine == "fast":   # the name of older versions (stored in their checkpoints)
+            self.engine = "auto"
+
     def model_config(self) -> ModelConfig:
         base = ModelConfig()
         scale = lambda r: tuple(self.tau_scale * v for v in r)  # noqa: E731
         return ModelConfig(encoder=self.encoder, init_b=self.init_b, init_w=self.init_w,
-                           seed=self.seed, engine=self.engine,
+                           seed=self.seed,
                            tau_m_range=scale(base.tau_m_range),
                            tau_adp_range=scale(base.tau_adp_range))
 
@@ -412,7 +418,6 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
     if cfg.resume:
         model, ckpt = load_checkpoint(cfg.resume, device)
         model = model.to(dtype=dtype)
-        model.config.engine = cfg.engine
         optimizer, scheduler = make_optimizer(model, cfg)
         if ckpt.get("optimizer_state"):
             optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -431,6 +436,8 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
         model = build_model(cfg.model_config(), device=device, dtype=dtype)
         optimizer, scheduler = make_optimizer(model, cfg)
     model.train()
+    model.engine = model.resolved_engine(cfg.engine)   # a named engine is never swapped
+    model.engine_options = EngineOptions.from_env()    # ENGINE_CHUNK, ENGINE_CUDA_GRAPHS
 
     ddp_model = model
     if dist.active:
@@ -444,7 +451,8 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(config_dict, out / "config.json")
-        log(f"training {cfg.encoder} RSNN on {device} ({dist.world} process(es)): "
+        log(f"training {cfg.encoder} RSNN on {device} with the {model.engine} engine"
+            f"{' (auto)' if cfg.engine == 'auto' else ''} ({dist.world} process(es)): "
             f"{len(train_idx)} train / {len(test_idx)} test samples, T = "
             f"{train_set[0][0].shape[2]}, epochs {start_epoch + 1}..{cfg.epochs}; run dir {out}")
 

@@ -42,6 +42,7 @@ from analyses import (ANALYSES, _Concat, parse_floats, run_anova, run_cv, run_de
                       run_dynamics, run_raster, untrained_like)
 from cli import flag
 from common import check_writable_dir, select_device
+from model import ENGINES
 
 
 @dataclass
@@ -54,8 +55,8 @@ class AnalysisConfig:
                                  "holds neither)")
     analysis: str = flag("all", "which analysis", ("all",) + ANALYSES)
     device: str = flag("auto", "auto, cpu, cuda or cuda:N")
-    engine: Optional[str] = flag(None, "engine for the forward passes (default: the "
-                                       "checkpoint's)", ("fast", "reference"), type=str)
+    engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
+                               "reference, numba or torch", ENGINES)
     batch_size: int = flag(16, "samples per forward pass")
     max_samples: Optional[int] = flag(None, "ANOVA: at most this many samples, class-balanced "
                                             "(default: all train + test samples)", type=int)
@@ -110,7 +111,10 @@ def parse_config(argv=None) -> AnalysisConfig:
 
 def _load(cfg: AnalysisConfig, device):
     from checkpoint import load_checkpoint
+    from engines import EngineOptions
     model, ckpt = load_checkpoint(cfg.checkpoint, device=device)
+    model.engine = model.resolved_engine(cfg.engine)
+    model.engine_options = EngineOptions.from_env()
     return model.eval(), ckpt
 
 
@@ -137,6 +141,7 @@ def run(cfg: AnalysisConfig) -> dict:
     data = None
     if any(a in todo for a in ("anova", "raster", "cv")):
         data = _datasets(cfg, model, ckpt)
+    print(f"[utils] {model.engine} engine on {device}", file=sys.stderr, flush=True)
     for a in todo:
         print(f"[utils] {a} ...", file=sys.stderr, flush=True)
         if a == "anova":

@@ -84,7 +84,7 @@ def record_spikes(model, dataset, batch_size: int = 16, device="cpu",
     labels_all = dataset_labels(dataset)
     idx = (np.asarray(indices, dtype=np.int64) if indices is not None
            else balanced_indices(labels_all, max_samples))
-    engine = engine or model.config.engine
+    engine = engine or model.engine
     dtype = model.tau_m.dtype
     counts, trains = [], []
     batches = [idx[i:i + batch_size] for i in range(0, len(idx), max(1, batch_size))]
@@ -121,7 +121,10 @@ class _Concat(torch.utils.data.Dataset):
 def untrained_like(model):
     """The network at initialisation: same config (and seed) as ``model``, same dtype/device."""
     cfg = ModelConfig(**model.config.to_dict())
-    return build_model(cfg, device=model.tau_m.device, dtype=model.tau_m.dtype).eval()
+    twin = build_model(cfg, device=model.tau_m.device, dtype=model.tau_m.dtype,
+                       engine=model.engine).eval()
+    twin.engine_options = model.engine_options
+    return twin
 
 
 @torch.no_grad()
@@ -137,8 +140,8 @@ def cv_point(config: dict, x: torch.Tensor, init_w: float, init_b: float,
     if threads:
         torch.set_num_threads(threads)
     cfg = dict(config, init_w=float(init_w), init_b=float(init_b))
-    model = build_model(ModelConfig(**cfg)).eval()
-    engine = engine or model.config.engine
+    model = build_model(cfg).eval()
+    engine = engine or model.engine
     parts = []
     for i in range(0, x.shape[0], batch_size):
         out = model(x[i:i + batch_size].to(model.tau_m.dtype), record_spikes=True, engine=engine)

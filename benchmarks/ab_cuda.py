@@ -1,9 +1,9 @@
-"""A/B of the CUDA backend's options in one process, on the same input (ms per time step).
+"""A/B of the torch engine's options on CUDA in one process, on the same input (ms per step).
 
     python benchmarks/ab_cuda.py [--batch 128] [--steps 100] [--repeats 5] [--device cuda]
 
-Variants of the fast engine, their repeats interleaved: ``graphs`` (the default: CUDA
-graphs, the VPM layer in ``engine_torch``), ``eager`` (``CUDA_GRAPHS = False``) and
+Variants of the torch engine, their repeats interleaved: ``graphs`` (the default: CUDA
+graphs, the torch engine's VPM layer), ``eager`` (``EngineOptions(cuda_graphs=False)``) and
 ``reference_vpm`` (graphs, but the reference engine's per-step VPM layer). Reports the
 median forward (no grad) and forward + backward ms per step of each, and checks that
 ``eager`` gives the same spikes and gradients bit for bit, and ``reference_vpm`` the same
@@ -24,21 +24,25 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import engine_fast  # noqa: E402
-import engine_reference  # noqa: E402
-import engine_torch  # noqa: E402
+from engines import EngineOptions  # noqa: E402
+from engines import reference as engine_reference  # noqa: E402
+from engines import torch_dense as engine_torch  # noqa: E402
 from bench_step import make_input, sync  # noqa: E402
 from model import ModelConfig, build_model  # noqa: E402
 
-VARIANTS = {  # name: (CUDA_GRAPHS, VPM layer)
-    "graphs": (True, engine_fast.run_thalamus),
-    "eager": (False, engine_fast.run_thalamus),
-    "reference_vpm": (True, engine_reference.run_thalamus),
+TORCH_VPM = engine_torch.run_thalamus
+VARIANTS = {  # name: (options, VPM layer)
+    "graphs": (EngineOptions(cuda_graphs=True), TORCH_VPM),
+    "eager": (EngineOptions(cuda_graphs=False), TORCH_VPM),
+    "reference_vpm": (EngineOptions(cuda_graphs=True), engine_reference.run_thalamus),
 }
+MODEL = None
 
 
 def use(variant):
-    engine_torch.CUDA_GRAPHS, engine_fast.run_thalamus = VARIANTS[variant]
+    """The variant's options on the model, and its VPM layer in the torch engine (a
+    benchmark-only swap of the module's function)."""
+    MODEL.engine_options, engine_torch.run_thalamus = VARIANTS[variant]
 
 
 def main():
@@ -49,7 +53,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = build_model(ModelConfig(engine="fast"), device=args.device)
+    global MODEL
+    model = MODEL = build_model(ModelConfig(), device=args.device, engine="torch")
     x = make_input(args.batch, args.steps, rate=0.05, seed=1, device=args.device)
 
     def forward():

@@ -1,4 +1,5 @@
-"""Time the reference and the fast engine on the same input (ms per time step).
+"""Time the reference engine and the fast one (``auto``: numba on the CPU, torch on CUDA) on
+the same input (ms per time step).
 
     python benchmarks/bench_step.py [--batch 128] [--steps 50] [--device cpu] [--memory]
 
@@ -6,7 +7,7 @@ Runs a warm-up, then reports the median of several repeats of the forward pass (
 of forward + backward (loss on the summed output) for each engine, in the same process on
 the same input (spiking encoder, random whisker spikes, the published initial state).
 ``--memory`` also measures, in a fresh subprocess, the peak RSS (and on CUDA the peak GPU
-memory) of one full-length training step of the fast engine (T = 550, batch 128: forward,
+memory) of one full-length training step of the fast engine (``auto``) (T = 550, batch 128: forward,
 backward, Adam step, constraint) on ``--device``, and times the steps of one epoch of the
 paper's training (batches of 128 and 90, evaluation of 55) for the 100-epoch estimate.
 The last line printed is one JSON object with the results.
@@ -77,7 +78,7 @@ def training_step_memory(batch=128, steps=550, rate=0.05, device="cpu"):
     paper's last batch of 90 and the no-grad evaluation of the 55 test samples.
     """
     torch.manual_seed(0)
-    model = build_model(ModelConfig(engine="fast"), device=device)
+    model = build_model(ModelConfig(), device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     # the dataset's full sample shape: 12 sweeps, of which sweep 0 drives the network
@@ -163,18 +164,18 @@ def main():
     model = build_model(ModelConfig(), device=args.device, dtype=dtype)
     x = make_input(args.batch, args.steps, args.rate, device=args.device).to(dtype)
     with torch.no_grad():
-        res = model(x, record_spikes=True, engine="fast")
+        res = model(x, record_spikes=True, engine="auto")
     rate = res.spikes.float().mean().item()
     print(f"device={args.device} batch={args.batch} T={args.steps} dtype={args.dtype} "
           f"torch_threads={torch.get_num_threads()} cortical spike rate={rate:.4f}")
-    engines = ["fast"] + ([] if args.skip_reference else ["reference"])
+    engines = ["auto"] + ([] if args.skip_reference else ["reference"])
     fwd = time_engines(model, x, engines, args.repeats, False, args.device)
     fb = time_engines(model, x, engines, args.repeats, True, args.device)
     results = {e: (fwd[e], fb[e]) for e in engines}
     for engine in engines:
         print(f"{engine:>9}: forward {fwd[engine]:9.2f} ms/step   "
               f"forward+backward {fb[engine]:9.2f} ms/step")
-    fast, ref = results["fast"], results.get("reference")
+    fast, ref = results["auto"], results.get("reference")
     print(json.dumps({
         "reference_ms_per_step": ref[1] if ref else None,
         "fast_ms_per_step": fast[1],

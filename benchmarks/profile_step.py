@@ -6,7 +6,7 @@
 Loads a checkpoint (default: a fresh network, which fires far less than a trained one: the
 event-driven kernels' cost grows with the firing rate), stacks the first ``--batch`` training
 samples, and times forward and backward of the full sequence ``--repeats`` times (the first
-includes numba's compilation or cache loading). Every numba kernel of ``engine_fast`` is
+includes numba's compilation or cache loading). Every numba kernel of ``engines.numba_cpu`` is
 wrapped in a timer; "other" is the rest of the backward: torch's element-wise ops (the
 surrogate's exponential, the readout) and Python. Prints one line per repeat; the last line is one JSON object with
 the last repeat's figures.
@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import engine_fast  # noqa: E402
+from engines import numba_cpu as engine_fast  # noqa: E402
 import training  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from model import build_model  # noqa: E402

@@ -27,12 +27,13 @@ def make_inputs(model, batch, steps, seed, rate=0.3, grad_state=False):
     return x, state, labels
 
 
-def train_pass(model, engine, x, state, labels):
+def train_pass(model, engine, x, state, labels, options=None):
     """Forward with recording and backward of the published loss; returns (result, grads)."""
     model.zero_grad(set_to_none=True)
     for t in state:
         t.grad = None
-    res = model(x, state=state, record_spikes=True, record_mem=True, engine=engine)
+    res = model(x, state=state, record_spikes=True, record_mem=True, engine=engine,
+                options=options)
     loss = torch.nn.functional.cross_entropy(res.output / x.shape[3], labels)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -41,9 +42,9 @@ def train_pass(model, engine, x, state, labels):
     return res, grads
 
 
-def assert_matches_reference(model, x, state, labels, engine="fast"):
+def assert_matches_reference(model, x, state, labels, engine="numba", options=None):
     ref, g_ref = train_pass(model, "reference", x, state, labels)
-    res, g = train_pass(model, engine, x, state, labels)
+    res, g = train_pass(model, engine, x, state, labels, options)
     assert ref.spikes.sum() > 0, "test network is silent"
     torch.testing.assert_close(res.spikes, ref.spikes.detach(), rtol=0, atol=0)
     torch.testing.assert_close(res.mem, ref.mem.detach())
@@ -53,7 +54,7 @@ def assert_matches_reference(model, x, state, labels, engine="fast"):
         torch.testing.assert_close(g[name], g_ref[name], msg=lambda m: f"{name}: {m}")
 
 
-def assert_single_step_matches_reference(model, engine="fast"):
+def assert_single_step_matches_reference(model, engine="numba"):
     """T = 1: no readout step, so the output is zero; it equals the reference's and is
     differentiable."""
     x, state, _ = make_inputs(model, 2, steps=1, seed=5)

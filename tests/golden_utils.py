@@ -13,8 +13,8 @@ def model_from_case(case, dtype=torch.float64, engine="reference", device="cpu")
     """(model, x, labels, state) reproducing the network stored in ``case`` (an NpzFile)."""
     encoder = "spiking" if "fc_f_w" in case.files else "realvalued"
     cfg = ModelConfig(encoder=encoder, init_b=float(case["init_b"]),
-                      init_w=float(case["init_w"]), engine=engine)
-    model = build_model(cfg, dtype=dtype)     # filled on the CPU, then moved to device
+                      init_w=float(case["init_w"]))
+    model = build_model(cfg, dtype=dtype, engine=engine)   # filled on the CPU, then moved
     n = model.n_neurons
     np.testing.assert_array_equal(case["pop_size"], model.anatomy.sizes)
     np.testing.assert_array_equal(case["pre_sign"], model.anatomy.pre_sign)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "RSNN_bfd_whisker_deprivation.py"
 
 
-ENGINE = "fast"
+ENGINE = "auto"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def ckpt_path(tmp_path_factory, data_dir):
     """A checkpoint of an untrained spiking model (deprivation needs no training)."""
     from model import ModelConfig, build_model
     path = tmp_path_factory.mktemp("ckpt") / "best.pth"
-    model = build_model(ModelConfig(engine=ENGINE))
+    model = build_model(ModelConfig(), engine=ENGINE)
     save_checkpoint(path, model, epoch=0, train_config={"data_dir": str(data_dir), "n_steps": 6,
                                                          "spike_seed": 0},
                     extra={"best_test_acc": 0.0})
@@ -113,7 +113,7 @@ def test_batched_trials_equal_one_trial_at_a_time(data_dir, encoder):
     path = data_dir / "snn_train3.h5"   # 5 samples (the test file holds 1)
     ds = (SpikingWhiskerDataset(path, seed=1, n_steps=30) if encoder == "spiking"
           else RealValuedWhiskerDataset(path, n_steps=20))
-    model = build_model(ModelConfig(encoder=encoder, init_b=0.01, engine=ENGINE))
+    model = build_model(ModelConfig(encoder=encoder, init_b=0.01), engine=ENGINE)
     sets = whisker_sets(trials=1, seed=515, max_removed=3)[:4] + [(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)]
     indices = list(range(len(ds)))
     # batch 2: samples sit in different evaluation batches; lanes 5: trials split over passes

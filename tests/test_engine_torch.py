@@ -1,7 +1,7 @@
-"""The fast engine's torch-ops backend (the one CUDA runs) equals the reference engine.
+"""engines/torch_dense.py: the torch engine (the one CUDA runs) equals the reference engine.
 
-On the CPU the backend is selected with ``engine_fast.BACKEND = "torch"``; with a GPU the
-same checks run on CUDA, where it is the default.
+On the CPU it runs eagerly, chosen by name (``engine="torch"``); with a GPU the same checks
+run on CUDA, where ``auto`` picks it.
 """
 import copy
 import gc
@@ -11,8 +11,9 @@ import weakref
 import pytest
 import torch
 
-import engine_fast
-import engine_torch
+import engines
+from engines import EngineOptions
+from engines import torch_dense as engine_torch
 from engine_utils import (assert_matches_reference, assert_single_step_matches_reference,
                           make_inputs, random_model, train_pass)
 from model import InitialState
@@ -25,36 +26,30 @@ def model64():
     return random_model()
 
 
-@pytest.fixture
-def torch_backend(monkeypatch):
-    monkeypatch.setattr(engine_fast, "BACKEND", "torch")
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("chunk", [2, 4, 16])
-def test_torch_backend_equals_reference_float64(model64, torch_backend, monkeypatch, batch,
-                                                chunk):
+def test_torch_engine_equals_reference_float64(model64, batch, chunk):
     """Steps run in chunks on fixed buffers (the unit a CUDA graph captures): 9 steps in
     chunks of 2 and 4 exercise full chunks, a remainder and the carried state; 16, one
     partial chunk."""
-    monkeypatch.setattr(engine_torch, "CHUNK", chunk)
     x, state, labels = make_inputs(model64, batch, steps=9, seed=batch, grad_state=True)
-    assert_matches_reference(model64, x, state, labels)
+    assert_matches_reference(model64, x, state, labels, "torch", EngineOptions(chunk=chunk))
 
 
-def test_single_step(model64, torch_backend):
-    """T = 1 (no readout step) on the torch backend."""
-    assert_single_step_matches_reference(model64)
+def test_single_step(model64):
+    """T = 1 (no readout step) on the torch engine."""
+    assert_single_step_matches_reference(model64, "torch")
 
 
 @pytest.mark.parametrize("chunk", [2, 64])
-def test_inference_matches_training_path(model64, torch_backend, monkeypatch, chunk):
+def test_inference_matches_training_path(model64, chunk):
     """No-grad path: the readout is applied per chunk; chunk edges must not change a thing."""
-    monkeypatch.setattr(engine_torch, "CHUNK", chunk)
+    opts = EngineOptions(chunk=chunk)
     x, state, _ = make_inputs(model64, 3, steps=7, seed=8)
     with torch.no_grad():
-        a = model64(x, state=state, record_spikes=True, record_mem=True, engine="fast")
-        b = model64(x, state=state, engine="fast")
+        a = model64(x, state=state, record_spikes=True, record_mem=True, engine="torch",
+                    options=opts)
+        b = model64(x, state=state, engine="torch", options=opts)
         r = model64(x, state=state, record_spikes=True, record_mem=True, engine="reference")
     assert b.spikes is None and b.mem is None
     torch.testing.assert_close(a.spikes, r.spikes, rtol=0, atol=0)
@@ -68,7 +63,8 @@ def _thalamus_like_chunks(k=3, batch=2, n=5):
     """Forward chunks of a one-population layer without recurrence, and its input."""
     g = torch.Generator().manual_seed(0)
     alpha, rho = torch.rand(n, generator=g), torch.rand(n, generator=g)
-    sim = engine_torch._Simulation([0, n], None, None, alpha, rho, 0.04, 1.8)
+    sim = engine_torch._Simulation([0, n], None, None, alpha, rho, 0.04, 1.8,
+                                   engine_torch._Run(k, True))
     ch = engine_torch._ForwardChunks(sim, k, (batch, n), dict(dtype=torch.float32,
                                                                device=torch.device("cpu")))
     current = torch.rand(4 * k, batch, n, generator=g)
@@ -131,18 +127,17 @@ def test_chunks_are_freed_by_reference_counting():
             gc.enable()
 
 
-def test_numba_backend_refuses_other_devices(model64, monkeypatch):
-    monkeypatch.setattr(engine_fast, "BACKEND", "numba")
+def test_numba_engine_refuses_other_devices(model64):
+    from engines import numba_cpu
     thal = torch.zeros(2, 1, 200, dtype=torch.float64, device="meta")
     with pytest.raises(ValueError, match="CPU only"):
-        engine_fast.run_cortex(model64, thal, None)
-    monkeypatch.setattr(engine_fast, "BACKEND", "gpu")
-    with pytest.raises(ValueError, match="ENGINE_FAST_BACKEND"):
-        engine_fast.run_cortex(model64, thal, None)
+        numba_cpu.run_cortex(model64.network(), thal, None)
+    with pytest.raises(ValueError, match="CPU only"):
+        engines.resolve("numba", "cuda")
 
 
 @needs_cuda
-@pytest.mark.parametrize("engine", ["fast", "reference"])
+@pytest.mark.parametrize("engine", ["auto", "torch", "reference"])
 def test_cuda_matches_cpu_reference(model64, engine):
     """float64 on CUDA: the same spikes, outputs and gradients as the CPU reference."""
     x, state, labels = make_inputs(model64, 2, steps=5, seed=11, grad_state=True)
@@ -173,12 +168,11 @@ def test_cuda_float32_no_grad_long_sequence(model64):
 
 @needs_cuda
 @pytest.mark.parametrize("graphs", [True, False])
-def test_cuda_graphs_match_cpu_reference(model64, monkeypatch, graphs):
+def test_cuda_graphs_match_cpu_reference(model64, graphs):
     """float64 on CUDA over 37 steps in chunks of 8, so both loops capture a CUDA graph and
     replay it (and leave a remainder): the CPU reference's spikes, outputs and gradients;
     inference through the graphs gives the same spikes and output as training."""
-    monkeypatch.setattr(engine_torch, "CHUNK", 8)
-    monkeypatch.setattr(engine_torch, "CUDA_GRAPHS", graphs)
+    opts = EngineOptions(chunk=8, cuda_graphs=graphs)
     x, state, labels = make_inputs(model64, 3, steps=37, seed=13, rate=0.2, grad_state=True)
     ref, g_ref = train_pass(model64, "reference", x, state, labels)
     model_c = copy.deepcopy(model64).to("cuda")
@@ -197,7 +191,8 @@ def test_cuda_graphs_match_cpu_reference(model64, monkeypatch, graphs):
         with warnings.catch_warnings():
             # a failed capture warns, and so does torch where a graph is destroyed mid-capture
             warnings.filterwarnings("error", message=".*captur")
-            res, g = train_pass(model_c, "fast", x.to("cuda"), state_c, labels.to("cuda"))
+            res, g = train_pass(model_c, "torch", x.to("cuda"), state_c, labels.to("cuda"),
+                                opts)
     finally:
         gc.set_threshold(*threshold)
     assert ref.spikes.sum() > 0
@@ -207,6 +202,7 @@ def test_cuda_graphs_match_cpu_reference(model64, monkeypatch, graphs):
     for name in g_ref:
         torch.testing.assert_close(g[name].cpu(), g_ref[name], msg=lambda m: f"{name}: {m}")
     with torch.no_grad():
-        inf = model_c(x.to("cuda"), state=state_c, record_spikes=True)
+        inf = model_c(x.to("cuda"), state=state_c, record_spikes=True, engine="torch",
+                      options=opts)
     torch.testing.assert_close(inf.spikes, res.spikes, rtol=0, atol=0)
     torch.testing.assert_close(inf.output, res.output.detach())

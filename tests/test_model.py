@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import engine_fast
 from conftest import ROOT, golden_cases, require_golden_file
 from golden_utils import (encoder_weight_grad, expected_spikes, model_from_case,
                           recurrent_value_grad)
@@ -23,21 +22,20 @@ def assert_rel(actual, expected, rtol, what):
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 
-# (engine, fast-engine backend, device); the torch backend is the one CUDA runs
-ENGINES = [pytest.param("reference", None, "cpu", id="reference"),
-           pytest.param("fast", "numba", "cpu", id="fast"),
-           pytest.param("fast", "torch", "cpu", id="fast-torch"),
-           pytest.param("fast", None, "cuda", id="fast-cuda", marks=needs_cuda),
-           pytest.param("reference", None, "cuda", id="reference-cuda", marks=needs_cuda)]
+# (engine, device): every engine by name; torch is the one CUDA runs
+ENGINES = [pytest.param("reference", "cpu", id="reference"),
+           pytest.param("numba", "cpu", id="numba"),
+           pytest.param("torch", "cpu", id="torch"),
+           pytest.param("torch", "cuda", id="torch-cuda", marks=needs_cuda),
+           pytest.param("reference", "cuda", id="reference-cuda", marks=needs_cuda)]
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("engine,backend,device", ENGINES)
+@pytest.mark.parametrize("engine,device", ENGINES)
 @pytest.mark.parametrize("path", golden_cases("*_forward.npz"))
-def test_golden_forward_backward(path, engine, backend, device, monkeypatch):
+def test_golden_forward_backward(path, engine, device):
     """Spikes bit for bit, output and loss to 1e-9, gradients to 1e-6 (float64)."""
     require_golden_file(path)
-    monkeypatch.setattr(engine_fast, "BACKEND", backend)
     case = np.load(path)
     model, x, labels, state = model_from_case(case, engine=engine, device=device)
     result = model(x, state=state, record_spikes=True)
@@ -70,7 +68,7 @@ def test_golden_forward_backward(path, engine, backend, device, monkeypatch):
 
 @pytest.fixture(scope="module")
 def small_model():
-    return build_model(ModelConfig(engine="reference"))
+    return build_model(ModelConfig(), engine="reference")
 
 
 def test_default_initial_state_is_published_and_leaves_global_rng_alone(small_model):
@@ -122,8 +120,8 @@ def test_bad_input_shapes_are_refused(small_model, shape, message):
 
 
 def test_realvalued_encoder_refuses_spiking_input():
-    model = BarrelCortexRSNN(ModelConfig(encoder="realvalued", init_b=0.03, init_w=0.05,
-                                         engine="reference"))
+    model = BarrelCortexRSNN(ModelConfig(encoder="realvalued", init_b=0.03, init_w=0.05),
+                             engine="reference")
     with pytest.raises(ValueError, match="channel"):
         model(torch.zeros(1, 2, 12, 3, 93))
     assert model(torch.zeros(1, 1, 12, 3, 558)).output.shape == (1, 3)
@@ -136,8 +134,8 @@ def test_bad_initial_state_and_config_are_refused(small_model):
         small_model(x, state=state)
     with pytest.raises(ValueError, match="encoder"):
         ModelConfig(encoder="analog")
-    with pytest.raises(ValueError, match="engine"):
-        ModelConfig(engine="warp")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        small_model(x, engine="warp")
     with pytest.raises(ValueError, match="init_w"):
         ModelConfig(init_w=1.5)
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 T = 8
 
 
-ENGINE = "fast"
+ENGINE = "auto"
 
 
 def env1():
@@ -73,7 +73,8 @@ def test_paper_defaults():
     assert (s.init_b, s.init_w, s.encoder) == (0.04, 0.06, "spiking")
     assert (r.init_b, r.init_w, r.encoder) == (0.03, 0.05, "realvalued")
     assert s.loss == r.loss == "published"
-    assert s.engine == "fast" and s.data_dir == "data" and s.n_steps == 0
+    assert s.engine == "auto" and s.data_dir == "data" and s.n_steps == 0
+    assert SpikingConfig(engine="fast").engine == "auto"     # the older name, in old checkpoints
 
 
 def test_tau_scale_multiplies_the_initial_time_constants():
@@ -105,7 +106,7 @@ def test_flags_from_dataclass():
 
 def test_optimizer_groups_and_scheduler():
     from model import ModelConfig, build_model
-    model = build_model(ModelConfig(engine=ENGINE))
+    model = build_model(ModelConfig(), engine=ENGINE)
     opt, sched = training.make_optimizer(model, SpikingConfig())
     lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lrs[id(model.tau_adp)] == lrs[id(model.thal_tau_adp)] == pytest.approx(0.04)

@@ -38,7 +38,7 @@ class FakeSpikingData(torch.utils.data.Dataset):
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(ModelConfig(engine="reference")).eval()
+    return build_model(ModelConfig(), engine="reference").eval()
 
 
 def read_csv(path):
@@ -49,7 +49,7 @@ def read_csv(path):
 # ----------------------------------------------------------------------------- ANOVA
 def wired_model():
     """Only neuron k receives input, and only when the input spikes (class 0)."""
-    m = build_model(ModelConfig(engine="reference")).eval()
+    m = build_model(ModelConfig(), engine="reference").eval()
     anatomy = m.anatomy
     k = anatomy.populations[4].offset + 3
     n, n_thal = anatomy.n_neurons, m.config.n_thalamus
@@ -182,7 +182,7 @@ def test_weighted_degrees_sum_to_effective_weights(tmp_path, model):
     np.testing.assert_allclose(d_out, signed.sum(0), rtol=1e-9, atol=1e-9)
     inh = model.anatomy.pre_sign < 0
     assert np.all(d_out[inh] <= 0) and np.all(d_out[~inh] >= 0)
-    trained = build_model(ModelConfig(engine="reference")).eval()
+    trained = build_model(ModelConfig(), engine="reference").eval()
     with torch.no_grad():
         trained.recurrent.weight.mul_(2.0)
     res = utils.run_degree(trained, tmp_path, initial_model=model)
@@ -199,14 +199,14 @@ def test_weighted_degrees_sum_to_effective_weights(tmp_path, model):
 # ----------------------------------------------------------------------------- CV
 def test_cv_grid_small(tmp_path):
     data = FakeSpikingData([0, 1, 2, 0], n_steps=3, seed=5)
-    cfg = ModelConfig(engine="reference").to_dict()
+    cfg = ModelConfig().to_dict()
     res = utils.run_cv(cfg, data, tmp_path, [0.02, 0.08], [0.04], n_samples=2, batch_size=2,
                        progress=False)
     rows = read_csv(tmp_path / "cv_grid.csv")
     assert [(float(r["init_w"]), float(r["init_b"])) for r in rows] == [(0.02, 0.04),
                                                                        (0.08, 0.04)]
     # recompute the second point by hand
-    m = build_model(ModelConfig(engine="reference", init_w=0.08, init_b=0.04)).eval()
+    m = build_model(ModelConfig(init_w=0.08, init_b=0.04), engine="reference").eval()
     x = torch.stack([data[i][0] for i in (0, 1)]).float()
     with torch.no_grad():
         s = m(x, record_spikes=True).spikes.numpy()
@@ -224,7 +224,7 @@ def test_cv_grid_small(tmp_path):
 def test_cv_grid_workers_match_serial():
     data = FakeSpikingData([0, 1], n_steps=3, seed=7)
     x = torch.stack([data[i][0] for i in range(2)]).float()
-    cfg = ModelConfig(engine="reference").to_dict()
+    cfg = ModelConfig().to_dict()
     serial = utils.cv_grid(cfg, x, [0.02, 0.05], [0.04], progress=False)
     parallel = utils.cv_grid(cfg, x, [0.02, 0.05], [0.04], workers=2, progress=False)
     for a, b in zip(serial, parallel):
@@ -249,7 +249,7 @@ def test_cli_end_to_end(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     ensure_dataset(data_dir, objects_per_class=2, workers=1, log=lambda *a: None)
-    model = build_model(ModelConfig(engine="reference"))
+    model = build_model(ModelConfig(), engine="reference")
     ckpt = tmp_path / "best.pth"
     training.save_checkpoint(ckpt, model, train_config={"n_steps": 3})
     out = tmp_path / "figs"
@@ -278,7 +278,7 @@ def test_cli_end_to_end(tmp_path):
 
 def test_an_unwritable_out_fails_before_the_analyses(tmp_path, capsys):
     training = pytest.importorskip("training")
-    model = build_model(ModelConfig(engine="reference"))
+    model = build_model(ModelConfig(), engine="reference")
     ckpt = tmp_path / "best.pth"
     training.save_checkpoint(ckpt, model, train_config={"n_steps": 3})
     a_file = tmp_path / "figs"

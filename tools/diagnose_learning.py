@@ -134,7 +134,8 @@ def diagnose(cfg: DiagnoseConfig, log=print) -> list[dict]:
     n = cfg.max_train_samples or len(train_set)
     idx = list(range(min(n, len(train_set))))
     x, y = training._stack(train_set, idx, device)
-    model = build_model(cfg.model_config(), device=device, dtype=training.DTYPES[cfg.dtype])
+    model = build_model(cfg.model_config(), device=device, dtype=training.DTYPES[cfg.dtype],
+                        engine=cfg.engine)
     optimizer, scheduler = training.make_optimizer(model, cfg)
     T = x.shape[3]
 

@@ -1,6 +1,7 @@
-"""Fast engine: the whole sequence in one custom autograd Function with a hand-written BPTT.
+"""The ``numba`` engine (CPU): the whole sequence in one custom autograd Function with a
+hand-written BPTT, event-driven numba kernels.
 
-Same semantics as ``engine_reference`` (the specification), much faster:
+Same semantics as ``engines.reference`` (the specification), much faster:
 
 * The recurrent weights are gathered once per forward into sparse form, CSC by presynaptic
   column (each neuron's outgoing connections). Each neuron's connections are split at the population
@@ -25,7 +26,7 @@ Same semantics as ``engine_reference`` (the specification), much faster:
   - in the same pass over a neuron's connections, the weight gradients at connected
     entries are accumulated event-driven, only in the lanes where it spiked.
 * Saved for the backward: spikes (uint8) and input currents for all steps, plus the
-  membrane / adaptation state every ``CHUNK`` steps.
+  membrane / adaptation state every ``options.chunk`` steps (default 32).
 * The readout is part of the Function. It has no nonlinearity between its two layers, so
   logits = M x + c with M = w2 w1 (3 x 3606) and c = w2 b1 + b2: the forward kernel adds the
   rows of M^T of the readout neurons that spiked (event-driven, spikes are binary for
@@ -39,7 +40,7 @@ Same semantics as ``engine_reference`` (the specification), much faster:
   spikes and membranes are unchanged (float64 never gets there in practice).
 * Inference (no grad): the forward runs in chunks of steps and keeps nothing per step
   except what the caller asks to record.
-* Other devices (CUDA): the same algorithm with dense torch ops, in ``engine_torch``.
+* Other devices (CUDA): the same algorithm with dense torch ops is the ``torch`` engine.
 
 Internal layout is (T, N, B): batch innermost, so kernels vectorise over the batch.
 """
@@ -48,6 +49,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import weakref
 
 import llvmlite.binding as llvm
 import llvmlite.ir
@@ -58,15 +60,12 @@ from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-import engine_torch
+from engines import EngineOptions, Network
 from neuron import SURROGATE_SCALE, SURROGATE_SIGMA, decay_factors
 
-CHUNK = int(os.environ.get("ENGINE_FAST_CHUNK", 32))   # steps per chunk (checkpoint interval)
+CHUNK = 32   # default steps per chunk (the backward's checkpoint interval; EngineOptions.chunk)
 # lanes per batch block of the backward: at most 64 (the accumulators live in registers)
 BWD_LANES = 64
-# "numba" (CPU kernels below) or "torch" (engine_torch, dense torch ops); default: numba on
-# the CPU, torch on every other device (CUDA)
-BACKEND = os.environ.get("ENGINE_FAST_BACKEND") or None
 # Backward gradients smaller than GRAD_FLOOR times the smallest normal float are dropped
 # (2^-100 in float32, against typical gradients of 1e-7), so that their products with
 # weights, decay factors and surrogate derivatives of 2^-26 or more stay normal numbers.
@@ -566,13 +565,13 @@ def _thalamus_backward(g_out, cur, s_out, v_out, b_out, v0, s0, alpha, oma, rho,
 
 # ---------------------------------------------------------------------------- structure
 class _Structure:
-    """Sparse index structures of the recurrent and thalamocortical masks (cached per model)."""
+    """Sparse index structures of the recurrent and thalamocortical masks (cached per mask)."""
 
-    def __init__(self, model):
-        off = np.asarray(model.population_offsets, dtype=np.int64)
+    def __init__(self, net: Network):
+        off = np.asarray(net.offsets, dtype=np.int64)
         n = int(off[-1])
         pop = np.repeat(np.arange(len(off) - 1), np.diff(off))
-        mask = model.recurrent.mask.detach().cpu().numpy().astype(bool)
+        mask = net.recurrent_mask.detach().cpu().numpy().astype(bool)
         rows, cols = np.nonzero(mask)                       # CSR (post-major) order
         rows, cols = rows.astype(np.int64), cols.astype(np.int64)
         self.n, self.off, self.nnz = n, off, len(rows)
@@ -586,7 +585,7 @@ class _Structure:
         # first entry of column p whose postsynaptic population is > pop(p)
         self.csplit = np.searchsorted(ckey, np.arange(n) * n + off[pop + 1]).astype(np.int64)
 
-        tmask = model.thalamocortical.mask.detach().cpu().numpy().astype(bool)
+        tmask = net.thalamic_mask.detach().cpu().numpy().astype(bool)
         n_thal = tmask.shape[1]
         trows, tcols = np.nonzero(tmask)
         torder = np.lexsort((trows, tcols))
@@ -596,21 +595,32 @@ class _Structure:
         self.tcolptr = np.concatenate([[0], np.cumsum(np.bincount(tcols, minlength=n_thal))]).astype(np.int64)
         self.n_thal = n_thal
 
-        self.readout_index = model.readout_index.detach().cpu().long()
+        self.readout_index = net.readout_index.detach().cpu().long()
         # position of each neuron in the readout vector, -1 for neurons not read out
         self.ro_pos = np.full(n, -1, dtype=np.int64)
         self.ro_pos[self.readout_index.numpy()] = np.arange(len(self.readout_index))
         self.ro_index = self.readout_index.numpy()
 
 
-def _structure(model) -> _Structure:
-    m, tm = model.recurrent.mask, model.thalamocortical.mask
-    key = (m.data_ptr(), m._version, tm.data_ptr(), tm._version, tuple(model.population_offsets))
-    cached = model.__dict__.get("_engine_fast_cache")
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    st = _Structure(model)
-    model.__dict__["_engine_fast_cache"] = (key, st)
+# this engine's cache: id(recurrent mask) -> (weak references to both masks, their
+# versions, offsets, readout index, structure); a few models at a time
+_STRUCTURES: dict = {}
+
+
+def _structure(net: Network) -> _Structure:
+    """The structure of ``net``'s masks, built once per mask (and rebuilt when a mask or the
+    readout index is modified in place)."""
+    m, tm, ro = net.recurrent_mask, net.thalamic_mask, net.readout_index
+    key = (m._version, tm._version, ro._version, tuple(net.offsets))
+    hit = _STRUCTURES.get(id(m))
+    if hit is not None and hit[0]() is m and hit[1]() is tm and hit[2]() is ro and hit[3] == key:
+        return hit[4]
+    st = _Structure(net)
+    for k in [k for k, v in _STRUCTURES.items() if v[0]() is None]:   # masks freed since
+        del _STRUCTURES[k]
+    if len(_STRUCTURES) >= 4:
+        _STRUCTURES.pop(next(iter(_STRUCTURES)))
+    _STRUCTURES[id(m)] = (weakref.ref(m), weakref.ref(tm), weakref.ref(ro), key, st)
     return st
 
 
@@ -654,10 +664,10 @@ class _CortexFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, st, opts, vals, tvals, alpha, rho, w1, b1, w2, b2, thal, v0, s0):
-        record_spikes, record_mem, need_grad, b0, beta = opts
+        record_spikes, record_mem, need_grad, b0, beta, K = opts
         dtype = vals.dtype
         T, B = thal.shape[0], thal.shape[1]
-        n, K = st.n, CHUNK
+        n = st.n
         nblk = _nblocks(B)
         cval = vals.detach()[st.cperm].contiguous()
         oma, omr = 1 - alpha, 1 - rho
@@ -702,7 +712,7 @@ class _CortexFunction(torch.autograd.Function):
             p_all = torch.empty((0, B, n_cls), dtype=dtype)
             out = torch.zeros(B, n_cls, dtype=dtype)
         if need_grad:
-            ctx.st, ctx.T, ctx.B, ctx.b0, ctx.beta = st, T, B, b0, beta
+            ctx.st, ctx.T, ctx.B, ctx.b0, ctx.beta, ctx.K = st, T, B, b0, beta, K
             ctx.save_for_backward(vals, tvals, alpha, rho, w1, b1, w2, thal_t, s0, s_all, i_all,
                                   vck, bck, p_all)
         spikes = s_all.permute(0, 2, 1).to(dtype, memory_format=torch.contiguous_format) if record_spikes else torch.empty(0, dtype=dtype)
@@ -720,8 +730,8 @@ class _CortexFunction(torch.autograd.Function):
     def _backward(ctx, gout):
         (vals, tvals, alpha, rho, w1, b1, w2, thal_t, s0, s_all, i_all, vck, bck,
          p_all) = (t.detach() for t in ctx.saved_tensors)
-        st, T, B = ctx.st, ctx.T, ctx.B
-        dtype, n, K = vals.dtype, st.n, CHUNK
+        st, T, B, K = ctx.st, ctx.T, ctx.B, ctx.K
+        dtype, n = vals.dtype, st.n
         ro = st.readout_index
         # readout backward. With gl = dL/dlogits, x the readout spikes, h = w1 x + b1:
         #   dL/dx = M^T gl (M = w2 w1),  gw1 = w2^T G,  gw2 = G w1^T + gb2 b1^T,
@@ -855,54 +865,39 @@ def _announce_compilation() -> None:
               "them on disk)", file=sys.stderr, flush=True)
 
 
-def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
-    """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200).
+def _chunk(options) -> int:
+    return int((options or EngineOptions()).chunk or CHUNK)
 
-    CPU: one numba Function; other devices: ``engine_torch``'s.
-    """
-    if _backend(current.device) == "torch":
-        return engine_torch.run_thalamus(model, current, state)
+
+def run_thalamus(net: Network, current: torch.Tensor, state, options=None) -> torch.Tensor:
+    """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200),
+    one numba Function (CPU tensors)."""
     _announce_compilation()
-    cfg = model.config
     dtype = current.dtype
-    alpha, rho = decay_factors(model.thal_tau_m, model.thal_tau_adp)
-    return _ThalamusFunction.apply(float(cfg.init_b), float(cfg.beta), current, alpha, rho,
+    alpha, rho = decay_factors(net.thal_tau_m, net.thal_tau_adp)
+    return _ThalamusFunction.apply(net.init_b, net.beta, current, alpha, rho,
                                    state.mem_thal.to(dtype), state.spk_thal.to(dtype))
 
 
-def _backend(device) -> str:
-    backend = BACKEND or ("numba" if device.type == "cpu" else "torch")
-    if backend not in ("numba", "torch"):
-        raise ValueError(f"ENGINE_FAST_BACKEND must be 'numba' or 'torch', got {backend!r}")
-    if backend == "numba" and device.type != "cpu":
-        raise ValueError("the numba backend of the fast engine runs on the CPU only; "
-                         f"unset ENGINE_FAST_BACKEND to use the torch backend on {device}")
-    return backend
-
-
-def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = False,
-               record_mem: bool = False):
-    """Simulate the 13 cortical populations over the sequence (same contract as the reference).
+def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bool = False,
+               record_mem: bool = False, options=None):
+    """Simulate the 13 cortical populations over the sequence (the contract of :mod:`engines`).
 
     thal_spikes: (T, batch, 200) VPM spikes; state: the model's InitialState.
     Returns ``(output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)``.
     """
-    backend = _backend(thal_spikes.device)
-    if backend == "torch":
-        return engine_torch.run_cortex(model, thal_spikes, state, record_spikes, record_mem)
-    cfg = model.config
-    st = _structure(model)
-    dtype = model.tau_m.dtype
+    if thal_spikes.device.type != "cpu":
+        raise ValueError(f"the numba engine runs on the CPU only, not on {thal_spikes.device}")
+    st = _structure(net)
+    dtype = net.tau_m.dtype
     # signed, masked weights at the connected entries only: weight * mask * sign[pre]
-    w = model.recurrent.weight
-    vals = w.reshape(-1)[st.rec_flat] * model.pre_sign.to(dtype)[st.col_t]
-    tvals = model.thalamocortical.weight.reshape(-1)[st.th_flat]
-    alpha, rho = decay_factors(model.tau_m, model.tau_adp)
-    ro1, ro2 = model.readout[0], model.readout[1]
-    inputs = (vals, tvals, alpha, rho, ro1.weight, ro1.bias, ro2.weight, ro2.bias,
+    vals = net.recurrent.reshape(-1)[st.rec_flat] * net.pre_sign.to(dtype)[st.col_t]
+    tvals = net.thalamic.reshape(-1)[st.th_flat]
+    alpha, rho = decay_factors(net.tau_m, net.tau_adp)
+    inputs = (vals, tvals, alpha, rho, *net.readout,
               thal_spikes.to(dtype), state.mem.to(dtype), state.spk.to(dtype))
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    opts = (record_spikes, record_mem, need_grad, float(cfg.init_b), float(cfg.beta))
+    opts = (record_spikes, record_mem, need_grad, net.init_b, net.beta, _chunk(options))
     if need_grad:
         out, spikes, mem = _CortexFunction.apply(st, opts, *inputs)
     else:

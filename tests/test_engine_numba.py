@@ -1,10 +1,11 @@
-"""The fast engine's CPU (numba) backend equals the reference engine (spikes, outputs,
+"""engines/numba_cpu.py: the numba engine equals the reference engine (spikes, outputs,
 membranes, all gradients)."""
 import numpy as np
 import pytest
 import torch
 
-import engine_fast
+from engines import EngineOptions
+from engines import numba_cpu as engine_numba
 from conftest import golden_cases, require_golden_file
 from engine_utils import (assert_matches_reference, assert_single_step_matches_reference,
                           make_inputs, random_model)
@@ -24,14 +25,13 @@ def test_fast_equals_reference_float64(model64, batch):
 @pytest.mark.parametrize("chunk", [1, 4])
 def test_chunk_boundaries_and_state_gradients(model64, monkeypatch, chunk):
     """Checkpoint / recompute across chunk boundaries, and gradients to the initial state."""
-    monkeypatch.setattr(engine_fast, "CHUNK", chunk)
     x, state, labels = make_inputs(model64, 2, steps=9, seed=10 + chunk, grad_state=True)
-    assert_matches_reference(model64, x, state, labels)
+    assert_matches_reference(model64, x, state, labels, options=EngineOptions(chunk=chunk))
 
 
 def test_readout_positions(model64):
     """The forward / backward kernels find readout neurons through ``ro_pos``."""
-    st = engine_fast._structure(model64)
+    st = engine_numba._structure(model64.network())
     ro = model64.readout_index.numpy()
     assert (st.ro_pos[ro] == np.arange(len(ro))).all()
     others = np.ones(model64.n_neurons, dtype=bool)
@@ -45,7 +45,6 @@ def test_event_driven_readout_with_strong_readout(model64, monkeypatch, steps, c
     b2, spikes) with a sharp softmax; the first readout step (t = 1) at a chunk start and
     inside a chunk. The non-binary initial "spikes" (t = -1) never enter the readout."""
     import copy
-    monkeypatch.setattr(engine_fast, "CHUNK", chunk)
     model = copy.deepcopy(model64)
     with torch.no_grad():
         for layer in model.readout:
@@ -55,7 +54,7 @@ def test_event_driven_readout_with_strong_readout(model64, monkeypatch, steps, c
     # initial "spikes" far from binary on the readout neurons
     with torch.no_grad():
         state.spk[:, model.readout_index] *= 0.37
-    assert_matches_reference(model, x, state, labels)
+    assert_matches_reference(model, x, state, labels, options=EngineOptions(chunk=chunk))
 
 
 def test_single_step(model64):
@@ -66,8 +65,8 @@ def test_single_step(model64):
 def test_inference_path_matches_training_path(model64):
     x, state, _ = make_inputs(model64, 4, steps=7, seed=7)
     with torch.no_grad():
-        a = model64(x, state=state, record_spikes=True, engine="fast")
-        b = model64(x, state=state, engine="fast")
+        a = model64(x, state=state, record_spikes=True, engine="numba")
+        b = model64(x, state=state, engine="numba")
         r = model64(x, state=state, record_spikes=True, engine="reference")
     assert b.spikes is None and b.mem is None
     torch.testing.assert_close(a.output, b.output, rtol=0, atol=0)
@@ -78,14 +77,14 @@ def test_inference_path_matches_training_path(model64):
 
 @pytest.mark.parametrize("path", golden_cases("*_forward.npz"))
 def test_float32_spikes_match_reference_on_golden(path):
-    """float32: the fast engine gives the reference's spikes on the golden inputs."""
+    """float32: the numba engine gives the reference's spikes on the golden inputs."""
     path = require_golden_file(path)
     from golden_utils import model_from_case
     case = np.load(path)
     model, x, _, state = model_from_case(case, dtype=torch.float32)
     with torch.no_grad():
         ref = model(x, state=state, record_spikes=True, engine="reference")
-        fast = model(x, state=state, record_spikes=True, engine="fast")
+        fast = model(x, state=state, record_spikes=True, engine="numba")
     torch.testing.assert_close(fast.spikes, ref.spikes, rtol=0, atol=0)
     torch.testing.assert_close(fast.output, ref.output, rtol=1e-5, atol=1e-5)
 
@@ -104,7 +103,7 @@ def test_subnormal_adaptation_is_flushed_without_changing_results(model64):
     x, state, labels = make_inputs(model, 2, steps=20, seed=31, rate=0.2)
     with torch.no_grad():
         ref = model(x, state=state, record_spikes=True, record_mem=True, engine="reference")
-        fast = model(x, state=state, record_spikes=True, record_mem=True, engine="fast")
+        fast = model(x, state=state, record_spikes=True, record_mem=True, engine="numba")
     assert ref.spikes.sum() > 0
     torch.testing.assert_close(fast.spikes, ref.spikes, rtol=0, atol=0)
     torch.testing.assert_close(fast.thal_spikes, ref.thal_spikes, rtol=0, atol=0)
@@ -118,7 +117,7 @@ def test_flush_denormal_context_restores_the_previous_setting():
     for before in (False, True):
         if not torch.set_flush_denormal(before):
             pytest.skip("this CPU cannot flush denormals")
-        with engine_fast._FlushDenormal():
+        with engine_numba._FlushDenormal():
             assert (probe * 1.0).item() == 0.0
         assert ((probe * 1.0).item() == 0.0) == before
     torch.set_flush_denormal(False)
@@ -130,7 +129,7 @@ def test_backward_drops_gradients_below_the_floor():
     on numba's worker threads (they do not flush subnormals). Larger ones pass unchanged."""
     dtype = np.float32
     tiny = np.finfo(dtype).tiny
-    floor = dtype(engine_fast.GRAD_FLOOR * tiny)
+    floor = dtype(engine_numba.GRAD_FLOOR * tiny)
     n, batch = 1, 5
     gs = np.array([[0.5 * floor, -0.5 * floor, 2 * floor, -3 * floor, 1e-7]], dtype=dtype)
     ones, zeros = np.ones((n, batch), dtype), np.zeros((n, batch), dtype)
@@ -138,7 +137,7 @@ def test_backward_drops_gradients_below_the_floor():
     consts = np.array([0.01, 1.8, 0, 0, 0, 1.0, tiny, floor], dtype=dtype)
     gi, gs_prev = np.empty_like(gs), np.empty_like(gs)
     gv, gb = zeros.copy(), zeros.copy()
-    engine_fast._neurons_backward(0, n, 0, batch, gs, ones, zeros, zeros, zeros, zeros, zeros,
+    engine_numba._neurons_backward(0, n, 0, batch, gs, ones, zeros, zeros, zeros, zeros, zeros,
                                   alpha, 1 - alpha, rho, 1 - rho, consts, gv, gb, gi, gs_prev,
                                   np.zeros(n, dtype), np.zeros(n, dtype))
     np.testing.assert_array_equal(gi, np.where(np.abs(gs) < floor, 0, gs))
@@ -161,7 +160,7 @@ def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
     for e in range(e0, e1):
         for q in range(cnt):
             expected[rows[e], lanes[q]] += vals[e] * xs[q]
-    engine_fast._scatter_edges(e0, e1, rows, vals, lanes, xs, cnt, acc)
+    engine_numba._scatter_edges(e0, e1, rows, vals, lanes, xs, cnt, acc)
     np.testing.assert_allclose(acc, expected, rtol=1e-14, atol=0)
 
     g = rng.standard_normal((n, n_lanes))
@@ -170,7 +169,7 @@ def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
     for e in range(e0, e1):
         expected[e] += sum(xs[q] * g[rows[e], lanes[q]] for q in range(cnt))
     grad_s = np.full(n_lanes, np.nan)
-    engine_fast._edges_backward(e0, e1, rows, vals, g, lanes[None], xs[None], 0, cnt, gw,
+    engine_numba._edges_backward(e0, e1, rows, vals, g, lanes[None], xs[None], 0, cnt, gw,
                                 grad_s, n_lanes)
     np.testing.assert_allclose(gw, expected, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(grad_s, vals[e0:e1] @ g[rows[e0:e1]], rtol=1e-14, atol=1e-15)
@@ -180,6 +179,6 @@ def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
 def test_backward_for_each_block_width(model64, monkeypatch, batch, blocks):
     """The backward kernel is compiled per block width (8, 16, 32 and 64 lanes here: 24
     lanes in 3, 2 or 1 blocks, 70 in 2); each gives the reference's gradients."""
-    monkeypatch.setattr(engine_fast, "_nblocks", lambda batch: blocks)
+    monkeypatch.setattr(engine_numba, "_nblocks", lambda batch: blocks)
     x, state, labels = make_inputs(model64, batch, steps=4, seed=40 + blocks, grad_state=True)
     assert_matches_reference(model64, x, state, labels)

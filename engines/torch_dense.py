@@ -1,10 +1,9 @@
-"""Fast engine, torch-ops backend: the whole sequence in one autograd Function (CUDA).
+"""The ``torch`` engine: the whole sequence in one autograd Function, dense torch operations.
 
-The fast engine runs this backend on every device but the CPU (where the numba kernels of
-``engine_fast`` are faster). It has the same semantics as ``engine_reference.run_cortex``
-and the same structure as the CPU kernels, written with dense torch ops instead of
-event-driven loops, because on a GPU a dense matmul over the whole population is cheaper
-than launching many small sparse kernels:
+``auto`` picks it on CUDA (on the CPU the ``numba`` engine is faster; here it runs eagerly,
+which the tests use). It has the semantics of ``engines.reference`` and the structure of the
+numba kernels, written with dense torch ops instead of event-driven loops, because on a GPU a
+dense matmul over the whole population is cheaper than launching many small sparse kernels:
 
 * forward, per step: the previous step's spikes act through one matmul with the weights
   whose presynaptic population is not before the postsynaptic one (``W_prev``); then each
@@ -23,9 +22,10 @@ than launching many small sparse kernels:
   without recurrent weights (``_ThalamusFunction``).
 * CUDA graphs: a step is about 70 small kernels in each direction, whose launches cost more
   than their work (docs/performance.md has the measurements). Both loops therefore run in chunks
-  of ``CHUNK`` steps on fixed buffers (``_Chunks``); on CUDA the chunk is captured once per
+  of ``options.chunk`` steps (default 16) on fixed buffers (``_Chunks``); on CUDA (with
+  ``options.cuda_graphs``) the chunk is captured once per
   call into a CUDA graph and replayed for every later chunk. The first step of the forward,
-  the last (t = 0) of the backward and a remainder of fewer than ``CHUNK`` steps run
+  the last (t = 0) of the backward and a remainder of fewer than a chunk run
   eagerly. The same chunked code runs eagerly on the CPU, where the tests check it.
 
 Saved for the backward: spikes, input currents, membranes and adaptation of all steps
@@ -38,30 +38,40 @@ Internal layout is (T, batch, N), as in the model.
 from __future__ import annotations
 
 import gc
-import os
 import warnings
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 
+from engines import EngineOptions, Network, readout_sum, signed_recurrent, thalamic_effective
 from neuron import decay_factors, surrogate_derivative
 
-CHUNK = 16          # steps per chunk (per replay of a CUDA graph)
-# on CUDA, replay each chunk from a captured graph; ENGINE_CUDA_GRAPHS=0 launches eagerly
-CUDA_GRAPHS = os.environ.get("ENGINE_CUDA_GRAPHS", "1") != "0"
+CHUNK = 16          # default steps per chunk (per replay of a CUDA graph)
+_PREV_MASKS = {}    # this engine's cache: (offsets, device) -> previous-step mask
 
 
-def _prev_mask(model, device) -> torch.Tensor:
+class _Run(NamedTuple):
+    """This call's options: steps per chunk, and whether chunks replay from CUDA graphs."""
+    chunk: int
+    graphs: bool
+
+
+def _run_options(options) -> _Run:
+    options = options or EngineOptions()
+    return _Run(int(options.chunk or CHUNK), bool(options.cuda_graphs))
+
+
+def _prev_mask(offsets, device) -> torch.Tensor:
     """(N, N) bool [post, pre]: the presynaptic population is not before the postsynaptic
     one, so the postsynaptic neuron sees the *previous* step's spike of that neuron."""
-    key = ("_engine_torch_prev_mask", str(device))
-    cached = model.__dict__.get(key)
+    key = (tuple(offsets), str(device))
+    cached = _PREV_MASKS.get(key)
     if cached is None:
-        off = model.population_offsets
+        off = offsets
         sizes = torch.as_tensor([off[i + 1] - off[i] for i in range(len(off) - 1)])
         pop = torch.repeat_interleave(torch.arange(len(sizes)), sizes).to(device)
-        cached = pop[None, :] >= pop[:, None]
-        model.__dict__[key] = cached
+        cached = _PREV_MASKS[key] = pop[None, :] >= pop[:, None]
     return cached
 
 
@@ -105,8 +115,8 @@ class _Simulation:
     weights; None for a layer without recurrence (the thalamus, one population).
     """
 
-    def __init__(self, off, w, w_prev_t, alpha, rho, b0, beta):
-        self.off, self.w_prev_t = off, w_prev_t
+    def __init__(self, off, w, w_prev_t, alpha, rho, b0, beta, run: _Run):
+        self.off, self.w_prev_t, self.run = off, w_prev_t, run
         self.w_t = None if w is None else w.t()
         self.alpha, self.oma = alpha, 1 - alpha
         self.rho, self.omr = rho, 1 - rho
@@ -144,16 +154,16 @@ class _Chunks:
     state carried from chunk to chunk (``carry``, (batch, N) each, zeros at first).
     Subclasses define ``steps(n)``, the step function on the first ``n`` steps."""
 
-    def __init__(self, k, shape, like, names, n_carry):
+    def __init__(self, k, shape, like, names, n_carry, graphs: bool):
         self.k = k
         for name in names:
             setattr(self, name, torch.empty((k,) + shape, **like))
         self.carry = [torch.zeros(shape, **like) for _ in range(n_carry)]
-        self.capture = CUDA_GRAPHS and torch.device(like["device"]).type == "cuda"
+        self.capture = graphs and torch.device(like["device"]).type == "cuda"
         self.graph, self.full_runs = None, 0
 
     def run(self, n):
-        """``steps(n)``. On CUDA (``CUDA_GRAPHS``) a full chunk (``n = k``) runs eagerly the
+        """``steps(n)``. On CUDA (with ``graphs``) a full chunk (``n = k``) runs eagerly the
         first time, which is also the warm-up a capture needs (cuBLAS workspaces, the
         allocator), is captured into a CUDA graph the second time and replayed from then
         on; a chunk run once is never captured. Nothing here refers back to ``self``, so
@@ -175,7 +185,7 @@ class _ForwardChunks(_Chunks):
     ``b``. Carried: the spikes, membrane and adaptation of the step before."""
 
     def __init__(self, sim, k, shape, like):
-        super().__init__(k, shape, like, ("thal", "cur", "v", "s", "b"), 3)
+        super().__init__(k, shape, like, ("thal", "cur", "v", "s", "b"), 3, sim.run.graphs)
         self.sim = sim
 
     def steps(self, n):
@@ -191,7 +201,7 @@ def _simulate(sim, thal_current, s0, v0, b0, emit):
     """All T steps; ``emit(t0, n, chunks)`` receives the outputs of steps t0 .. t0+n-1 in
     ``chunks.cur[:n]``, ``.v[:n]``, ``.s[:n]``, ``.b[:n]`` (overwritten by the next chunk)."""
     T = thal_current.shape[0]
-    ch = _ForwardChunks(sim, max(1, min(CHUNK, T - 1)), tuple(s0.shape),
+    ch = _ForwardChunks(sim, max(1, min(sim.run.chunk, T - 1)), tuple(s0.shape),
                         dict(dtype=s0.dtype, device=s0.device))
     # step 0 starts from the scalar b0 (published), so it runs on its own
     sim.step(thal_current[0], s0, v0, b0, ch.cur[0], ch.v[0], ch.s[0], ch.b[0])
@@ -213,7 +223,7 @@ class _BackwardChunks(_Chunks):
 
     def __init__(self, bwd, k, shape, like):
         super().__init__(k, shape, like, ("g_spikes", "sg", "cur", "b", "s_prev", "v_prev",
-                                          "b_prev", "g_cur"), 5)
+                                          "b_prev", "g_cur"), 5, bwd.run.graphs)
         self.bwd = bwd
 
     def steps(self, n):
@@ -240,8 +250,8 @@ class _Backward:
     """BPTT through one step, populations in reverse (shared by the chunks and t = 0).
     ``w``, ``w_prev`` (N, N) [post, pre]: None without recurrence (see ``_Simulation``)."""
 
-    def __init__(self, off, w, w_prev, alpha, rho, b0, beta):
-        self.off, self.w, self.w_prev = off, w, w_prev
+    def __init__(self, off, w, w_prev, alpha, rho, b0, beta, run: _Run):
+        self.off, self.w, self.w_prev, self.run = off, w, w_prev, run
         self.alpha, self.oma, self.rho, self.omr = alpha, 1 - alpha, rho, 1 - rho
         self.b0, self.beta = b0, beta
 
@@ -302,7 +312,7 @@ def _backward_through(bwd, g_spikes, saved, s0, v0):
     T = s_all.shape[0]
     sg_all = surrogate_derivative(v_all - (bwd.b0 + bwd.beta * b_all))   # (T, B, N)
     g_cur = torch.empty_like(i_all)
-    ch = _BackwardChunks(bwd, max(1, min(CHUNK, T - 1)), tuple(s0.shape),
+    ch = _BackwardChunks(bwd, max(1, min(bwd.run.chunk, T - 1)), tuple(s0.shape),
                          dict(dtype=s0.dtype, device=s0.device))
     for t1 in range(T, 1, -ch.k):             # steps t1-1 down to t0 >= 1, in chunks
         t0 = max(1, t1 - ch.k)
@@ -327,11 +337,11 @@ class _CortexFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, opts, prev, w, thal_current, alpha, rho, v0, s0):
-        off, b0, beta, record_mem = opts
+        off, b0, beta, record_mem, run = opts
         w_prev = w * prev
-        sim = _Simulation(off, w, w_prev.t(), alpha, rho, b0, beta)
+        sim = _Simulation(off, w, w_prev.t(), alpha, rho, b0, beta, run)
         saved = _forward_saved(sim, thal_current, s0, v0, b0)
-        ctx.consts = (off, b0, beta)
+        ctx.consts = (off, b0, beta, run)
         ctx.save_for_backward(prev, w, w_prev, alpha, rho, v0, s0, *saved)
         v_all = saved[2]
         mem = v_all if record_mem else torch.empty(0, dtype=w.dtype, device=w.device)
@@ -342,8 +352,8 @@ class _CortexFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_spikes, _g_mem):
         prev, w, w_prev, alpha, rho, v0, s0, *saved = ctx.saved_tensors
-        off, b0, beta = ctx.consts
-        bwd = _Backward(off, w, w_prev, alpha, rho, b0, beta)
+        off, b0, beta, run = ctx.consts
+        bwd = _Backward(off, w, w_prev, alpha, rho, b0, beta, run)
         g_cur, g = _backward_through(bwd, g_spikes, saved, s0, v0)
         s_all = saved[0]
         T, B, n = s_all.shape
@@ -360,11 +370,12 @@ class _ThalamusFunction(torch.autograd.Function):
     Inputs: current (T, batch, 200), alpha, rho (200,), v0, s0 (batch, 200); output spikes."""
 
     @staticmethod
-    def forward(ctx, b0, beta, current, alpha, rho, v0, s0):
+    def forward(ctx, consts, current, alpha, rho, v0, s0):
+        b0, beta, run = consts
         off = [0, current.shape[2]]
-        sim = _Simulation(off, None, None, alpha, rho, b0, beta)
+        sim = _Simulation(off, None, None, alpha, rho, b0, beta, run)
         saved = _forward_saved(sim, current, s0, v0, b0)
-        ctx.consts = (off, b0, beta)
+        ctx.consts = (off, b0, beta, run)
         ctx.save_for_backward(alpha, rho, v0, s0, *saved)
         return saved[0]
 
@@ -372,27 +383,27 @@ class _ThalamusFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_spikes):
         alpha, rho, v0, s0, *saved = ctx.saved_tensors
-        off, b0, beta = ctx.consts
-        bwd = _Backward(off, None, None, alpha, rho, b0, beta)
+        off, b0, beta, run = ctx.consts
+        bwd = _Backward(off, None, None, alpha, rho, b0, beta, run)
         g_cur, g = _backward_through(bwd, g_spikes, saved, s0, v0)
-        return None, None, g_cur, g.alpha.sum(0), g.rho.sum(0), g.v_r, g.s
+        return None, g_cur, g.alpha.sum(0), g.rho.sum(0), g.v_r, g.s
 
 
-def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
+def run_thalamus(net: Network, current: torch.Tensor, state, options=None) -> torch.Tensor:
     """The 200 VPM units over the sequence: current (T, batch, 200) -> spikes (T, batch, 200).
 
     Without a gradient only the spikes are kept (no currents, membranes, adaptations).
     """
-    cfg = model.config
+    run = _run_options(options)
     dtype = current.dtype
-    b0, beta = float(cfg.init_b), float(cfg.beta)
-    alpha, rho = decay_factors(model.thal_tau_m, model.thal_tau_adp)
+    b0, beta = net.init_b, net.beta
+    alpha, rho = decay_factors(net.thal_tau_m, net.thal_tau_adp)
     v0, s0 = state.mem_thal.to(dtype), state.spk_thal.to(dtype)
     inputs = (current, alpha, rho, v0, s0)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return _ThalamusFunction.apply(b0, beta, *inputs)
+        return _ThalamusFunction.apply((b0, beta, run), *inputs)
     with torch.no_grad():
-        sim = _Simulation([0, current.shape[2]], None, None, alpha, rho, b0, beta)
+        sim = _Simulation([0, current.shape[2]], None, None, alpha, rho, b0, beta, run)
         spikes = torch.empty(current.shape, dtype=dtype, device=current.device)
 
         def emit(t0, k, ch):
@@ -402,47 +413,47 @@ def run_thalamus(model, current: torch.Tensor, state) -> torch.Tensor:
         return spikes
 
 
-def run_cortex(model, thal_spikes: torch.Tensor, state, record_spikes: bool = False,
-               record_mem: bool = False):
-    """Simulate the 13 cortical populations (same contract as ``engine_reference``).
+def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bool = False,
+               record_mem: bool = False, options=None):
+    """Simulate the 13 cortical populations (the contract of :mod:`engines`).
 
     thal_spikes: (T, batch, 200) VPM spikes; state: the model's InitialState.
     Returns ``(output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)``.
     """
-    cfg = model.config
-    off = model.population_offsets
-    dtype = model.tau_m.dtype
-    w = model.signed_recurrent_weight()
-    thal_current = thal_spikes.to(dtype) @ model.thalamocortical.effective_weight().t()
-    alpha, rho = decay_factors(model.tau_m, model.tau_adp)
+    run = _run_options(options)
+    off = net.offsets
+    dtype = net.tau_m.dtype
+    w = signed_recurrent(net)
+    thal_current = thal_spikes.to(dtype) @ thalamic_effective(net).t()
+    alpha, rho = decay_factors(net.tau_m, net.tau_adp)
     v0, s0 = state.mem.to(dtype), state.spk.to(dtype)
-    b0, beta = float(cfg.init_b), float(cfg.beta)
-    prev = _prev_mask(model, w.device)
+    b0, beta = net.init_b, net.beta
+    prev = _prev_mask(off, w.device)
     inputs = (w, thal_current, alpha, rho, v0, s0)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        spikes, mem = _CortexFunction.apply((off, b0, beta, record_mem), prev, *inputs)
-        out = model.readout_sum(spikes[1:])      # T = 1: an empty sum, zeros
+        spikes, mem = _CortexFunction.apply((off, b0, beta, record_mem, run), prev, *inputs)
+        out = readout_sum(net, spikes[1:])      # T = 1: an empty sum, zeros
         return out, (spikes if record_spikes else None), (mem if record_mem else None)
     with torch.no_grad():
-        return _infer(model, prev, w, thal_current, alpha, rho, v0, s0, b0, beta,
-                      record_spikes, record_mem)
+        return _infer(net, prev, w, thal_current, alpha, rho, v0, s0, record_spikes,
+                      record_mem, run)
 
 
-def _infer(model, prev, w, thal_current, alpha, rho, v0, s0, b0, beta, record_spikes,
-           record_mem):
+def _infer(net, prev, w, thal_current, alpha, rho, v0, s0, record_spikes, record_mem, run):
     """No-grad forward: the readout is applied per chunk, so memory does not grow with T
     beyond what is recorded."""
     T, B, n = thal_current.shape
-    sim = _Simulation(model.population_offsets, w, (w * prev).t(), alpha, rho, b0, beta)
+    b0 = net.init_b
+    sim = _Simulation(net.offsets, w, (w * prev).t(), alpha, rho, b0, net.beta, run)
     like = dict(dtype=w.dtype, device=w.device)
-    out = torch.zeros(B, model.config.n_classes, **like)
+    out = torch.zeros(B, net.n_classes, **like)
     spikes = torch.empty((T, B, n), **like) if record_spikes else None
     mems = torch.empty((T, B, n), **like) if record_mem else None
 
     def emit(t0, k, ch):
         first = 1 if t0 == 0 else 0          # the readout sums over t = 1..T-1
         if k > first:
-            out.add_(model.readout_sum(ch.s[first:k]))
+            out.add_(readout_sum(net, ch.s[first:k]))
         if record_spikes:
             spikes[t0:t0 + k] = ch.s[:k]
         if record_mem:
