@@ -41,8 +41,9 @@ class DeprivationConfig:
     max_removed: int = flag(8, "largest number of whiskers removed")
     seed: int = flag(515, "seed of the random whisker sets")
     device: str = flag("auto", "auto, cpu, cuda or cuda:N")
-    batch_size: int = flag(128, "evaluation batch size (sets each sample's row of the "
-                            "initial state, as in training's evaluation)")
+    batch_size: int = flag(-1, "evaluation batch size (-1: the training run's), which sets "
+                               "each sample's row of the initial state, so the intact accuracy "
+                               "is the run's test accuracy")
     lanes: int = flag(256, "samples per forward pass: whole trials are stacked up to this")
     n_steps: int = flag(-1, "truncate sequences to T steps (-1: as in training, 0: full)")
     max_test_samples: int = flag(0, "use only the first N test samples (0: all)")
@@ -120,7 +121,8 @@ def validate(cfg: DeprivationConfig) -> DeprivationConfig:
         (1 <= cfg.max_removed <= N_WHISKERS,
          f"--max-removed must be in 1..{N_WHISKERS}, got {cfg.max_removed}"),
         (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}"),
-        (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+        (cfg.batch_size == -1 or cfg.batch_size >= 1,
+         f"--batch-size must be -1 (the training run's) or >= 1, got {cfg.batch_size}"),
         (cfg.lanes >= 1, f"--lanes must be >= 1, got {cfg.lanes}"),
         (cfg.n_steps == -1 or cfg.n_steps == 0 or cfg.n_steps >= 2,
          f"--n-steps must be -1 (as in training), 0 (full) or >= 2, got {cfg.n_steps}"),
@@ -159,7 +161,8 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     log(f"deprivation: {len(sets)} trials on {n} test samples ({model.config.encoder}, "
         f"{device}, {model.engine} engine) from {cfg.checkpoint}")
 
-    accuracies = evaluate_trials(model, base, indices, sets, cfg.batch_size, cfg.lanes, device,
+    batch_size = cfg.batch_size if cfg.batch_size > 0 else int(tc.get("batch_size") or 128)
+    accuracies = evaluate_trials(model, base, indices, sets, batch_size, cfg.lanes, device,
                                  cfg.progress)
     rows = []
     per_k: dict[int, int] = {}
@@ -183,6 +186,7 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
                              "n_trials": int(acc.size)}
     summary = {"checkpoint": str(cfg.checkpoint), "encoder": model.config.encoder,
                "n_test_samples": n, "n_steps": n_steps or base[0][0].shape[2],
+               "batch_size": batch_size,
                "spike_seed": spike_seed, "seed": cfg.seed, "trials": cfg.trials,
                "std": "population standard deviation (ddof=0) over trials",
                "by_n_removed": summary_k}

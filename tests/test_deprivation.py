@@ -145,7 +145,25 @@ def test_run_deprivation_outputs(ckpt_path, tmp_path):
     one = [float(r["accuracy"]) for r in rows if r["n_removed"] == "1"]
     assert by["1"]["mean"] == pytest.approx(np.mean(one)) and by["1"]["std"] == pytest.approx(np.std(one))
     assert on_disk["n_steps"] == 6 and on_disk["seed"] == 515
+    assert on_disk["batch_size"] == 128      # the training run's (none stored: 128)
     assert (tmp_path / "deprivation.png").stat().st_size > 0
+
+
+def test_intact_trial_uses_the_training_runs_batch_size(data_dir, tmp_path):
+    """Each sample's initial state depends on its row in the evaluation batch, so the
+    intact accuracy equals the run's test accuracy only with the run's batch size."""
+    from model import ModelConfig, build_model
+    model = build_model(ModelConfig(init_b=0.01), engine=ENGINE)
+    path = tmp_path / "best.pth"
+    save_checkpoint(path, model, train_config={"data_dir": str(data_dir), "n_steps": 6,
+                                               "spike_seed": 0, "batch_size": 1})
+    runs = {}
+    for flag in (-1, 1, 2):
+        cfg = DeprivationConfig(checkpoint=str(path), out=str(tmp_path / str(flag)), trials=0,
+                                max_removed=1, batch_size=flag, device="cpu", progress=False)
+        runs[flag] = run_deprivation(cfg, log=lambda *a: None)
+    assert runs[-1]["batch_size"] == 1 and runs[2]["batch_size"] == 2
+    assert runs[-1]["by_n_removed"] == runs[1]["by_n_removed"]
 
 
 # ------------------------------------------------------------------------------- bad files
