@@ -189,10 +189,8 @@ def model_config_of(ckpt: dict, path):
     """The ModelConfig stored in ``ckpt``; keys that are no longer part of the architecture
     (``engine``, now a run-time choice) are dropped."""
     from model import ModelConfig
-    stored = {k: v for k, v in ckpt["model_config"].items()
-              if k != "engine" or "engine" in ModelConfig.__dataclass_fields__}
     try:
-        return ModelConfig(**stored)
+        return ModelConfig.from_dict(ckpt["model_config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: checkpoint of another architecture or version "
                               f"(model_config: {' '.join(str(err).split())})") from None

@@ -68,6 +68,14 @@ def parse_config(config_cls, argv=None, defaults=None, description=None, prog=No
     return config_cls(**vars(ns)), set(given)
 
 
+def require(checks) -> None:
+    """``checks``: ``(ok, message)`` pairs of a config's validation; raises ``ValueError`` with
+    the message of the first that fails (the message names the flag)."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 def run_cli(main_fn, argv=None) -> int:
     """Run ``main_fn(argv)``; user errors become one ``error: ...`` line on stderr, exit 2."""
     try:

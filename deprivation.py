@@ -24,10 +24,9 @@ import torch
 
 from common import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir, \
     select_device
-from engines import EngineOptions
 from model import ENGINES, InitialState
 from checkpoint import load_checkpoint
-from cli import flag
+from cli import flag, require
 from whisker_dataset import N_WHISKERS
 
 
@@ -131,9 +130,7 @@ def validate(cfg: DeprivationConfig) -> DeprivationConfig:
         (cfg.engine in ENGINES,
          f"--engine must be one of {tuple(ENGINES)}, got {cfg.engine!r}"),
     ]
-    for ok, msg in checks:
-        if not ok:
-            raise ValueError(msg)
+    require(checks)
     return cfg
 
 
@@ -144,8 +141,7 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     validate(cfg)
     device = select_device(cfg.device)
     model, ckpt = load_checkpoint(cfg.checkpoint, device)
-    model.engine = model.resolved_engine(cfg.engine)
-    model.engine_options = EngineOptions.from_env()
+    model.use_engine(cfg.engine)
     tc = ckpt.get("train_config") or {}
     data_dir = Path(cfg.data_dir or tc.get("data_dir") or "data")
     # before the long evaluation: fail now, not after it, if the results cannot be written

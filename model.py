@@ -63,6 +63,12 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, stored: dict) -> "ModelConfig":
+        """The config of :meth:`to_dict`; the ``engine`` key of older versions (a run-time
+        choice since) is ignored."""
+        return cls(**{k: v for k, v in stored.items() if k != "engine"})
+
 
 class InitialState(NamedTuple):
     """Initial thalamic and cortical state. "Spikes" may be non-binary (published: U[0,1))."""
@@ -249,6 +255,14 @@ class BarrelCortexRSNN(nn.Module):
                        float(self.config.init_b), float(self.config.beta),
                        int(self.config.n_classes))
 
+    def use_engine(self, engine: str = "auto", options: EngineOptions | None = None) -> str:
+        """Run with ``engine`` from now on, resolved for this model's device (``auto`` becomes
+        numba or torch), and with ``options`` (default: read from the environment now, see
+        :meth:`engines.EngineOptions.from_env`). Returns the engine's name."""
+        self.engine = self.resolved_engine(engine)
+        self.engine_options = options or EngineOptions.from_env()
+        return self.engine
+
     def resolved_engine(self, engine: str | None = None) -> str:
         """The engine that runs for ``engine`` (default: ``self.engine``) on this model's
         device (``auto`` resolved, see :func:`engines.resolve`)."""
@@ -320,8 +334,6 @@ def build_model(config: ModelConfig | dict | None = None, device=None,
     :mod:`engines`). A config dict of an older version that names an engine is accepted.
     """
     if isinstance(config, dict):
-        config = dict(config)
-        engine = engine or config.pop("engine", None)
-        config.pop("engine", None)
-        config = ModelConfig(**config)
+        engine = engine or config.get("engine")
+        config = ModelConfig.from_dict(config)
     return BarrelCortexRSNN(config, engine=engine or "auto").to(device=device, dtype=dtype)

@@ -40,10 +40,9 @@ import torch.nn.functional as F
 
 from checkpoint import DTYPES, CheckpointError, load_checkpoint, read_checkpoint, \
     save_checkpoint  # noqa: F401  (CheckpointError, read_checkpoint: this module's interface)
-from cli import flag, parse_config, run_cli  # noqa: F401  (run_cli: used by the scripts)
+from cli import flag, parse_config, require, run_cli  # noqa: F401  (run_cli: the scripts)
 from common import atomic_write_json, make_generator
 from distributed import Dist, setup_distributed, shard, shard_bounds, shard_state
-from engines import EngineOptions
 from model import ENGINES, PAPER_INIT, BarrelCortexRSNN, ModelConfig, build_model
 from rundir import METRIC_FIELDS, claim_run_dir, plot_learning_curves, read_metrics, \
     same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
@@ -134,9 +133,7 @@ class TrainConfig:
             (self.loader_workers >= -1, f"--loader-workers must be >= -1, got {self.loader_workers}"),
         ] + [(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got "
               f"{getattr(self, name)}") for name in ("seed", "spike_seed", "data_seed")]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+        require(checks)
         for name in ("encoder", "dtype", "engine", "loss"):
             choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in choices:
@@ -436,8 +433,7 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
         model = build_model(cfg.model_config(), device=device, dtype=dtype)
         optimizer, scheduler = make_optimizer(model, cfg)
     model.train()
-    model.engine = model.resolved_engine(cfg.engine)   # a named engine is never swapped
-    model.engine_options = EngineOptions.from_env()    # ENGINE_CHUNK, ENGINE_CUDA_GRAPHS
+    model.use_engine(cfg.engine)   # a named engine is never swapped; options from ENGINE_*
 
     ddp_model = model
     if dist.active:

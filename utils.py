@@ -111,10 +111,8 @@ def parse_config(argv=None) -> AnalysisConfig:
 
 def _load(cfg: AnalysisConfig, device):
     from checkpoint import load_checkpoint
-    from engines import EngineOptions
     model, ckpt = load_checkpoint(cfg.checkpoint, device=device)
-    model.engine = model.resolved_engine(cfg.engine)
-    model.engine_options = EngineOptions.from_env()
+    model.use_engine(cfg.engine)
     return model.eval(), ckpt
 
 
