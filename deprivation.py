@@ -27,6 +27,7 @@ from common import atomic_path, atomic_write_json, atomic_write_text, check_writ
 from model import ENGINES, InitialState
 from checkpoint import load_checkpoint
 from cli import flag, require
+from readout import class_scores
 from whisker_dataset import N_WHISKERS
 
 
@@ -65,7 +66,7 @@ def whisker_sets(trials: int, seed: int, max_removed: int = 8) -> list[tuple[int
 @torch.no_grad()
 def evaluate_trials(model, dataset, indices: list[int], sets: list[tuple[int, ...]],
                     batch_size: int, lanes: int, device, progress: bool = False,
-                    return_outputs: bool = False):
+                    return_outputs: bool = False, loss: str = "published"):
     """Test accuracy of every whisker set in ``sets``, several trials per forward pass.
 
     Equals ``training.evaluate(model, dataset.deprived(ws), indices, batch_size, device)``
@@ -73,8 +74,9 @@ def evaluate_trials(model, dataset, indices: list[int], sets: list[tuple[int, ..
     evaluation batch of ``batch_size`` (the published state depends on the row), and its
     input spikes use the same uniforms. Whole trials are stacked until a pass holds about
     ``lanes`` samples (at least one trial); the model reads only its driving sweep, so only
-    that sweep is built. Returns the accuracies, and with ``return_outputs`` also each
-    trial's summed readout (n, 3).
+    that sweep is built. ``loss``: the training run's loss, which sets the decision
+    (:func:`readout.predict`). Returns the accuracies, and with ``return_outputs`` also each
+    trial's scores (n, 3) (:func:`readout.class_scores`).
     """
     model.eval()
     n = len(indices)
@@ -100,7 +102,7 @@ def evaluate_trials(model, dataset, indices: list[int], sets: list[tuple[int, ..
         full = torch.zeros((k * n, x.shape[1], sweep + 1) + tuple(x.shape[2:]), dtype=x.dtype)
         full[:, :, sweep] = x
         state = InitialState(*(t.repeat(k, 1) for t in state_rows))
-        out = model(full.to(device), state=state).output
+        out = class_scores(model(full.to(device), state=state), loss)
         correct = (out.argmax(1).reshape(k, n) == labels).double().mean(1)
         accuracies.extend(float(c) for c in correct)
         if return_outputs:
@@ -158,8 +160,10 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
         f"{device}, {model.engine} engine) from {cfg.checkpoint}")
 
     batch_size = cfg.batch_size if cfg.batch_size > 0 else int(tc.get("batch_size") or 128)
+    # the run's loss sets the decision: argmax of the summed softmax or of the mean logits
+    loss = tc.get("loss", "published")
     accuracies = evaluate_trials(model, base, indices, sets, batch_size, cfg.lanes, device,
-                                 cfg.progress)
+                                 cfg.progress, loss=loss)
     rows = []
     per_k: dict[int, int] = {}
     for ws, acc in zip(sets, accuracies):
@@ -182,7 +186,7 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
                              "n_trials": int(acc.size)}
     summary = {"checkpoint": str(cfg.checkpoint), "encoder": model.config.encoder,
                "n_test_samples": n, "n_steps": n_steps or base[0][0].shape[2],
-               "batch_size": batch_size,
+               "batch_size": batch_size, "loss": loss,
                "spike_seed": spike_seed, "seed": cfg.seed, "trials": cfg.trials,
                "std": "population standard deviation (ddof=0) over trials",
                "by_n_removed": summary_k}

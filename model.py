@@ -79,15 +79,18 @@ class InitialState(NamedTuple):
 
 
 class RSNNOutput(NamedTuple):
-    """``output``: (batch, n_classes) readout softmax summed over t = 1..T-1.
+    """``output``: (batch, n_classes) readout softmax summed over t = 1..T-1 (published).
 
     ``spikes``, ``mem``: (T, batch, 4218) cortical spikes and membranes when recorded, else None.
     ``thal_spikes``: (T, batch, 200) when spikes are recorded, else None.
+    ``logits``: (T-1, batch, n_classes) the readout's logits at t = 1..T-1, whose softmax
+    ``output`` sums.
     """
     output: torch.Tensor
     spikes: torch.Tensor | None = None
     mem: torch.Tensor | None = None
     thal_spikes: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
 
 class SpikingEncoder(nn.Module):
@@ -298,9 +301,10 @@ class BarrelCortexRSNN(nn.Module):
         name = self.resolved_engine(engine)
         options = options or self.engine_options
         thal_spikes = self.thalamus(x[:, :, self.config.sweep], state, name, options)
-        output, spikes, mem = engines.get(name).run_cortex(self.network(), thal_spikes, state,
+        logits, spikes, mem = engines.get(name).run_cortex(self.network(), thal_spikes, state,
                                                            record_spikes, record_mem, options)
-        return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None)
+        output = torch.softmax(logits, dim=-1).sum(0)     # T = 1: an empty sum, zeros
+        return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None, logits)
 
     def readout_sum(self, spikes: torch.Tensor) -> torch.Tensor:
         """Summed readout softmax. spikes: (T', batch, 4218) of steps 1..T-1 -> (batch, 3)."""

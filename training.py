@@ -13,7 +13,7 @@ becomes NaN or infinite (:class:`TrainingDiverged`).
 Paper set-up (the defaults): Adam, lr 0.008 (x5 for ``tau_adp``, x2 for ``tau_m``, thalamic
 and cortical), StepLR(20, 0.8) spiking / StepLR(10, 0.5) real-valued, 100 epochs, batch 128,
 cross-entropy on ``output / T`` (T = 550 spiking, 110 real-valued). ``loss="log-mean-prob"``
-trains on -log of the time-averaged readout probability instead (:func:`readout_loss`).
+and ``loss="mean-logit"`` are the opt-in alternatives of :mod:`readout`.
 
 Reproducibility: the model is built from its own generator (``seed``); the data order of
 epoch ``e`` is a permutation drawn from a generator seeded with ``(seed, e)``; spikes are drawn
@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from checkpoint import DTYPES, CheckpointError, load_checkpoint, read_checkpoint, \
     save_checkpoint  # noqa: F401  (CheckpointError, read_checkpoint: this module's interface)
@@ -44,10 +43,10 @@ from cli import flag, parse_config, require, run_cli  # noqa: F401  (run_cli: th
 from common import atomic_write_json, make_generator
 from distributed import Dist, setup_distributed, shard, shard_bounds, shard_state
 from model import ENGINES, PAPER_INIT, BarrelCortexRSNN, ModelConfig, build_model
+from readout import LOSSES, predict, readout_loss  # noqa: F401  (LOSSES: this module's interface)
 from rundir import METRIC_FIELDS, claim_run_dir, plot_learning_curves, read_metrics, \
     same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
 
-LOSSES = ("published", "log-mean-prob")
 
 
 class TrainingDiverged(ValueError):
@@ -68,9 +67,11 @@ class TrainConfig:
     lr_tau_m_factor: float = flag(2.0, "learning-rate factor for tau_m (thalamic and cortical)")
     step_size: int = flag(20, "StepLR step in epochs (published: 20 spiking, 10 real-valued)")
     gamma: float = flag(0.8, "StepLR factor (published: 0.8 spiking, 0.5 real-valued)")
-    loss: str = flag("published", "readout loss: 'published' = cross-entropy with the mean "
-                      "readout probability output/T as logits; 'log-mean-prob' = -log of the "
-                      "true class's mean readout probability", LOSSES)
+    loss: str = flag("published", "readout loss (and decision): 'published' = cross-entropy "
+                      "with the mean readout probability output/T as logits; 'log-mean-prob' "
+                      "= -log of the true class's mean readout probability; 'mean-logit' = "
+                      "cross-entropy of the time-averaged readout logits (see readout.py)",
+                      LOSSES)
     init_b: float = flag(PAPER_INIT["spiking"][0], "baseline threshold b0")
     init_w: float = flag(PAPER_INIT["spiking"][1], "recurrent / thalamic weights start in "
                                                    "U[0, init_w]")
@@ -249,27 +250,6 @@ def _progress(iterable, total, desc, enabled):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def readout_loss(output: torch.Tensor, labels: torch.Tensor, n_steps: int,
-                 kind: str = "published", reduction: str = "mean") -> torch.Tensor:
-    """The training loss of the summed readout softmax ``output`` (batch, 3).
-
-    ``published``: ``cross_entropy(output / T, labels)``. The "logits" ``output / T`` are mean
-    probabilities in [0, 1], so the loss cannot fall below -log(e / (e + 2)) = 0.551, and a
-    sample whose per-step softmax has saturated on a wrong class gets no gradient
-    (the softmax Jacobian vanishes there).
-    ``log-mean-prob``: ``-log(mean_t p_t[label])``, the negative log-likelihood of the
-    time-averaged readout probability (sum over t = 1..T-1 divided by T - 1); its gradient
-    does not vanish on confidently wrong samples.
-    """
-    if kind == "published":
-        return F.cross_entropy(output / n_steps, labels, reduction=reduction)
-    if kind == "log-mean-prob":
-        mean_prob = output / max(n_steps - 1, 1)
-        log_prob = torch.log(mean_prob.clamp_min(torch.finfo(output.dtype).tiny))
-        return F.nll_loss(log_prob, labels, reduction=reduction)
-    raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
-
-
 @torch.no_grad()
 def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: int, device,
              dist: Dist | None = None, progress: bool = False, workers: int = 0,
@@ -297,9 +277,8 @@ def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: i
         if dist.world > 1:
             state = shard_state(model, len(gb), *shard_bounds(len(gb), dist), device)
         out = model(x, state=state, record_spikes=True)
-        T = x.shape[3]
-        loss_sum += float(readout_loss(out.output, y, T, loss_kind, reduction="sum"))
-        correct += float((out.output.argmax(1) == y).sum())
+        loss_sum += float(readout_loss(out, y, loss_kind, reduction="sum"))
+        correct += float((predict(out, loss_kind) == y).sum())
         spikes += float(out.spikes.sum(dtype=torch.float64))
         spike_count += out.spikes.numel()
         n += len(y)
@@ -327,9 +306,8 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
             lo, hi = 0, 1
         x, y = x.to(device), y.to(device)
         state = shard_state(model, global_n, lo, hi, device) if dist.world > 1 else None
-        out = ddp_model(x, state=state).output
-        T = x.shape[3]
-        ce = readout_loss(out, y, T, loss_kind, reduction="sum")
+        out = ddp_model(x, state=state)
+        ce = readout_loss(out, y, loss_kind, reduction="sum")
         loss = ce * (dist.world / global_n)
         if dummy:
             loss = loss * 0.0
@@ -343,7 +321,7 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
                                    f"{len(batches)} (batch loss {float(ce.detach()) / max(len(y), 1):.4g})")
         if not dummy:
             loss_sum += float(ce.detach())
-            correct += float((out.detach().argmax(1) == y).sum())
+            correct += float((predict(out, loss_kind).detach() == y).sum())
             n += len(y)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{float(ce.detach()) / len(y):.4f}")

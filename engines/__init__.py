@@ -16,10 +16,11 @@ the :class:`EngineOptions` of the run:
 
     run_thalamus(net, current (T, batch, 200), state, options) -> spikes (T, batch, 200)
     run_cortex(net, thal_spikes (T, batch, 200), state, record_spikes, record_mem, options)
-        -> (output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)
+        -> (logits (T-1, batch, 3), spikes (T, batch, 4218) or None,
+            mem (T, batch, 4218) or None)
 
-``state`` is the model's ``InitialState``. The output is the readout softmax summed over
-t = 1..T-1.
+``state`` is the model's ``InitialState``. ``logits`` are the readout's logits at
+t = 1..T-1 (the published readout skips t = 0); the model turns them into the summed softmax.
 """
 from __future__ import annotations
 
@@ -64,13 +65,18 @@ def thalamic_effective(net: Network) -> torch.Tensor:
     return net.thalamic * net.thalamic_mask
 
 
-def readout_sum(net: Network, spikes: torch.Tensor) -> torch.Tensor:
-    """Summed readout softmax. spikes: (T', batch, N) of steps 1..T-1 -> (batch, n_classes)."""
+def readout_logits(net: Network, spikes: torch.Tensor) -> torch.Tensor:
+    """Readout logits per step. spikes: (T', batch, N) -> (T', batch, n_classes)."""
     w1, b1, w2, b2 = net.readout
     # index_select, not spikes[..., index]: on CUDA the backward of advanced indexing sorts
     # the indices, which costs more than the rest of the readout
     hidden = torch.nn.functional.linear(spikes.index_select(-1, net.readout_index), w1, b1)
-    return torch.softmax(torch.nn.functional.linear(hidden, w2, b2), dim=-1).sum(0)
+    return torch.nn.functional.linear(hidden, w2, b2)
+
+
+def readout_sum(net: Network, spikes: torch.Tensor) -> torch.Tensor:
+    """Summed readout softmax. spikes: (T', batch, N) of steps 1..T-1 -> (batch, n_classes)."""
+    return torch.softmax(readout_logits(net, spikes), dim=-1).sum(0)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ Same semantics as ``engines.reference`` (the specification), much faster:
     entries are accumulated event-driven, only in the lanes where it spiked.
 * Saved for the backward: spikes (uint8) and input currents for all steps, plus the
   membrane / adaptation state every ``options.chunk`` steps (default 32).
-* The readout is part of the Function. It has no nonlinearity between its two layers, so
+* The readout's logits are part of the Function (the model applies the softmax). It has no nonlinearity between its two layers, so
   logits = M x + c with M = w2 w1 (3 x 3606) and c = w2 b1 + b2: the forward kernel adds the
   rows of M^T of the readout neurons that spiked (event-driven, spikes are binary for
   t >= 1); the backward adds the spike gradient M^T dL/dlogits and accumulates
@@ -704,17 +704,12 @@ class _CortexFunction(torch.autograd.Function):
                        st.ro_pos, m_ro_t.numpy(), c_ro.numpy(), v.numpy(), bb.numpy(),
                        sp.numpy(), i_c.numpy(), s_c.numpy(), m_c.numpy(), logits[t0:t1].numpy(),
                        need_grad, record_mem, nblk)
-        # readout for t >= 1
-        if T > 1:
-            p_all = torch.softmax(logits[1:], dim=2)                  # (T-1, B, 3)
-            out = p_all.sum(0)
-        else:
-            p_all = torch.empty((0, B, n_cls), dtype=dtype)
-            out = torch.zeros(B, n_cls, dtype=dtype)
+        # the readout reads t >= 1 (the softmax is the model's, outside the Function)
+        out = logits[1:]
         if need_grad:
             ctx.st, ctx.T, ctx.B, ctx.b0, ctx.beta, ctx.K = st, T, B, b0, beta, K
             ctx.save_for_backward(vals, tvals, alpha, rho, w1, b1, w2, thal_t, s0, s_all, i_all,
-                                  vck, bck, p_all)
+                                  vck, bck)
         spikes = s_all.permute(0, 2, 1).to(dtype, memory_format=torch.contiguous_format) if record_spikes else torch.empty(0, dtype=dtype)
         mem = m_all.permute(0, 2, 1).contiguous() if record_mem else torch.empty(0, dtype=dtype)
         ctx.mark_non_differentiable(spikes, mem)
@@ -728,19 +723,16 @@ class _CortexFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, gout):
-        (vals, tvals, alpha, rho, w1, b1, w2, thal_t, s0, s_all, i_all, vck, bck,
-         p_all) = (t.detach() for t in ctx.saved_tensors)
+        (vals, tvals, alpha, rho, w1, b1, w2, thal_t, s0, s_all, i_all, vck,
+         bck) = (t.detach() for t in ctx.saved_tensors)
         st, T, B, K = ctx.st, ctx.T, ctx.B, ctx.K
         dtype, n = vals.dtype, st.n
         ro = st.readout_index
         # readout backward. With gl = dL/dlogits, x the readout spikes, h = w1 x + b1:
         #   dL/dx = M^T gl (M = w2 w1),  gw1 = w2^T G,  gw2 = G w1^T + gb2 b1^T,
         #   gb1 = w2^T gb2,  where G = sum_{t,b} gl x^T (3 x 3606) and gb2 = sum gl.
-        gp = gout.to(dtype)                                             # (B, 3)
         gl_all = torch.zeros((T, B, w2.shape[0]), dtype=dtype)
-        if T > 1:
-            p = p_all
-            gl_all[1:] = p * (gp - (p * gp).sum(2, keepdim=True))      # (T-1, B, 3)
+        gl_all[1:] = gout                                               # (T-1, B, 3)
         m_ro_t = torch.matmul(w2, w1).t().contiguous()                 # (3606, 3)
         # per batch block (one per thread): its lanes of the carried gradients and scratch,
         # and its own accumulators of the parameter gradients, summed at the end
@@ -884,7 +876,8 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
     """Simulate the 13 cortical populations over the sequence (the contract of :mod:`engines`).
 
     thal_spikes: (T, batch, 200) VPM spikes; state: the model's InitialState.
-    Returns ``(output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)``.
+    Returns ``(logits (T-1, batch, 3), spikes (T, batch, 4218) or None,
+    mem (T, batch, 4218) or None)``.
     """
     if thal_spikes.device.type != "cpu":
         raise ValueError(f"the numba engine runs on the CPU only, not on {thal_spikes.device}")

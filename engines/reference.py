@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from engines import Network, readout_sum, signed_recurrent, thalamic_effective
+from engines import Network, readout_logits, signed_recurrent, thalamic_effective
 from neuron import ALIFState, alif_step
 
 
@@ -29,15 +29,15 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
     """Simulate the 13 cortical populations over the sequence.
 
     thal_spikes: (T, batch, 200) VPM spikes; state: the model's InitialState.
-    Returns ``(output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)``.
+    Returns ``(logits (T-1, batch, 3), spikes (T, batch, 4218) or None,
+    mem (T, batch, 4218) or None)``.
     """
     offsets = net.offsets
     w_rec = signed_recurrent(net)                          # (N, N), built once per forward
     w_th = thalamic_effective(net)                         # (N, 200)
     spk, mem = state.spk, state.mem
     b = [net.init_b] * (len(offsets) - 1)                  # adaptation starts at the scalar b0
-    out = 0
-    spikes, mems = [], []
+    logits, spikes, mems = [], [], []
     for t in range(thal_spikes.shape[0]):
         thal_current = thal_spikes[t] @ w_th.t()
         new_spk, new_mem = [], []
@@ -53,12 +53,14 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
             b[i] = s.b
         spk, mem = torch.cat(new_spk, dim=1), torch.cat(new_mem, dim=1)
         if t >= 1:
-            out = out + readout_sum(net, spk[None])
+            logits.append(readout_logits(net, spk[None])[0])
         if record_spikes:
             spikes.append(spk)
         if record_mem:
             mems.append(mem)
-    if thal_spikes.shape[0] == 1:   # no readout step: the sum over t = 1..T-1 is empty
-        out = torch.zeros(spk.shape[0], net.n_classes, dtype=spk.dtype, device=spk.device)
-    return (out, torch.stack(spikes) if record_spikes else None,
+    if thal_spikes.shape[0] == 1:   # no readout step: t = 1..T-1 is empty
+        logits = torch.zeros((0, spk.shape[0], net.n_classes), dtype=spk.dtype, device=spk.device)
+    else:
+        logits = torch.stack(logits)
+    return (logits, torch.stack(spikes) if record_spikes else None,
             torch.stack(mems) if record_mem else None)

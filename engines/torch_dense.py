@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import torch
 
-from engines import EngineOptions, Network, readout_sum, signed_recurrent, thalamic_effective
+from engines import EngineOptions, Network, readout_logits, signed_recurrent, thalamic_effective
 from neuron import decay_factors, surrogate_derivative
 
 CHUNK = 16          # default steps per chunk (per replay of a CUDA graph)
@@ -418,7 +418,8 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
     """Simulate the 13 cortical populations (the contract of :mod:`engines`).
 
     thal_spikes: (T, batch, 200) VPM spikes; state: the model's InitialState.
-    Returns ``(output (batch, 3), spikes (T, batch, 4218) or None, mem (T, batch, 4218) or None)``.
+    Returns ``(logits (T-1, batch, 3), spikes (T, batch, 4218) or None,
+    mem (T, batch, 4218) or None)``.
     """
     run = _run_options(options)
     off = net.offsets
@@ -432,8 +433,8 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
     inputs = (w, thal_current, alpha, rho, v0, s0)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         spikes, mem = _CortexFunction.apply((off, b0, beta, record_mem, run), prev, *inputs)
-        out = readout_sum(net, spikes[1:])      # T = 1: an empty sum, zeros
-        return out, (spikes if record_spikes else None), (mem if record_mem else None)
+        logits = readout_logits(net, spikes[1:])    # T = 1: no readout step, (0, B, 3)
+        return logits, (spikes if record_spikes else None), (mem if record_mem else None)
     with torch.no_grad():
         return _infer(net, prev, w, thal_current, alpha, rho, v0, s0, record_spikes,
                       record_mem, run)
@@ -446,18 +447,18 @@ def _infer(net, prev, w, thal_current, alpha, rho, v0, s0, record_spikes, record
     b0 = net.init_b
     sim = _Simulation(net.offsets, w, (w * prev).t(), alpha, rho, b0, net.beta, run)
     like = dict(dtype=w.dtype, device=w.device)
-    out = torch.zeros(B, net.n_classes, **like)
+    logits = torch.empty((max(T - 1, 0), B, net.n_classes), **like)
     spikes = torch.empty((T, B, n), **like) if record_spikes else None
     mems = torch.empty((T, B, n), **like) if record_mem else None
 
     def emit(t0, k, ch):
-        first = 1 if t0 == 0 else 0          # the readout sums over t = 1..T-1
+        first = 1 if t0 == 0 else 0          # the readout reads t = 1..T-1
         if k > first:
-            out.add_(readout_sum(net, ch.s[first:k]))
+            logits[t0 + first - 1:t0 + k - 1] = readout_logits(net, ch.s[first:k])
         if record_spikes:
             spikes[t0:t0 + k] = ch.s[:k]
         if record_mem:
             mems[t0:t0 + k] = ch.v[:k]
 
     _simulate(sim, thal_current, s0, v0, b0, emit)
-    return out, spikes, mems
+    return logits, spikes, mems

@@ -49,6 +49,7 @@ import training  # noqa: E402
 from cli import parse_config, run_cli  # noqa: E402
 from common import atomic_path, atomic_write_text, check_writable_dir, select_device  # noqa: E402
 from model import build_model  # noqa: E402
+from readout import predict, readout_loss  # noqa: E402
 
 
 @dataclass
@@ -113,11 +114,10 @@ def recorded_statistics(model, x, y, loss_kind: str) -> dict:
     off = model.population_offsets
     rates = {f"rate_{n}": float(spikes[..., off[i]:off[i + 1]].mean())
              for i, n in enumerate(model.anatomy.names)}
-    logits = model.readout(spikes[1:].index_select(-1, model.readout_index))
-    prob = torch.softmax(logits, -1)                     # (T-1, B, 3)
+    prob = torch.softmax(out.logits, -1)                 # (T-1, B, 3)
     mean_prob = out.output / max(T - 1, 1)
-    return {"loss_after": float(training.readout_loss(out.output, y, T, loss_kind)),
-            "acc_after": float((out.output.argmax(1) == y).float().mean()),
+    return {"loss_after": float(readout_loss(out, y, loss_kind)),
+            "acc_after": float((predict(out, loss_kind) == y).float().mean()),
             "rate_thalamus": float(thal.mean()), "rate_cortex": float(spikes.mean()),
             **rates,
             "softmax_max": float(prob.amax(-1).mean()),
@@ -158,15 +158,15 @@ def diagnose(cfg: DiagnoseConfig, log=print) -> list[dict]:
         norms, loss_sum, correct = [], 0.0, 0.0
         for batch in training.epoch_batches(list(range(len(idx))), cfg.batch_size, cfg.seed, epoch):
             xb, yb = x[batch], y[batch]
-            output = model(xb).output
-            loss = training.readout_loss(output, yb, T, cfg.loss)
+            result = model(xb)
+            loss = readout_loss(result, yb, cfg.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norms.append(gradient_norms(model))
             optimizer.step()
             model.constrain_()
             loss_sum += float(loss.detach()) * len(batch)
-            correct += float((output.detach().argmax(1) == yb).sum())
+            correct += float((predict(result, cfg.loss).detach() == yb).sum())
         scheduler.step()
         g_time = torch.stack(thal_grads).mean(0).numpy()
         thal_grads.clear()
