@@ -7,11 +7,13 @@ Each model reads exactly what the RSNN script of the same ``--encoder`` reads: s
 every sample, as the spike trains of ``RSNN_bfd_SpikingBased.py`` (T = 550 steps x 2 x 93
 force / torque nodes, the same ``--spike-seed``) or the real-valued features of
 ``RSNN_bfd_RealValued.py`` (T = 110 steps x 558). Hyper-parameters are fixed (no selection on
-the test set); the reported accuracy is the test accuracy after the last epoch. Writes to
-``--out``:
+the test set); the reported accuracy is the test accuracy after the last epoch. With
+``--encoder realvalued --features signed-log`` the models read the real-valued script's
+``--features signed-log`` input. Writes to ``--out`` (``<input>``: ``spiking``,
+``realvalued`` or ``realvalued_signed-log``):
 
-    baselines_<encoder>.csv    one row per model and seed: test and train accuracy, seconds
-    baselines_<encoder>.json   per model: accuracies per seed, mean and std (ddof 0)
+    baselines_<input>.csv    one row per model and seed: test and train accuracy, seconds
+    baselines_<input>.json   per model: accuracies per seed, mean and std (ddof 0)
 
 The models (torch only, a few minutes each on two CPU cores):
 
@@ -26,6 +28,8 @@ The models (torch only, a few minutes each on two CPU cores):
   averaged over time and trained on -log of the mean probability of the label
   (``--loss log-mean-prob``). Its accuracy shows what a per-step readout with short memory
   can reach on this input.
+* ``rate``: the same leaky layer read out from its time-averaged activity (the mean logits),
+  trained by cross-entropy on them: the RSNN's ``--loss mean-logit``.
 
 Training: Adam (lr 0.003), batch 32, ``--epochs`` (default 40) epochs, gradient norm clipped
 at 1, cross-entropy; the data order and initialisation come from the seed.
@@ -49,7 +53,7 @@ from torch import nn
 from cli import build_parser, flag, run_cli
 from common import atomic_write_json, atomic_write_text, check_writable_dir, make_generator
 
-MODELS = ("cnn", "rnn", "lstm", "gru", "vote")
+MODELS = ("cnn", "rnn", "lstm", "gru", "vote", "rate")
 ENCODERS = ("spiking", "realvalued")
 
 
@@ -65,8 +69,11 @@ class BaselineConfig:
     batch_size: int = flag(32, "batch size")
     lr: float = flag(0.003, "Adam learning rate")
     hidden: int = flag(64, "hidden units or channels")
-    vote_tau: float = flag(10.0, "time constant (steps) of the vote model's leaky integrator")
+    vote_tau: float = flag(10.0, "time constant (steps) of the leaky integrator of the vote "
+                                 "and rate models")
     spike_seed: int = flag(0, "the RSNN script's --spike-seed")
+    features: str = flag("published", "the real-valued script's --features: published or "
+                                      "signed-log")
     threads: int = flag(0, "torch CPU threads (0: torch's default)")
     progress: bool = flag(True, "a progress bar over models and seeds")
 
@@ -102,16 +109,19 @@ class RecurrentNet(nn.Module):
 
 
 class LeakyVoteNet(nn.Module):
-    """(batch, T, features) -> (batch, 3) log of the time-averaged per-step softmax.
+    """(batch, T, features) -> (batch, 3) scores of a leaky layer read out at every step.
 
     Per step: ``h_t = relu(filter_tau(W x)_t)`` with a causal exponential filter (a leaky
-    integrator, ``h <- a h + (1 - a) W x``, a = exp(-1 / tau)), logits ``V h_t``; the output
-    is ``log(mean_t softmax(V h_t))``, so cross-entropy on it is -log of the mean
-    probability of the label, the RSNN's ``log-mean-prob`` loss.
+    integrator, ``h <- a h + (1 - a) W x``, a = exp(-1 / tau)), logits ``V h_t``.
+    ``mean_logits=False`` (vote): the output is ``log(mean_t softmax(V h_t))``, so
+    cross-entropy on it is -log of the mean probability of the label, the RSNN's
+    ``log-mean-prob`` loss. ``mean_logits=True`` (rate): the output is ``mean_t V h_t``,
+    the RSNN's ``mean-logit`` loss.
     """
 
-    def __init__(self, n_in: int, hidden: int, tau: float):
+    def __init__(self, n_in: int, hidden: int, tau: float, mean_logits: bool = False):
         super().__init__()
+        self.mean_logits = mean_logits
         self.project = nn.Linear(n_in, hidden)
         self.readout = nn.Linear(hidden, 3)
         a = math.exp(-1.0 / tau)
@@ -124,14 +134,16 @@ class LeakyVoteNet(nn.Module):
         k = self.kernel[-u.shape[2]:]
         w = k.expand(u.shape[1], 1, -1)
         h = F.conv1d(F.pad(u, (len(k) - 1, 0)), w, groups=u.shape[1])  # causal filter
-        prob = torch.softmax(self.readout(torch.relu(h).transpose(1, 2)), dim=-1)
-        return torch.log(prob.mean(dim=1).clamp_min(1e-30))
+        logits = self.readout(torch.relu(h).transpose(1, 2))          # (batch, T, 3)
+        if self.mean_logits:
+            return logits.mean(dim=1)
+        return torch.log(torch.softmax(logits, dim=-1).mean(dim=1).clamp_min(1e-30))
 
 
 def build_baseline(kind: str, n_in: int, hidden: int, frame: int,
                    vote_tau: float = 10.0) -> nn.Module:
-    if kind == "vote":
-        return LeakyVoteNet(n_in, hidden, vote_tau)
+    if kind in ("vote", "rate"):
+        return LeakyVoteNet(n_in, hidden, vote_tau, mean_logits=kind == "rate")
     if kind == "cnn":
         return ConvNet(n_in, hidden, frame)
     if kind in ("rnn", "lstm", "gru"):
@@ -192,7 +204,8 @@ def load_inputs(cfg: BaselineConfig):
         if not (data_dir / name).is_file():
             raise FileNotFoundError(f"{data_dir / name} not found; generate the data with "
                                     f"`python whisker_sim.py --out {data_dir}` or pass --data-dir")
-    train, test = datasets_for(cfg.encoder, data_dir, spike_seed=cfg.spike_seed)
+    train, test = datasets_for(cfg.encoder, data_dir, spike_seed=cfg.spike_seed,
+                               features=cfg.features)
     frame = DT_REPEAT if cfg.encoder == "spiking" else 1
     return sweep0_inputs(train, cfg.encoder), sweep0_inputs(test, cfg.encoder), frame
 
@@ -241,12 +254,14 @@ def run_baselines(cfg: BaselineConfig, log=print) -> dict:
                                              "seconds"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(buf.getvalue(), out / f"baselines_{cfg.encoder}.csv")
+    # the input form in the file names: realvalued, realvalued_signed-log or spiking
+    tag = cfg.encoder if cfg.features == "published" else f"{cfg.encoder}_{cfg.features}"
+    atomic_write_text(buf.getvalue(), out / f"baselines_{tag}.csv")
     result = {"encoder": cfg.encoder, "input": "sweep 0", "epochs": cfg.epochs, "lr": cfg.lr,
               "batch_size": cfg.batch_size, "hidden": cfg.hidden, "vote_tau": cfg.vote_tau,
-              "spike_seed": cfg.spike_seed,
+              "spike_seed": cfg.spike_seed, "features": cfg.features,
               "data_dir": str(cfg.data_dir), "models": summary}
-    atomic_write_json(result, out / f"baselines_{cfg.encoder}.json")
+    atomic_write_json(result, out / f"baselines_{tag}.json")
     for kind, s in summary.items():
         log(f"{kind}: {s['mean']:.3f} +- {s['std']:.3f} over {len(seeds)} seeds")
     return result
@@ -259,6 +274,10 @@ def main(argv=None, defaults: BaselineConfig | None = None) -> int:
         raise ValueError(f"--model must be one of {MODELS + ('all',)}, got {cfg.model!r}")
     if cfg.encoder not in ENCODERS:
         raise ValueError(f"--encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
+    if cfg.features not in ("published", "signed-log"):
+        raise ValueError(f"--features must be published or signed-log, got {cfg.features!r}")
+    if cfg.encoder == "spiking" and cfg.features != "published":
+        raise ValueError(f"--features {cfg.features} applies to --encoder realvalued only")
     if not (math.isfinite(cfg.vote_tau) and cfg.vote_tau > 0):
         raise ValueError(f"--vote-tau must be a positive number of steps, got {cfg.vote_tau}")
     for name in ("epochs", "batch_size", "hidden"):

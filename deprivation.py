@@ -152,7 +152,8 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     n_steps = int(n_steps) or None
     spike_seed = int(tc.get("spike_seed", 0)) if model.config.encoder == "spiking" else None
     base, = datasets_for(model.config.encoder, data_dir, spike_seed=spike_seed or 0,
-                         n_steps=n_steps, splits=("test",))
+                         n_steps=n_steps, splits=("test",),
+                         features=tc.get("features", "published"))
     n = len(base) if not cfg.max_test_samples else min(len(base), cfg.max_test_samples)
     indices = list(range(n))
     sets = whisker_sets(cfg.trials, cfg.seed, cfg.max_removed)

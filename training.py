@@ -44,6 +44,7 @@ from common import atomic_write_json, make_generator
 from distributed import Dist, setup_distributed, shard, shard_bounds, shard_state
 from model import ENGINES, PAPER_INIT, BarrelCortexRSNN, ModelConfig, build_model
 from readout import LOSSES, predict, readout_loss  # noqa: F401  (LOSSES: this module's interface)
+from whisker_dataset import REALVALUED_FEATURES
 from rundir import METRIC_FIELDS, claim_run_dir, plot_learning_curves, read_metrics, \
     same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
 
@@ -81,6 +82,10 @@ class TrainConfig:
                              "in frames")
     seed: int = flag(0, "model initialisation and data order")
     spike_seed: int = flag(0, "seed of the Bernoulli spike encoding (spiking only)")
+    features: str = flag("published", "real-valued input: 'published' = each node normalised "
+                          "over the 12 sweeps; 'signed-log' = sign(v) log(1 + |v|) per "
+                          "component (real-valued only; see whisker_dataset.py)",
+                          REALVALUED_FEATURES)
     resample_each_epoch: bool = flag(False, "draw new input spikes every epoch (published: no)")
     device: str = flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
     dtype: str = flag("float32", "parameter dtype", tuple(DTYPES))
@@ -135,7 +140,10 @@ class TrainConfig:
         ] + [(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got "
               f"{getattr(self, name)}") for name in ("seed", "spike_seed", "data_seed")]
         require(checks)
-        for name in ("encoder", "dtype", "engine", "loss"):
+        if self.encoder == "spiking" and self.features != "published":
+            raise ValueError(f"--features {self.features} applies to the real-valued input "
+                             "only (RSNN_bfd_RealValued.py)")
+        for name in ("encoder", "dtype", "engine", "loss", "features"):
             choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -194,7 +202,7 @@ def load_datasets(cfg: TrainConfig, dist: Dist | None = None, log=print):
     dist.barrier()
     return datasets_for(cfg.encoder, data_dir, spike_seed=cfg.spike_seed,
                         n_steps=cfg.n_steps or None,
-                        resample_each_epoch=cfg.resample_each_epoch)
+                        resample_each_epoch=cfg.resample_each_epoch, features=cfg.features)
 
 
 def _subset_indices(n: int, limit: int) -> list[int]:

@@ -123,7 +123,8 @@ def _datasets(cfg: AnalysisConfig, model, ckpt):
     tc = tc if isinstance(tc, dict) else vars(tc)
     n_steps = cfg.n_steps if cfg.n_steps is not None else (tc.get("n_steps") or None)
     seed = cfg.data_seed if cfg.data_seed is not None else int(tc.get("spike_seed") or 0)
-    return datasets_for(model.config.encoder, cfg.data_dir, spike_seed=seed, n_steps=n_steps)
+    return datasets_for(model.config.encoder, cfg.data_dir, spike_seed=seed, n_steps=n_steps,
+                        features=tc.get("features", "published"))
 
 
 def run(cfg: AnalysisConfig) -> dict:

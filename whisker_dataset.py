@@ -17,6 +17,11 @@ Two encodings, both reproducing the published reference code (checked against th
 * Real-valued. Force and torque are each L2-normalised along the 12-sweep axis
   (``torch.nn.functional.normalize(x, dim=1)``, eps 1e-12) and concatenated per node
   (fx fy fz tx ty tz): (N, 1, 12, 110, 31, 18); per sample ``(1, 12, T, 558)``.
+  ``features="signed-log"`` (opt-in, not the published code) replaces the normalisation by
+  ``sign(v) * log(1 + |v|)`` per component: the published normalisation divides each node's
+  value by its norm over the 12 sweeps, so sweep 0 keeps a direction but loses how hard the
+  whisker was pressed, and a node touched in sweep 0 only reads +-1 whatever the force; the
+  log keeps magnitude and direction and compresses the heavy tail of the contact forces.
 
 Memory. ``SpikingWhiskerDataset`` never materialises the 2.2 G-value spike array: it keeps the
 float32 probabilities (N, 2, 12, 110, 93) (214 MB for 218 samples) and draws the spikes of a
@@ -188,10 +193,22 @@ def _normalize_sweeps(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(norm, 1e-12)
 
 
-def realvalued_samples(force, torque) -> np.ndarray:
+def _signed_log(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.float64)
+    return np.sign(v) * np.log1p(np.abs(v))
+
+
+REALVALUED_FEATURES = {"published": _normalize_sweeps, "signed-log": _signed_log}
+
+
+def realvalued_samples(force, torque, features: str = "published") -> np.ndarray:
     """Real-valued features (N, 1, 12, 110, 31, 18) float32 (see the module docstring)."""
+    if features not in REALVALUED_FEATURES:
+        raise ValueError(f"real-valued features must be one of {tuple(REALVALUED_FEATURES)}, "
+                         f"got {features!r}")
+    transform = REALVALUED_FEATURES[features]
     force, torque = np.asarray(force), np.asarray(torque)
-    both = np.concatenate([_normalize_sweeps(force), _normalize_sweeps(torque)], axis=-1)
+    both = np.concatenate([transform(force), transform(torque)], axis=-1)
     n = force.shape[0]
     return both.reshape(n, 1, N_SWEEPS, force.shape[2], N_WHISKERS, N_NODES * 6).astype(np.float32)
 
@@ -335,9 +352,15 @@ class SpikingWhiskerDataset(torch.utils.data.Dataset):
 
 
 class RealValuedWhiskerDataset(torch.utils.data.Dataset):
-    """Real-valued inputs: ``x`` float32 (1, 12, T, 558), T = ``n_steps`` or 110."""
+    """Real-valued inputs: ``x`` float32 (1, 12, T, 558), T = ``n_steps`` or 110;
+    ``features``: ``"published"`` or ``"signed-log"`` (:func:`realvalued_samples`)."""
 
-    def __init__(self, path, deprived_whiskers=(), n_steps: int | None = None):
+    def __init__(self, path, deprived_whiskers=(), n_steps: int | None = None,
+                 features: str = "published"):
+        if features not in REALVALUED_FEATURES:
+            raise ValueError(f"real-valued features must be one of "
+                             f"{tuple(REALVALUED_FEATURES)}, got {features!r}")
+        self.features = features
         self.path = Path(path)
         self.deprived_whiskers = tuple(int(w) for w in _parse_deprived(deprived_whiskers))
         self.n_steps = N_STEPS if n_steps is None else int(n_steps)
@@ -350,7 +373,7 @@ class RealValuedWhiskerDataset(torch.utils.data.Dataset):
                                        dtype=torch.float32)
             for start, f, t in wf.chunks():
                 _deprive(f, t, idx)
-                rv = realvalued_samples(f, t)[:, :, :, :self.n_steps]
+                rv = realvalued_samples(f, t, features)[:, :, :, :self.n_steps]
                 self.samples[start:start + len(f)] = torch.from_numpy(
                     np.ascontiguousarray(rv).reshape(len(f), 1, N_SWEEPS, self.n_steps, -1))
             self.labels = torch.from_numpy(wf.labels.copy())
@@ -359,7 +382,7 @@ class RealValuedWhiskerDataset(torch.utils.data.Dataset):
         """A copy with ``whiskers`` also silenced (their features 0), without reading the file.
 
         Equals a dataset built with those ``deprived_whiskers``: a whisker with zero force and
-        torque normalises to zero, and the other whiskers' features do not change.
+        torque has zero features (either kind), and the other whiskers' features do not change.
         """
         idx = _parse_deprived(whiskers)
         view = copy.copy(self)
@@ -405,14 +428,17 @@ def samples_by_class(dataset) -> dict[int, torch.Tensor]:
 
 
 def datasets_for(encoder: str, data_dir, *, spike_seed: int = 0, n_steps: int | None = None,
-                 resample_each_epoch: bool = False, splits=("train", "test")) -> tuple:
+                 resample_each_epoch: bool = False, splits=("train", "test"),
+                 features: str = "published") -> tuple:
     """The datasets a run reads from ``data_dir``, one per split (``"train"``, ``"test"``).
 
     ``encoder``: ``"spiking"`` (:class:`SpikingWhiskerDataset`, spikes from ``spike_seed``)
-    or ``"realvalued"`` (:class:`RealValuedWhiskerDataset`); ``n_steps`` truncates the
-    sequences (None: full). Files are read as they are; :func:`ensure_dataset` generates
-    missing ones.
+    or ``"realvalued"`` (:class:`RealValuedWhiskerDataset` with ``features``); ``n_steps``
+    truncates the sequences (None: full). Files are read as they are; :func:`ensure_dataset`
+    generates missing ones.
     """
+    if encoder == "spiking" and features != "published":
+        raise ValueError(f"features {features!r} apply to the real-valued input only")
     files = {"train": TRAIN_FILE, "test": TEST_FILE}
     unknown = [s for s in splits if s not in files]
     if unknown:
@@ -423,7 +449,7 @@ def datasets_for(encoder: str, data_dir, *, spike_seed: int = 0, n_steps: int | 
                                          resample_each_epoch=resample_each_epoch)
     elif encoder == "realvalued":
         def make(path):
-            return RealValuedWhiskerDataset(path, n_steps=n_steps)
+            return RealValuedWhiskerDataset(path, n_steps=n_steps, features=features)
     else:
         raise ValueError(f"encoder must be 'spiking' or 'realvalued', got {encoder!r}")
     return tuple(make(Path(data_dir) / files[s]) for s in splits)

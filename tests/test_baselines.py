@@ -117,3 +117,19 @@ def test_vote_model_is_a_leaky_integrator_with_per_step_votes():
         prob = torch.softmax(model.readout(torch.relu(torch.stack(hs, 1))), -1).mean(1)
         torch.testing.assert_close(model(x), torch.log(prob), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(model(x).exp().sum(1), torch.ones(2))
+
+
+def test_rate_model_reads_out_the_time_averaged_logits():
+    """``rate`` is the vote model's leaky layer with the mean logits as output (mean-logit)."""
+    torch.manual_seed(0)
+    vote = baselines.build_baseline("vote", 5, 4, frame=1, vote_tau=3.0)
+    rate = baselines.build_baseline("rate", 5, 4, frame=1, vote_tau=3.0)
+    rate.load_state_dict(vote.state_dict())
+    x = torch.rand(2, 30, 5)
+    u = rate.project(x).transpose(1, 2)
+    k = rate.kernel[-30:]
+    h = torch.nn.functional.conv1d(torch.nn.functional.pad(u, (len(k) - 1, 0)),
+                                   k.expand(4, 1, -1), groups=4)
+    logits = rate.readout(torch.relu(h).transpose(1, 2))
+    torch.testing.assert_close(rate(x), logits.mean(1))
+    torch.testing.assert_close(vote(x), torch.log(torch.softmax(logits, -1).mean(1)))
