@@ -60,16 +60,19 @@ def test_a_baseline_fits_its_training_set(data_dir):
     assert (a["test_acc"], a["train_acc"]) == (b["test_acc"], b["train_acc"])
 
 
-@pytest.mark.parametrize("encoder", ["spiking", "realvalued"])
-def test_run_writes_csv_and_json(data_dir, tmp_path, encoder):
+@pytest.mark.parametrize("encoder, features, tag", [
+    ("spiking", "published", "spiking"), ("realvalued", "published", "realvalued"),
+    ("realvalued", "signed-log", "realvalued_signed-log")])
+def test_run_writes_csv_and_json(data_dir, tmp_path, encoder, features, tag):
     cfg = BaselineConfig(model="all", encoder=encoder, data_dir=str(data_dir), out=str(tmp_path),
-                         seeds="0,1", epochs=1, hidden=8, progress=False)
+                         seeds="0,1", epochs=1, hidden=8, progress=False, features=features)
     summary = run_baselines(cfg, log=lambda *a: None)
-    with open(tmp_path / f"baselines_{encoder}.csv") as fh:
+    with open(tmp_path / f"baselines_{tag}.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["model"], int(r["seed"])) for r in rows] == [
         (m, s) for m in baselines.MODELS for s in (0, 1)]
-    on_disk = json.loads((tmp_path / f"baselines_{encoder}.json").read_text())
+    on_disk = json.loads((tmp_path / f"baselines_{tag}.json").read_text())
+    assert on_disk["features"] == features
     assert on_disk == json.loads(json.dumps(summary))
     for m in baselines.MODELS:
         accs = [float(r["test_acc"]) for r in rows if r["model"] == m]
@@ -88,6 +91,8 @@ def _cli(args, cwd):
 @pytest.mark.parametrize("args, words", [
     (["--model", "transformer"], "--model"),
     (["--encoder", "rate"], "--encoder"),
+    (["--features", "signed-log"], "realvalued only"),
+    (["--encoder", "realvalued", "--features", "log"], "--features"),
     (["--seeds", "0,x"], "--seeds"),
     (["--epochs", "0"], "--epochs"),
     (["--lr", "nan"], "--lr"),

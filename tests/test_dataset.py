@@ -91,6 +91,30 @@ def test_realvalued_ordering(small_file):
     np.testing.assert_allclose(x.numpy(), ref[2][:, :, :20].reshape(1, 12, 20, 558), rtol=1e-6, atol=1e-6)
 
 
+def test_realvalued_signed_log_features(small_file):
+    """``features="signed-log"``: sign(v) log(1 + |v|) per component, same layout; a deprived
+    whisker reads zero, and ``deprived()`` equals loading with the whiskers deprived."""
+    force, torque, _ = wd.load_whisker_file(small_file)
+    rv = wd.realvalued_samples(force, torque, "signed-log")
+    f64, t64 = force.astype(np.float64), torque.astype(np.float64)
+    ref = np.concatenate([np.sign(f64) * np.log1p(np.abs(f64)),
+                          np.sign(t64) * np.log1p(np.abs(t64))], -1).reshape(4, 1, 12, 110, 31, 18)
+    np.testing.assert_allclose(rv, ref, rtol=1e-6, atol=1e-7)
+    assert np.abs(rv).max() > 1.5   # magnitudes survive (the published features lie in [-1, 1])
+    ds = wd.RealValuedWhiskerDataset(small_file, n_steps=20, features="signed-log")
+    assert ds.features == "signed-log"
+    np.testing.assert_allclose(ds[2][0].numpy(), rv[2][:, :, :20].reshape(1, 12, 20, 558), rtol=1e-6)
+    dep = (0, 7, 30)
+    loaded = wd.RealValuedWhiskerDataset(small_file, deprived_whiskers=dep, features="signed-log")
+    view = wd.RealValuedWhiskerDataset(small_file, features="signed-log").deprived(dep)
+    assert torch.equal(loaded.samples, view.samples)
+    assert not loaded[0][0].reshape(1, 12, 110, 31, 18)[..., list(dep), :].any()
+    with pytest.raises(ValueError, match="real-valued features must be one of"):
+        wd.RealValuedWhiskerDataset(small_file, features="log")
+    with pytest.raises(ValueError, match="real-valued input only"):
+        wd.datasets_for("spiking", small_file.parent, features="signed-log")
+
+
 def test_spiking_reproducible_and_epochs(small_file):
     a = wd.SpikingWhiskerDataset(small_file, seed=3, n_steps=100)
     b = wd.SpikingWhiskerDataset(small_file, seed=3, n_steps=100)

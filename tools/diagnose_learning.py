@@ -123,7 +123,7 @@ def recorded_statistics(model, x, y, loss_kind: str) -> dict:
             "softmax_max": float(prob.amax(-1).mean()),
             "saturated_steps": float((prob.amax(-1) > 0.99).float().mean()),
             "confidently_wrong": float((mean_prob.gather(1, y[:, None]) < 0.05).float().mean()),
-            "logit_spread": float((logits.amax(-1) - logits.amin(-1)).mean())}
+            "logit_spread": float((out.logits.amax(-1) - out.logits.amin(-1)).mean())}
 
 
 def diagnose(cfg: DiagnoseConfig, log=print) -> list[dict]:
