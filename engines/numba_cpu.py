@@ -27,10 +27,11 @@ Same semantics as ``engines.reference`` (the specification), much faster:
     entries are accumulated event-driven, only in the lanes where it spiked.
 * Saved for the backward: spikes (uint8) and input currents for all steps, plus the
   membrane / adaptation state every ``options.chunk`` steps (default 32).
-* The readout's logits are part of the Function (the model applies the softmax). It has no nonlinearity between its two layers, so
-  logits = M x + c with M = w2 w1 (3 x 3606) and c = w2 b1 + b2: the forward kernel adds the
-  rows of M^T of the readout neurons that spiked (event-driven, spikes are binary for
-  t >= 1); the backward adds the spike gradient M^T dL/dlogits and accumulates
+* The readout's logits are part of the Function (the model applies the softmax). The
+  readout has no nonlinearity between its two layers, so logits = M x + c with M = w2 w1
+  (3 x 3606) and c = w2 b1 + b2: the forward kernel adds the rows of M^T of the readout
+  neurons that spiked (event-driven, spikes are binary for t >= 1); the backward takes
+  dL/dlogits of every step, adds the spike gradient M^T dL/dlogits and accumulates
   G = sum_t,b dL/dlogits x^T event-driven, from which gw1 = w2^T G, gw2 = G w1^T + gb2 b1^T,
   gb1 = w2^T gb2. No (T, 128, B) hidden layer is formed or stored.
 * The VPM layer (200 units, no recurrence) is a second Function, parallel over the batch.
