@@ -28,7 +28,8 @@ if __name__ == "__main__":
     # The paper's set-up is RealValuedConfig's default (training.py): Adam, StepLR(10, 0.5),
     # 100 epochs, batch 128, T = 110, cross-entropy on output / T. Edit a field here, e.g.
     # RealValuedConfig(epochs=50), or give it as a flag. On the generated data the published
-    # loss stops learning; the set-up of docs/RESULTS.md that learns is
-    #   RealValuedConfig(loss="log-mean-prob")
+    # loss stops learning, and the published normalisation over the 12 sweeps removes how
+    # hard each whisker is pressed; the set-up of docs/RESULTS.md that learns best is
+    #   RealValuedConfig(loss="log-mean-prob", features="signed-log")
     paper = RealValuedConfig()
     sys.exit(run_cli(lambda argv: main(argv, defaults=paper)))
