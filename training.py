@@ -44,10 +44,9 @@ from common import atomic_write_json, make_generator
 from distributed import Dist, setup_distributed, shard, shard_bounds, shard_state
 from model import ENGINES, PAPER_INIT, BarrelCortexRSNN, ModelConfig, build_model
 from readout import LOSSES, predict, readout_loss  # noqa: F401  (LOSSES: this module's interface)
-from whisker_dataset import REALVALUED_FEATURES
 from rundir import METRIC_FIELDS, claim_run_dir, plot_learning_curves, read_metrics, \
     same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
-
+from whisker_dataset import REALVALUED_FEATURES, datasets_for, ensure_dataset
 
 
 class TrainingDiverged(ValueError):
@@ -192,8 +191,6 @@ def make_optimizer(model: BarrelCortexRSNN, cfg: TrainConfig):
 
 def load_datasets(cfg: TrainConfig, dist: Dist | None = None, log=print):
     """(train, test) datasets; generates the data on rank 0 if missing (others wait)."""
-    from whisker_dataset import datasets_for, ensure_dataset
-
     dist = dist or Dist()
     data_dir = Path(cfg.data_dir)
     if dist.main:

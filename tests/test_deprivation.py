@@ -102,10 +102,12 @@ def test_driving_sweep_equals_deprived_samples(data_dir):
                 assert torch.equal(x[k, j], ds.deprived(ws)[i][0][:, 0])
 
 
-@pytest.mark.parametrize("encoder", ["spiking", "realvalued"])
-def test_batched_trials_equal_one_trial_at_a_time(data_dir, encoder):
+@pytest.mark.parametrize("encoder, loss", [("spiking", "published"), ("realvalued", "published"),
+                                           ("spiking", "mean-logit")])
+def test_batched_trials_equal_one_trial_at_a_time(data_dir, encoder, loss):
     """Stacking trials into one pass changes no prediction: each sample keeps the initial-state
-    row of its evaluation batch and its input spikes."""
+    row of its evaluation batch and its input spikes. The decision is the training loss's."""
+    from readout import class_scores
     from deprivation import evaluate_trials
     from model import ModelConfig, build_model
     from training import evaluate
@@ -118,12 +120,14 @@ def test_batched_trials_equal_one_trial_at_a_time(data_dir, encoder):
     indices = list(range(len(ds)))
     # batch 2: samples sit in different evaluation batches; lanes 5: trials split over passes
     acc, out = evaluate_trials(model, ds, indices, sets, batch_size=2, lanes=5, device="cpu",
-                               return_outputs=True)
-    assert acc == [evaluate(model, ds.deprived(ws), indices, 2, "cpu")["acc"] for ws in sets]
+                               return_outputs=True, loss=loss)
+    assert acc == [evaluate(model, ds.deprived(ws), indices, 2, "cpu", loss_kind=loss)["acc"]
+                   for ws in sets]
     for ws, o in zip(sets, out):
         view = ds.deprived(ws)
         with torch.no_grad():
-            ref = torch.cat([model(torch.stack([view[i][0] for i in indices[lo:lo + 2]])).output
+            ref = torch.cat([class_scores(model(torch.stack([view[i][0]
+                                                             for i in indices[lo:lo + 2]])), loss)
                              for lo in range(0, len(indices), 2)])
         torch.testing.assert_close(o, ref)   # same values; BLAS may order sums by batch size
 
