@@ -436,8 +436,8 @@ def test_a_nan_stops_the_run_and_best_stays_finite(data_dir, tmp_path, monkeypat
     calls = {"n": 0}
     real = training.readout_loss
 
-    def poisoned(output, labels, n_steps, kind="published", reduction="mean"):
-        loss = real(output, labels, n_steps, kind, reduction)
+    def poisoned(result, labels, kind="published", reduction="mean"):
+        loss = real(result, labels, kind, reduction)
         if torch.is_grad_enabled():
             calls["n"] += 1
             if calls["n"] > 2:          # epoch 2 (two batches per epoch)
