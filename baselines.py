@@ -52,6 +52,7 @@ from torch import nn
 
 from cli import build_parser, flag, run_cli
 from common import atomic_write_json, atomic_write_text, check_writable_dir, make_generator
+from whisker_dataset import DT_REPEAT, REALVALUED_FEATURES, TEST_FILE, TRAIN_FILE, datasets_for
 
 MODELS = ("cnn", "rnn", "lstm", "gru", "vote", "rate")
 ENCODERS = ("spiking", "realvalued")
@@ -198,7 +199,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 64
 
 def load_inputs(cfg: BaselineConfig):
     """(train, test) pairs of sweep-0 inputs and labels, and the frame length in steps."""
-    from whisker_dataset import DT_REPEAT, TEST_FILE, TRAIN_FILE, datasets_for
     data_dir = Path(cfg.data_dir)
     for name in (TRAIN_FILE, TEST_FILE):
         if not (data_dir / name).is_file():
@@ -274,8 +274,9 @@ def main(argv=None, defaults: BaselineConfig | None = None) -> int:
         raise ValueError(f"--model must be one of {MODELS + ('all',)}, got {cfg.model!r}")
     if cfg.encoder not in ENCODERS:
         raise ValueError(f"--encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
-    if cfg.features not in ("published", "signed-log"):
-        raise ValueError(f"--features must be published or signed-log, got {cfg.features!r}")
+    if cfg.features not in REALVALUED_FEATURES:
+        raise ValueError(f"--features must be one of {tuple(REALVALUED_FEATURES)}, "
+                         f"got {cfg.features!r}")
     if cfg.encoder == "spiking" and cfg.features != "published":
         raise ValueError(f"--features {cfg.features} applies to --encoder realvalued only")
     if not (math.isfinite(cfg.vote_tau) and cfg.vote_tau > 0):

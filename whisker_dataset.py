@@ -201,11 +201,15 @@ def _signed_log(v: np.ndarray) -> np.ndarray:
 REALVALUED_FEATURES = {"published": _normalize_sweeps, "signed-log": _signed_log}
 
 
-def realvalued_samples(force, torque, features: str = "published") -> np.ndarray:
-    """Real-valued features (N, 1, 12, 110, 31, 18) float32 (see the module docstring)."""
+def _check_features(features: str) -> None:
     if features not in REALVALUED_FEATURES:
         raise ValueError(f"real-valued features must be one of {tuple(REALVALUED_FEATURES)}, "
                          f"got {features!r}")
+
+
+def realvalued_samples(force, torque, features: str = "published") -> np.ndarray:
+    """Real-valued features (N, 1, 12, 110, 31, 18) float32 (see the module docstring)."""
+    _check_features(features)
     transform = REALVALUED_FEATURES[features]
     force, torque = np.asarray(force), np.asarray(torque)
     both = np.concatenate([transform(force), transform(torque)], axis=-1)
@@ -357,9 +361,7 @@ class RealValuedWhiskerDataset(torch.utils.data.Dataset):
 
     def __init__(self, path, deprived_whiskers=(), n_steps: int | None = None,
                  features: str = "published"):
-        if features not in REALVALUED_FEATURES:
-            raise ValueError(f"real-valued features must be one of "
-                             f"{tuple(REALVALUED_FEATURES)}, got {features!r}")
+        _check_features(features)     # before the file is read
         self.features = features
         self.path = Path(path)
         self.deprived_whiskers = tuple(int(w) for w in _parse_deprived(deprived_whiskers))
