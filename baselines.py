@@ -9,8 +9,10 @@ force / torque nodes, the same ``--spike-seed``) or the real-valued features of
 ``RSNN_bfd_RealValued.py`` (T = 110 steps x 558). Hyper-parameters are fixed (no selection on
 the test set); the reported accuracy is the test accuracy after the last epoch. With
 ``--encoder realvalued --features signed-log`` the models read the real-valued script's
-``--features signed-log`` input. Writes to ``--out`` (``<input>``: ``spiking``,
-``realvalued`` or ``realvalued_signed-log``):
+``--features signed-log`` input, and with ``--train-sweeps 0-3`` they train, like the RSNN
+with that flag, on one of these sweeps per sample, drawn anew every epoch (the test set is
+always sweep 0). Writes to ``--out`` (``<input>``: ``spiking``, ``realvalued`` or
+``realvalued_signed-log``, followed by ``_sweeps<spec>`` with ``--train-sweeps``):
 
     baselines_<input>.csv    one row per model and seed: test and train accuracy, seconds
     baselines_<input>.json   per model: accuracies per seed, mean and std (ddof 0)
@@ -52,7 +54,8 @@ from torch import nn
 
 from cli import build_parser, flag, run_cli
 from common import atomic_write_json, atomic_write_text, check_writable_dir, make_generator
-from whisker_dataset import DT_REPEAT, REALVALUED_FEATURES, TEST_FILE, TRAIN_FILE, datasets_for
+from whisker_dataset import DT_REPEAT, REALVALUED_FEATURES, TEST_FILE, TRAIN_FILE, \
+    datasets_for, parse_sweeps
 
 MODELS = ("cnn", "rnn", "lstm", "gru", "vote", "rate")
 ENCODERS = ("spiking", "realvalued")
@@ -75,6 +78,8 @@ class BaselineConfig:
     spike_seed: int = flag(0, "the RSNN script's --spike-seed")
     features: str = flag("published", "the real-valued script's --features: published or "
                                       "signed-log")
+    train_sweeps: str = flag("0", "the RSNN script's --train-sweeps: the sweeps a training "
+                                  "sample is drawn from every epoch ('0', '0-3', 'all')")
     threads: int = flag(0, "torch CPU threads (0: torch's default)")
     progress: bool = flag(True, "a progress bar over models and seeds")
 
@@ -152,25 +157,37 @@ def build_baseline(kind: str, n_in: int, hidden: int, frame: int,
     raise ValueError(f"unknown baseline model {kind!r}: use one of {MODELS}")
 
 
-def sweep0_inputs(dataset, encoder: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sweep 0 of every sample as the RSNN reads it: (N, T, features) float32 and (N,) labels.
+def sweep_inputs(dataset, sweeps=(0,)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The listed sweeps of every sample as the RSNN reads its driving sweep:
+    (N, len(sweeps), T, features) float32 and (N,) labels.
 
-    spiking: (N, 550, 186) spikes, force nodes then torque nodes; realvalued: (N, 110, 558).
+    spiking: features = 186 spikes, force nodes then torque nodes (T = 550); realvalued: 558
+    (T = 110).
     """
     xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
-    x = torch.stack(xs)                               # (N, C, 12, T, F)
-    x = x[:, :, 0].float()                            # (N, C, T, F): sweep 0
-    x = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
+    x = torch.stack(xs)[:, :, list(sweeps)].float()   # (N, C, S, T, F)
+    x = x.permute(0, 2, 3, 1, 4).reshape(x.shape[0], x.shape[2], x.shape[3], -1)
     return x.contiguous(), torch.stack([torch.as_tensor(y) for y in ys]).long()
+
+
+def sweep0_inputs(dataset, encoder: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sweep 0 of every sample: (N, T, features) float32 and (N,) labels."""
+    x, y = sweep_inputs(dataset, (0,))
+    return x[:, 0], y
 
 
 def train_baseline(kind: str, train, test, cfg: BaselineConfig, seed: int, frame: int,
                    progress=None) -> dict:
-    """Train one model with one seed; returns test / train accuracy and seconds."""
+    """Train one model with one seed; returns test / train accuracy and seconds.
+
+    ``train``: inputs (N, S, T, features) of S training sweeps (each batch reads one per
+    sample, drawn from the seed's generator) and labels; ``test``: (N, T, features) and
+    labels. The train accuracy is the mean over the S sweeps.
+    """
     x_tr, y_tr = train
     x_te, y_te = test
     torch.manual_seed(seed)          # nn.Module initialisers draw from the global RNG
-    model = build_baseline(kind, x_tr.shape[2], cfg.hidden, frame, cfg.vote_tau)
+    model = build_baseline(kind, x_tr.shape[3], cfg.hidden, frame, cfg.vote_tau)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = make_generator(seed)
     t0 = time.time()
@@ -179,14 +196,17 @@ def train_baseline(kind: str, train, test, cfg: BaselineConfig, seed: int, frame
         perm = torch.randperm(len(y_tr), generator=g)
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            sweep = (torch.randint(x_tr.shape[1], (len(idx),), generator=g)
+                     if x_tr.shape[1] > 1 else torch.zeros(len(idx), dtype=torch.long))
+            loss = F.cross_entropy(model(x_tr[idx, sweep]), y_tr[idx])
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
         if progress is not None:
             progress.update(1)
-    return {"test_acc": accuracy(model, x_te, y_te), "train_acc": accuracy(model, x_tr, y_tr),
+    train_acc = float(np.mean([accuracy(model, x_tr[:, k], y_tr) for k in range(x_tr.shape[1])]))
+    return {"test_acc": accuracy(model, x_te, y_te), "train_acc": train_acc,
             "seconds": time.time() - t0}
 
 
@@ -198,7 +218,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 64
 
 
 def load_inputs(cfg: BaselineConfig):
-    """(train, test) pairs of sweep-0 inputs and labels, and the frame length in steps."""
+    """(train, test) pairs of inputs and labels, and the frame length in steps: the training
+    sweeps (N, S, T, features) and sweep 0 of the test set (N, T, features)."""
     data_dir = Path(cfg.data_dir)
     for name in (TRAIN_FILE, TEST_FILE):
         if not (data_dir / name).is_file():
@@ -207,7 +228,7 @@ def load_inputs(cfg: BaselineConfig):
     train, test = datasets_for(cfg.encoder, data_dir, spike_seed=cfg.spike_seed,
                                features=cfg.features)
     frame = DT_REPEAT if cfg.encoder == "spiking" else 1
-    return sweep0_inputs(train, cfg.encoder), sweep0_inputs(test, cfg.encoder), frame
+    return sweep_inputs(train, parse_sweeps(cfg.train_sweeps)), sweep0_inputs(test), frame
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -229,7 +250,8 @@ def run_baselines(cfg: BaselineConfig, log=print) -> dict:
         torch.set_num_threads(cfg.threads)
     check_writable_dir(out)   # before the training, not after it
     train, test, frame = load_inputs(cfg)
-    log(f"baselines on sweep 0, {cfg.encoder} input {tuple(train[0].shape[1:])}: "
+    log(f"baselines trained on sweep(s) {cfg.train_sweeps}, tested on sweep 0, {cfg.encoder} "
+        f"input {tuple(test[0].shape[1:])}: "
         f"{len(train[1])} train / {len(test[1])} test samples, models {', '.join(kinds)}, "
         f"seeds {seeds}")
     bar = None
@@ -256,8 +278,11 @@ def run_baselines(cfg: BaselineConfig, log=print) -> dict:
     writer.writerows(rows)
     # the input form in the file names: realvalued, realvalued_signed-log or spiking
     tag = cfg.encoder if cfg.features == "published" else f"{cfg.encoder}_{cfg.features}"
+    if parse_sweeps(cfg.train_sweeps) != (0,):
+        tag += f"_sweeps{cfg.train_sweeps.replace(',', '+')}"
     atomic_write_text(buf.getvalue(), out / f"baselines_{tag}.csv")
-    result = {"encoder": cfg.encoder, "input": "sweep 0", "epochs": cfg.epochs, "lr": cfg.lr,
+    result = {"encoder": cfg.encoder, "input": "sweep 0", "train_sweeps": cfg.train_sweeps,
+              "epochs": cfg.epochs, "lr": cfg.lr,
               "batch_size": cfg.batch_size, "hidden": cfg.hidden, "vote_tau": cfg.vote_tau,
               "spike_seed": cfg.spike_seed, "features": cfg.features,
               "data_dir": str(cfg.data_dir), "models": summary}
@@ -279,6 +304,10 @@ def main(argv=None, defaults: BaselineConfig | None = None) -> int:
                          f"got {cfg.features!r}")
     if cfg.encoder == "spiking" and cfg.features != "published":
         raise ValueError(f"--features {cfg.features} applies to --encoder realvalued only")
+    try:
+        parse_sweeps(cfg.train_sweeps)
+    except ValueError as err:
+        raise ValueError(f"--train-sweeps: {err}") from None
     if not (math.isfinite(cfg.vote_tau) and cfg.vote_tau > 0):
         raise ValueError(f"--vote-tau must be a positive number of steps, got {cfg.vote_tau}")
     for name in ("epochs", "batch_size", "hidden"):

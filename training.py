@@ -46,7 +46,8 @@ from model import ENGINES, PAPER_INIT, BarrelCortexRSNN, ModelConfig, build_mode
 from readout import LOSSES, predict, readout_loss  # noqa: F401  (LOSSES: this module's interface)
 from rundir import METRIC_FIELDS, claim_run_dir, plot_learning_curves, read_metrics, \
     same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
-from whisker_dataset import REALVALUED_FEATURES, datasets_for, ensure_dataset
+from whisker_dataset import N_WHISKERS, REALVALUED_FEATURES, datasets_for, \
+    drive_with_sweeps, drop_whiskers, ensure_dataset, parse_sweeps
 
 
 class TrainingDiverged(ValueError):
@@ -86,6 +87,13 @@ class TrainConfig:
                           "component (real-valued only; see whisker_dataset.py)",
                           REALVALUED_FEATURES)
     resample_each_epoch: bool = flag(False, "draw new input spikes every epoch (published: no)")
+    train_sweeps: str = flag("0", "sweeps a training sample is read from, one drawn anew per "
+                                  "sample and epoch: '0' (published: sweep 0 only), a range "
+                                  "'0-3' (the 4 object rotations on the central path), a list "
+                                  "'0,4,8' or 'all'; the test set always reads sweep 0")
+    whisker_dropout: float = flag(0.0, "training augmentation: silence each whisker of each "
+                                       "training sample with this probability, anew every "
+                                       "epoch (published: 0)")
     device: str = flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
     dtype: str = flag("float32", "parameter dtype", tuple(DTYPES))
     engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
@@ -130,6 +138,8 @@ class TrainConfig:
              f"--gamma must be in (0, 1] (the StepLR factor), got {self.gamma}"),
             (positive(self.init_b), f"--init-b must be a positive number, got {self.init_b}"),
             (positive(self.init_w), f"--init-w must be a positive number, got {self.init_w}"),
+            (math.isfinite(self.whisker_dropout) and 0 <= self.whisker_dropout < 1,
+             f"--whisker-dropout must be in [0, 1), got {self.whisker_dropout}"),
             (self.n_steps == 0 or self.n_steps >= 2, f"--n-steps must be 0 (full) or >= 2, got {self.n_steps}"),
             (self.max_train_samples >= 0, f"--max-train-samples must be >= 0, got {self.max_train_samples}"),
             (self.max_test_samples >= 0, f"--max-test-samples must be >= 0, got {self.max_test_samples}"),
@@ -142,6 +152,10 @@ class TrainConfig:
         if self.encoder == "spiking" and self.features != "published":
             raise ValueError(f"--features {self.features} applies to the real-valued input "
                              "only (RSNN_bfd_RealValued.py)")
+        try:
+            parse_sweeps(self.train_sweeps)
+        except ValueError as err:
+            raise ValueError(f"--train-sweeps: {err}") from None
         for name in ("encoder", "dtype", "engine", "loss", "features"):
             choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in choices:
@@ -295,9 +309,36 @@ def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: i
             "firing_rate": spikes / max(spike_count, 1), "n": n}
 
 
+def _batch_generator(seed: int, epoch: int, batch: int, salt: int) -> torch.Generator:
+    """A generator for one global batch's augmentation, the same on every rank."""
+    return make_generator((int(seed) * 1_000_003 + int(epoch) * 7919 + int(batch) * 104_729
+                           + salt) % (2 ** 63))
+
+
+def whisker_keep(n: int, p: float, seed: int, epoch: int, batch: int) -> torch.Tensor:
+    """The ``--whisker-dropout`` mask of a global batch: (n, 31) bool, each whisker kept with
+    probability 1 - p, from a generator seeded by (seed, epoch, batch) (the same on every rank)."""
+    return torch.rand((n, N_WHISKERS), generator=_batch_generator(seed, epoch, batch, 29)) >= p
+
+
+def batch_sweeps(n: int, sweeps: tuple[int, ...], seed: int, epoch: int, batch: int) -> torch.Tensor:
+    """The ``--train-sweeps`` choice of a global batch: (n,) sweeps drawn uniformly from
+    ``sweeps``, seeded by (seed, epoch, batch) (the same on every rank)."""
+    pick = torch.randint(len(sweeps), (n,), generator=_batch_generator(seed, epoch, batch, 31))
+    return torch.as_tensor(sweeps)[pick]
+
+
 def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist: Dist,
-                    progress: bool, workers: int, desc: str, loss_kind: str = "published") -> dict:
-    """One pass over ``batches`` (lists of global indices). Returns mean loss and accuracy."""
+                    progress: bool, workers: int, desc: str, loss_kind: str = "published",
+                    whisker_dropout: float = 0.0, seed: int = 0, epoch: int = 0,
+                    sweeps: tuple[int, ...] = (0,)) -> dict:
+    """One pass over ``batches`` (lists of global indices). Returns mean loss and accuracy.
+
+    Augmentations (off by default), drawn per global batch from ``seed`` and ``epoch``:
+    ``sweeps`` other than ``(0,)`` drive the network with one of these sweeps per sample
+    (:func:`batch_sweeps`, :func:`whisker_dataset.drive_with_sweeps`); ``whisker_dropout`` > 0
+    silences whiskers (:func:`whisker_keep`, :func:`whisker_dataset.drop_whiskers`).
+    """
     model.train()
     loss_sum = correct = n = 0.0
     bar = _progress(_iterate(dataset, [shard(b, dist) for b in batches], workers),
@@ -309,6 +350,11 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
         if dummy:  # this rank got no sample of a tiny last batch: contribute a zero gradient
             x, y = _stack(dataset, batch[:1], "cpu")
             lo, hi = 0, 1
+        if tuple(sweeps) != (model.config.sweep,):
+            x = drive_with_sweeps(x, batch_sweeps(global_n, sweeps, seed, epoch, k)[lo:hi],
+                                  model.config.sweep)
+        if whisker_dropout > 0:
+            x = drop_whiskers(x, whisker_keep(global_n, whisker_dropout, seed, epoch, k)[lo:hi])
         x, y = x.to(device), y.to(device)
         state = shard_state(model, global_n, lo, hi, device) if dist.world > 1 else None
         out = ddp_model(x, state=state)
@@ -467,7 +513,9 @@ def _epochs(cfg, model, ddp_model, optimizer, scheduler, train_set, test_set, tr
         lr = optimizer.param_groups[0]["lr"]
         batches = epoch_batches(train_idx, cfg.batch_size, cfg.seed, epoch)
         tr = train_one_epoch(ddp_model, model, optimizer, train_set, batches, device, dist,
-                             cfg.progress, workers, f"epoch {epoch + 1}/{cfg.epochs}", cfg.loss)
+                             cfg.progress, workers, f"epoch {epoch + 1}/{cfg.epochs}", cfg.loss,
+                             cfg.whisker_dropout, cfg.seed, epoch,
+                             parse_sweeps(cfg.train_sweeps))
         scheduler.step()
         te = evaluate(model, test_set, test_idx, cfg.batch_size, device, dist, cfg.progress,
                       workers, loss_kind=cfg.loss)

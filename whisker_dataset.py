@@ -217,6 +217,59 @@ def realvalued_samples(force, torque, features: str = "published") -> np.ndarray
     return both.reshape(n, 1, N_SWEEPS, force.shape[2], N_WHISKERS, N_NODES * 6).astype(np.float32)
 
 
+def drop_whiskers(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Silence whiskers per sample: the training augmentation ``--whisker-dropout``.
+
+    x: (batch, channels, sweeps, T, 31 * k), whisker-major on the last axis (k = 3 spike
+    lines or 18 real values per whisker); keep: (batch, 31), True / 1 where a whisker stays.
+    Returns a copy with the dropped whiskers' inputs zero for the whole sequence. For real
+    values this is exactly whisker deprivation; for spikes it is deprivation up to the floor
+    spike probability of an untouched node (below 1e-6 per step).
+    """
+    if x.dim() != 5 or x.shape[-1] % N_WHISKERS:
+        raise ValueError(f"drop_whiskers expects x of shape (batch, channels, sweeps, T, 31 * k), "
+                         f"got {tuple(x.shape)}")
+    if tuple(keep.shape) != (x.shape[0], N_WHISKERS):
+        raise ValueError(f"keep must have shape ({x.shape[0]}, {N_WHISKERS}), got {tuple(keep.shape)}")
+    keep = keep.to(device=x.device, dtype=x.dtype).repeat_interleave(x.shape[-1] // N_WHISKERS, dim=1)
+    return x * keep[:, None, None, None, :]
+
+
+def parse_sweeps(spec: str) -> tuple[int, ...]:
+    """Sweeps named by ``spec``: ``"0"``, ``"0-3"``, ``"0,4,8"`` or ``"all"`` (0..11)."""
+    text = str(spec).strip().lower()
+    if text == "all":
+        return tuple(range(N_SWEEPS))
+    sweeps = []
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.partition("-")
+            sweeps += range(int(lo), int(hi if dash else lo) + 1)
+    except ValueError:
+        raise ValueError(f"sweeps must be 'all', a number, a range 'a-b' or a comma-separated "
+                         f"list of them, got {spec!r}") from None
+    if not sweeps or not all(0 <= k < N_SWEEPS for k in sweeps):
+        raise ValueError(f"sweeps must lie in 0..{N_SWEEPS - 1} (ranges a-b with a <= b), "
+                         f"got {spec!r}")
+    return tuple(sorted(set(sweeps)))
+
+
+def drive_with_sweeps(x: torch.Tensor, sweeps: torch.Tensor, driving: int = 0) -> torch.Tensor:
+    """Put each sample's sweep ``sweeps[b]`` where the network reads its driving sweep.
+
+    x: (batch, channels, 12, T, features); sweeps: (batch,) sweep indices; returns a copy
+    whose sweep ``driving`` is ``x[b, :, sweeps[b]]`` (the other sweeps unchanged). Training
+    on other sweeps of the same objects (``--train-sweeps``) this way leaves the model's
+    published ``x[:, :, 0]`` untouched.
+    """
+    if x.dim() != 5 or tuple(sweeps.shape) != (x.shape[0],):
+        raise ValueError(f"drive_with_sweeps expects x (batch, channels, sweeps, T, features) "
+                         f"and sweeps (batch,), got {tuple(x.shape)} and {tuple(sweeps.shape)}")
+    out = x.clone()
+    out[:, :, driving] = x[torch.arange(x.shape[0]), :, sweeps.to(torch.long)]
+    return out
+
+
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, int(epoch), int(index)])
     lo, hi = state.generate_state(2, np.uint32)

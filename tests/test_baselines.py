@@ -42,6 +42,30 @@ def test_inputs_are_what_the_rsnn_reads(data_dir):
     assert torch.equal(x[2], rv[2][0][0, 0])
 
 
+def test_training_sweeps_are_the_rsnn_driving_sweeps(data_dir):
+    """--train-sweeps: the training inputs hold the listed sweeps, each as the RSNN would read
+    it in the driving slot; a run trains on them and writes files tagged with the sweeps."""
+    from whisker_dataset import SpikingWhiskerDataset, drive_with_sweeps
+    ds = SpikingWhiskerDataset(data_dir / "snn_train3.h5", seed=5)
+    x, y = baselines.sweep_inputs(ds, (0, 2))
+    assert x.shape == (len(ds), 2, 550, 186)
+    sample = ds[3][0]
+    driven = drive_with_sweeps(sample[None], torch.tensor([2]))[0]
+    assert torch.equal(x[3, 1, :, :93], driven[0, 0].float())
+    assert torch.equal(x[3, 1, :, 93:], driven[1, 0].float())
+    assert torch.equal(x[3, 0], sweep0_inputs(ds)[0][3])
+
+
+def test_run_on_training_sweeps(data_dir, tmp_path):
+    cfg = BaselineConfig(model="cnn", encoder="realvalued", data_dir=str(data_dir),
+                         out=str(tmp_path), seeds="0", epochs=2, hidden=8, progress=False,
+                         features="signed-log", train_sweeps="0-3")
+    summary = run_baselines(cfg, log=lambda *a: None)
+    on_disk = json.loads((tmp_path / "baselines_realvalued_signed-log_sweeps0-3.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary)) and on_disk["train_sweeps"] == "0-3"
+    assert (tmp_path / "baselines_realvalued_signed-log_sweeps0-3.csv").is_file()
+
+
 @pytest.mark.parametrize("kind", baselines.MODELS)
 def test_every_model_maps_a_sequence_to_three_logits(kind):
     model = baselines.build_baseline(kind, n_in=186, hidden=8, frame=5)
@@ -96,6 +120,7 @@ def _cli(args, cwd):
     (["--seeds", "0,x"], "--seeds"),
     (["--epochs", "0"], "--epochs"),
     (["--lr", "nan"], "--lr"),
+    (["--train-sweeps", "12"], "--train-sweeps"),
     (["--data-dir", "nowhere"], "whisker_sim.py"),
 ])
 def test_bad_arguments_give_one_line_errors(tmp_path, args, words):

@@ -91,6 +91,54 @@ def test_realvalued_ordering(small_file):
     np.testing.assert_allclose(x.numpy(), ref[2][:, :, :20].reshape(1, 12, 20, 558), rtol=1e-6, atol=1e-6)
 
 
+def test_parse_sweeps():
+    assert wd.parse_sweeps("0") == (0,)
+    assert wd.parse_sweeps("0-3") == (0, 1, 2, 3)
+    assert wd.parse_sweeps("8,0,4-5") == (0, 4, 5, 8)
+    assert wd.parse_sweeps("all") == tuple(range(12))
+    for bad in ("12", "x", "3-1", "", "0-"):
+        with pytest.raises(ValueError, match="sweeps must"):
+            wd.parse_sweeps(bad)
+
+
+def test_drive_with_sweeps_puts_the_chosen_sweep_in_the_driving_slot(small_file):
+    ds = wd.SpikingWhiskerDataset(small_file, n_steps=20)
+    x = torch.stack([ds[0][0], ds[1][0], ds[2][0]])
+    out = wd.drive_with_sweeps(x, torch.tensor([3, 0, 11]))
+    assert torch.equal(out[0, :, 0], x[0, :, 3]) and torch.equal(out[1], x[1])
+    assert torch.equal(out[2, :, 0], x[2, :, 11])
+    assert torch.equal(out[:, :, 1:], x[:, :, 1:])          # the other sweeps unchanged
+    assert torch.equal(wd.drive_with_sweeps(x, torch.tensor([5, 5, 5]), driving=2)[:, :, 2],
+                       x[:, :, 5])
+    with pytest.raises(ValueError, match="drive_with_sweeps expects"):
+        wd.drive_with_sweeps(x, torch.tensor([0, 1]))
+
+
+def test_drop_whiskers_equals_deprivation(small_file):
+    """``drop_whiskers`` (the --whisker-dropout augmentation) zeroes each sample's dropped
+    whiskers: for real values exactly the deprived dataset's input, for spikes all lines of
+    those whiskers (the rest unchanged)."""
+    intact = wd.RealValuedWhiskerDataset(small_file, n_steps=20, features="signed-log")
+    keep = torch.ones(2, 31, dtype=torch.bool)
+    keep[0, [3, 17]] = False
+    keep[1, 30] = False
+    x = torch.stack([intact[0][0], intact[1][0]])
+    dropped = wd.drop_whiskers(x, keep)
+    for j, whiskers in enumerate(((3, 17), (30,))):
+        assert torch.equal(dropped[j], intact.deprived(whiskers)[j][0])
+    spikes = wd.SpikingWhiskerDataset(small_file, n_steps=20)
+    xs = torch.stack([spikes[0][0], spikes[1][0]])
+    ds = wd.drop_whiskers(xs, keep)
+    assert ds.dtype == torch.uint8
+    lines = ds.reshape(2, 2, 12, 20, 31, 3)
+    assert not lines[0, ..., [3, 17], :].any() and not lines[1, ..., 30, :].any()
+    assert torch.equal(lines[0, ..., 4, :], xs.reshape(2, 2, 12, 20, 31, 3)[0, ..., 4, :])
+    with pytest.raises(ValueError, match="keep must have shape"):
+        wd.drop_whiskers(xs, keep[:1])
+    with pytest.raises(ValueError, match="31 \\* k"):
+        wd.drop_whiskers(xs[..., :10], keep)
+
+
 def test_realvalued_signed_log_features(small_file):
     """``features="signed-log"``: sign(v) log(1 + |v|) per component, same layout; a deprived
     whisker reads zero, and ``deprived()`` equals loading with the whiskers deprived."""

@@ -226,6 +226,47 @@ def test_resume_equals_uninterrupted(run2, data_dir, tmp_path):
            [{k: v for k, v in r.items() if k != "seconds"} for r in rb]
 
 
+def test_whisker_dropout_masks_and_run(data_dir, tmp_path):
+    """--whisker-dropout: one mask per global batch, reproducible from (seed, epoch, batch)
+    and the same on every rank; about p of the whiskers dropped; the run stores the setting."""
+    keep = training.whisker_keep(64, 0.2, seed=3, epoch=5, batch=2)
+    assert keep.shape == (64, 31) and keep.dtype == torch.bool
+    assert torch.equal(keep, training.whisker_keep(64, 0.2, seed=3, epoch=5, batch=2))
+    assert not torch.equal(keep, training.whisker_keep(64, 0.2, seed=3, epoch=6, batch=2))
+    assert 0.15 < 1 - keep.float().mean().item() < 0.25
+    assert training.whisker_keep(8, 0.0, 0, 0, 0).all()
+    with pytest.raises(ValueError, match="--whisker-dropout must be in"):
+        SpikingConfig(whisker_dropout=1.0).validate()
+    cfg = tiny(data_dir, tmp_path / "wd", epochs=1, whisker_dropout=0.3)
+    train(cfg, log=lambda *a: None)
+    stored = torch.load(tmp_path / "wd" / "best.pth", weights_only=True)["train_config"]
+    assert stored["whisker_dropout"] == 0.3
+
+
+def test_training_sweeps_choice_and_run(data_dir, tmp_path, monkeypatch):
+    """--train-sweeps: each training sample is driven by one of the listed sweeps, drawn per
+    (seed, epoch, batch); the test set reads sweep 0; the run stores the setting."""
+    pick = training.batch_sweeps(400, (0, 1, 2, 3), seed=1, epoch=2, batch=0)
+    assert set(pick.tolist()) == {0, 1, 2, 3}
+    assert torch.equal(pick, training.batch_sweeps(400, (0, 1, 2, 3), 1, 2, 0))
+    assert not torch.equal(pick, training.batch_sweeps(400, (0, 1, 2, 3), 1, 3, 0))
+    with pytest.raises(ValueError, match="--train-sweeps"):
+        SpikingConfig(train_sweeps="0-12").validate()
+    seen = []
+    real = training.drive_with_sweeps
+
+    def spy(x, sweeps, driving=0):
+        seen.append(sweeps.clone())
+        return real(x, sweeps, driving)
+    monkeypatch.setattr(training, "drive_with_sweeps", spy)
+    cfg = tiny(data_dir, tmp_path / "sw", epochs=1, train_sweeps="4-7", max_test_samples=2)
+    train(cfg, log=lambda *a: None)
+    assert seen and all(set(s.tolist()) <= {4, 5, 6, 7} for s in seen)
+    assert sum(len(s) for s in seen) == 8               # every training sample, once
+    stored = torch.load(tmp_path / "sw" / "best.pth", weights_only=True)["train_config"]
+    assert stored["train_sweeps"] == "4-7"
+
+
 def test_realvalued_script_runs(data_dir, tmp_path):
     import RSNN_bfd_RealValued
     out = tmp_path / "rv"
@@ -422,6 +463,8 @@ def test_bad_settings_are_refused(data_dir, tmp_path):
              (["--init-w", "0"], "--init-w"), (["--epochs", "0"], "--epochs"),
              (["--seed", "-1"], "--seed"), (["--spike-seed", "-2"], "--spike-seed"),
              (["--lr-tau-m-factor", "inf"], "--lr-tau-m-factor"),
+             (["--whisker-dropout", "1"], "--whisker-dropout"),
+             (["--train-sweeps", "13"], "--train-sweeps"),
              (["--out", str(a_file)], "is a file"),
              (["--data-dir", str(tmp_path / "typo")], "does not exist")]
     for flags, word in cases:
