@@ -21,6 +21,7 @@ Writes ``probe.json`` and ``probe.csv`` (one row per fit) to ``--out``.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import sys
@@ -87,12 +88,11 @@ def record(model, dataset, n: int, batch_size: int, device, progress: bool = Fal
     (n, T, 3606), both uint8, and the labels (n,)."""
     thal, cortex, labels = [], [], []
     for s in _bar(range(0, n, batch_size), progress, desc):
-        idx = range(s, min(s + batch_size, n))
-        x = torch.stack([dataset[i][0] for i in idx]).to(device)
-        out = model(x, record_spikes=True)
+        items = [dataset[i] for i in range(s, min(s + batch_size, n))]
+        out = model(torch.stack([x for x, _ in items]).to(device), record_spikes=True)
         thal.append(out.thal_spikes.permute(1, 0, 2).to(torch.uint8).cpu())
         cortex.append(out.spikes[:, :, model.readout_index].permute(1, 0, 2).to(torch.uint8).cpu())
-        labels.append(torch.stack([torch.as_tensor(dataset[i][1]) for i in idx]))
+        labels.append(torch.stack([torch.as_tensor(y) for _, y in items]))
     return torch.cat(thal), torch.cat(cortex), torch.cat(labels).long()
 
 
@@ -135,8 +135,7 @@ def refit_readout(readout, train, test, loss: str, lr: float, epochs: int, seed:
                   progress: bool = False):
     """Retrain ``readout`` (a copy) alone on recorded spikes (n, T', 3606); returns rows
     ``{"epoch", "train_acc", "test_acc"}`` every 5 epochs (and before training)."""
-    import copy
-    readout = copy.deepcopy(readout).float()
+    readout = copy.deepcopy(readout).cpu().float()
     opt = torch.optim.Adam(readout.parameters(), lr=lr)
     g = make_generator(seed)
 
@@ -196,7 +195,7 @@ def probe(cfg: ProbeConfig, log=print) -> dict:
         train = (cx_tr[:, 1::cfg.stride], y_tr)
         test = (cx_te[:, 1::cfg.stride], y_te)
         for lr in lrs:
-            fit = refit_readout(model.readout.cpu(), train, test, loss, lr,
+            fit = refit_readout(model.readout, train, test, loss, lr,
                                 cfg.readout_epochs, cfg.seed, cfg.progress)
             rows += [{"fit": "readout", "group": "readout_neurons", "bins": "", "l2": "",
                       "lr": lr, **r} for r in fit]
