@@ -138,22 +138,19 @@ def validate(cfg: DeprivationConfig) -> DeprivationConfig:
 
 def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     """Evaluate every trial; write CSV, JSON and plot. Returns the JSON summary."""
-    from whisker_dataset import datasets_for
+    from whisker_dataset import datasets_of_run
 
     validate(cfg)
     device = select_device(cfg.device)
     model, ckpt = load_checkpoint(cfg.checkpoint, device)
     model.use_engine(cfg.engine)
     tc = ckpt.get("train_config") or {}
-    data_dir = Path(cfg.data_dir or tc.get("data_dir") or "data")
     # before the long evaluation: fail now, not after it, if the results cannot be written
     out = check_writable_dir(Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent)
-    n_steps = tc.get("n_steps", 0) if cfg.n_steps < 0 else cfg.n_steps
-    n_steps = int(n_steps) or None
-    spike_seed = int(tc.get("spike_seed", 0)) if model.config.encoder == "spiking" else None
-    base, = datasets_for(model.config.encoder, data_dir, spike_seed=spike_seed or 0,
-                         n_steps=n_steps, splits=("test",),
-                         features=tc.get("features", "published"))
+    # --n-steps -1: the run's (None); 0: the full sequence
+    base, = datasets_of_run(model.config.encoder, tc, data_dir=cfg.data_dir or None,
+                            n_steps=None if cfg.n_steps < 0 else cfg.n_steps, splits=("test",))
+    spike_seed = base.seed if model.config.encoder == "spiking" else None
     n = len(base) if not cfg.max_test_samples else min(len(base), cfg.max_test_samples)
     indices = list(range(n))
     sets = whisker_sets(cfg.trials, cfg.seed, cfg.max_removed)
@@ -186,7 +183,7 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
         summary_k[str(k)] = {"mean": float(acc.mean()), "std": float(acc.std()),
                              "n_trials": int(acc.size)}
     summary = {"checkpoint": str(cfg.checkpoint), "encoder": model.config.encoder,
-               "n_test_samples": n, "n_steps": n_steps or base[0][0].shape[2],
+               "n_test_samples": n, "n_steps": base.n_steps,
                "batch_size": batch_size, "loss": loss,
                "spike_seed": spike_seed, "seed": cfg.seed, "trials": cfg.trials,
                "std": "population standard deviation (ddof=0) over trials",

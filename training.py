@@ -220,9 +220,16 @@ def _subset_indices(n: int, limit: int) -> list[int]:
     return list(range(min(n, limit) if limit else n))
 
 
+def _batch_generator(seed: int, epoch: int, batch: int, salt: int) -> torch.Generator:
+    """A generator seeded by (seed, epoch, batch, salt): the data order of an epoch (batch 0,
+    salt 17) and each global batch's augmentations, the same on every rank."""
+    return make_generator((int(seed) * 1_000_003 + int(epoch) * 7919 + int(batch) * 104_729
+                           + salt) % (2 ** 63))
+
+
 def epoch_batches(indices: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The global batches of ``epoch``: a permutation seeded by ``(seed, epoch)``, then chunks."""
-    g = make_generator((int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 63))
+    g = _batch_generator(seed, epoch, 0, 17)
     perm = torch.randperm(len(indices), generator=g).tolist()
     order = [indices[i] for i in perm]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -307,12 +314,6 @@ def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: i
     n = int(round(n))
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1),
             "firing_rate": spikes / max(spike_count, 1), "n": n}
-
-
-def _batch_generator(seed: int, epoch: int, batch: int, salt: int) -> torch.Generator:
-    """A generator for one global batch's augmentation, the same on every rank."""
-    return make_generator((int(seed) * 1_000_003 + int(epoch) * 7919 + int(batch) * 104_729
-                           + salt) % (2 ** 63))
 
 
 def whisker_keep(n: int, p: float, seed: int, epoch: int, batch: int) -> torch.Tensor:

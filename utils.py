@@ -117,14 +117,12 @@ def _load(cfg: AnalysisConfig, device):
 
 
 def _datasets(cfg: AnalysisConfig, model, ckpt):
-    from whisker_dataset import datasets_for, ensure_dataset
+    from whisker_dataset import datasets_of_run, ensure_dataset
     ensure_dataset(cfg.data_dir, objects_per_class=cfg.objects_per_class)
     tc = ckpt.get("train_config") or {}
     tc = tc if isinstance(tc, dict) else vars(tc)
-    n_steps = cfg.n_steps if cfg.n_steps is not None else (tc.get("n_steps") or None)
-    seed = cfg.data_seed if cfg.data_seed is not None else int(tc.get("spike_seed") or 0)
-    return datasets_for(model.config.encoder, cfg.data_dir, spike_seed=seed, n_steps=n_steps,
-                        features=tc.get("features", "published"))
+    return datasets_of_run(model.config.encoder, tc, data_dir=cfg.data_dir, n_steps=cfg.n_steps,
+                           spike_seed=cfg.data_seed)
 
 
 def run(cfg: AnalysisConfig) -> dict:

@@ -510,6 +510,25 @@ def datasets_for(encoder: str, data_dir, *, spike_seed: int = 0, n_steps: int | 
     return tuple(make(Path(data_dir) / files[s]) for s in splits)
 
 
+def datasets_of_run(encoder: str, train_config: dict | None, *, data_dir=None,
+                    n_steps: int | None = None, spike_seed: int | None = None,
+                    splits=("train", "test")) -> tuple:
+    """The datasets a training run read, from the ``train_config`` stored in its checkpoint:
+    its ``data_dir``, ``n_steps``, ``spike_seed`` and real-valued ``features``.
+
+    ``data_dir``, ``n_steps`` (0: the full sequence) and ``spike_seed`` replace the run's
+    values when given (not None). Used by deprivation, the analyses and the tools, so that
+    they evaluate on what the run was trained and tested on.
+    """
+    tc = train_config or {}
+    data_dir = data_dir or tc.get("data_dir") or "data"
+    n_steps = tc.get("n_steps") if n_steps is None else n_steps
+    spike_seed = int(tc.get("spike_seed") or 0) if spike_seed is None else spike_seed
+    return datasets_for(encoder, Path(data_dir), spike_seed=spike_seed,
+                        n_steps=int(n_steps or 0) or None, splits=splits,
+                        features=tc.get("features", "published"))
+
+
 def ensure_dataset(data_dir, objects_per_class: int = 91, seed: int = 0, workers=None,
                    log=print, progress: bool = False) -> tuple[Path, Path]:
     """Return (train_path, test_path) in ``data_dir``, generating both with whisker_sim when

@@ -91,6 +91,26 @@ def test_realvalued_ordering(small_file):
     np.testing.assert_allclose(x.numpy(), ref[2][:, :, :20].reshape(1, 12, 20, 558), rtol=1e-6, atol=1e-6)
 
 
+def test_datasets_of_run_reads_what_the_run_read(small_file):
+    """A run's stored train_config names its data folder, length, spike seed and features;
+    given values replace them."""
+    import shutil
+    folder = small_file.parent
+    for name in (wd.TRAIN_FILE, wd.TEST_FILE):
+        if not (folder / name).exists():
+            shutil.copy(small_file, folder / name)
+    tc = {"data_dir": str(folder), "n_steps": 30, "spike_seed": 7, "features": "signed-log"}
+    test, = wd.datasets_of_run("spiking", {**tc, "features": "published"}, splits=("test",))
+    assert (test.n_steps, test.seed, test.path) == (30, 7, folder / wd.TEST_FILE)
+    train, test = wd.datasets_of_run("realvalued", tc)
+    assert train.features == "signed-log" and train.n_steps == 30
+    test, = wd.datasets_of_run("spiking", {**tc, "features": "published"}, n_steps=0,
+                               spike_seed=2, splits=("test",))
+    assert (test.n_steps, test.seed) == (550, 2)
+    with pytest.raises(wd.WhiskerDataError, match="nowhere"):
+        wd.datasets_of_run("spiking", {}, data_dir=folder / "nowhere", splits=("test",))
+
+
 def test_parse_sweeps():
     assert wd.parse_sweeps("0") == (0,)
     assert wd.parse_sweeps("0-3") == (0, 1, 2, 3)

@@ -40,7 +40,7 @@ from common import atomic_write_json, atomic_write_text, check_writable_dir, \
     make_generator, select_device  # noqa: E402
 from readout import predict, readout_loss  # noqa: E402
 from model import RSNNOutput  # noqa: E402
-from whisker_dataset import datasets_for  # noqa: E402
+from whisker_dataset import datasets_of_run  # noqa: E402
 
 
 @dataclass
@@ -166,11 +166,8 @@ def probe(cfg: ProbeConfig, log=print) -> dict:
     model, ckpt = load_checkpoint(cfg.checkpoint, device)
     out = check_writable_dir(cfg.out)
     tc = ckpt.get("train_config") or {}
-    data_dir = Path(cfg.data_dir or tc.get("data_dir") or "data")
-    n_steps = cfg.n_steps or int(tc.get("n_steps") or 0) or None
-    train_set, test_set = datasets_for(model.config.encoder, data_dir,
-                                       spike_seed=int(tc.get("spike_seed", 0)), n_steps=n_steps,
-                                       features=tc.get("features", "published"))
+    train_set, test_set = datasets_of_run(model.config.encoder, tc, data_dir=cfg.data_dir or None,
+                                          n_steps=cfg.n_steps or None)
     loss = tc.get("loss", "published")
     batch_size = int(tc.get("batch_size") or 32)
     sizes = [min(len(d), m) if m else len(d) for d, m in
