@@ -79,34 +79,53 @@ def readout_sum(net: Network, spikes: torch.Tensor) -> torch.Tensor:
     return torch.softmax(readout_logits(net, spikes), dim=-1).sum(0)
 
 
+# how the numba engine forms the recurrent input (EngineOptions.recurrent_input)
+RECURRENT_INPUT_MODES = ("auto", "scatter", "gather")
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Run-time options of the engines.
 
     ``chunk``: steps per chunk (numba: the checkpoint interval of the backward, default 32;
     torch: steps per CUDA-graph replay, default 16). ``cuda_graphs``: replay the torch
-    engine's chunks from captured CUDA graphs (on CUDA).
+    engine's chunks from captured CUDA graphs (on CUDA). ``recurrent_input``: how the numba
+    engine's forward forms the recurrent input, ``scatter`` from the neurons that spiked,
+    ``gather`` over every neuron's incoming connections, or ``auto`` (per chunk, whichever
+    the previous chunk's firing rate makes cheaper); the results are bit-identical.
     """
     chunk: int | None = None
     cuda_graphs: bool = True
+    recurrent_input: str = "auto"
 
     def __post_init__(self):
         if self.chunk is not None and int(self.chunk) < 1:
             raise ValueError(f"engine chunk must be >= 1, got {self.chunk}")
+        if self.recurrent_input not in RECURRENT_INPUT_MODES:
+            raise ValueError(f"engine recurrent_input must be one of {RECURRENT_INPUT_MODES}, "
+                             f"got {self.recurrent_input!r}")
 
     @classmethod
     def from_env(cls, environ=None) -> "EngineOptions":
-        """Options from ``ENGINE_CHUNK`` and ``ENGINE_CUDA_GRAPHS`` (0 / 1), read when called
-        (at the start of a run), not at import."""
+        """Options from ``ENGINE_CHUNK``, ``ENGINE_CUDA_GRAPHS`` (0 / 1) and
+        ``ENGINE_RECURRENT_INPUT`` (auto / scatter / gather), read when called (at the start
+        of a run), not at import."""
         env = os.environ if environ is None else environ
         chunk = env.get("ENGINE_CHUNK") or None
         graphs = env.get("ENGINE_CUDA_GRAPHS", "1")
         if graphs not in ("0", "1"):
             raise ValueError(f"ENGINE_CUDA_GRAPHS must be 0 or 1, got {graphs!r}")
+        mode = env.get("ENGINE_RECURRENT_INPUT") or "auto"
+        if mode not in RECURRENT_INPUT_MODES:
+            raise ValueError(f"ENGINE_RECURRENT_INPUT must be one of "
+                             f"{', '.join(RECURRENT_INPUT_MODES)}, got {mode!r}")
         try:
-            return cls(chunk=int(chunk) if chunk else None, cuda_graphs=graphs == "1")
+            steps = int(chunk) if chunk else None
+            if steps is not None and steps < 1:
+                raise ValueError
         except ValueError:
             raise ValueError(f"ENGINE_CHUNK must be a positive integer, got {chunk!r}") from None
+        return cls(chunk=steps, cuda_graphs=graphs == "1", recurrent_input=mode)
 
 
 def resolve(name: str, device) -> str:

@@ -10,7 +10,12 @@ Same semantics as ``engines.reference`` (the specification), much faster:
   Structurally empty blocks (L2/3 -> L4) simply have no entries.
 * CPU forward: numba, parallel over batch blocks (one per thread). Per step the thalamic and
   recurrent input currents are accumulated from the outgoing connections of *active*
-  neurons only (a few per cent spike).
+  neurons only (scatter; cheap while a few per cent spike). When the previous chunk fired
+  more (``GATHER_RATE``, by block width), the recurrent input is instead gathered over each
+  neuron's incoming connections for all lanes of a block at once (``_fwd_chunk_gather``,
+  blocks of up to 128 lanes, spikes kept as bytes), whose cost does not grow with the rate;
+  its connections are ordered as the scatter adds them, so the two are bit-identical
+  (``EngineOptions.recurrent_input`` forces either).
 * CPU backward, chunk by chunk in reverse time:
   - membrane and adaptation of the chunk are recomputed from the checkpoint (numba, the
     forward's operations, so bit-identical), and the surrogate derivatives exponentiated by
@@ -73,6 +78,14 @@ BWD_LANES = 64
 # The backward's products run on numba's worker threads, which do not flush subnormals; the
 # subnormal products of fading gradients made them 1.5 times slower on a trained network.
 GRAD_FLOOR = 2.0 ** 26
+# Firing rate from which the forward gathers the recurrent input instead of scattering it
+# (EngineOptions.recurrent_input 'auto'), by the lane width of the gather's blocks. The
+# scatter's cost grows with the rate, the gather's with the block's width; the break-even
+# points were measured with benchmarks/bench_forward.py (docs/performance.md).
+GATHER_RATE = {8: 0.10, 16: 0.05, 32: 0.03, 64: 0.03, 128: 0.03}
+# lanes per batch block of the gathering forward: at most 128 (eight AVX-512 registers of
+# float32 accumulators; the bytes of 128 lanes of 4218 neurons' spikes fit the L2 cache)
+GATHER_LANES = 128
 
 
 # ---------------------------------------------------------------------------- numba kernels
@@ -224,6 +237,131 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
                                 lg = logits[tt, lo + lanes[q]]
                                 for m in range(ncls):
                                     lg[m] += m_ro_t[pos, m]
+
+
+def _make_fwd_gather(width):
+    """``_fwd_chunk_gather`` compiled for batch blocks of at most ``width`` lanes (its lane
+    loops have a fixed length, so that each neuron's accumulator stays in registers)."""
+
+    @njit(parallel=True, cache=True)
+    def _fwd_chunk_gather(thal, tcolptr, trow, tval, rowptr, gcol, gval, off, alpha, oma,
+                          rho, omr, consts, ro_pos, m_ro_t, c_ro, v, bb, sp, i_out, s_out,
+                          m_out, logits, save_i, save_m, nblocks):
+        """:func:`_fwd_chunk` with the recurrent input gathered over each neuron's incoming
+        connections (CSR: ``_Structure.rowptr``, ``gcol``, values ``gval``) for all lanes of
+        a block at once, instead of scattered from the neurons that spiked. Its cost does not
+        depend on the firing rate, so it is the faster one when many neurons fire.
+
+        The spikes entering the chunk (``sp``) must be binary, as they are from step 1 on:
+        the block keeps them as bytes (64 lanes in one cache line), and a connection adds
+        its weight in the lanes where its neuron spiked. The forward runs step 0, whose
+        previous state is the non-binary initial one, with :func:`_fwd_chunk`.
+
+        Bit-identical to :func:`_fwd_chunk` (no fast-math, so no fused multiply-adds): each
+        neuron's incoming connections are ordered as the scatter adds them (presynaptic
+        populations from its own on, which still hold the previous step's spikes, then the
+        earlier ones, which hold this step's; ascending within each part); ``w * 1`` is
+        ``w``, and a silent lane adds 0, which leaves a float sum unchanged. A population's
+        inputs are all gathered before any of its neurons is updated, as the scatter adds
+        the previous step's spikes of a population before updating it.
+        """
+        n_steps, n_thal = thal.shape[0], thal.shape[1]
+        n, batch = v.shape
+        npop = off.shape[0] - 1
+        ncls = c_ro.shape[0]
+        b0, beta, tiny = consts[0], consts[1], consts[2]
+        zero = tiny - tiny                        # 0 and 1 of the state's float type
+        one = tiny / tiny
+        for blk in prange(nblocks):
+            lo = blk * batch // nblocks
+            hi = (blk + 1) * batch // nblocks
+            nbl = hi - lo
+            acc = np.empty((n, nbl), dtype=v.dtype)
+            # this block's spikes (binary) as bytes, padded to ``width`` lanes with zeros
+            spb = np.zeros((n, width), dtype=np.uint8)
+            for u in range(n):
+                for j in range(nbl):
+                    spb[u, j] = sp[u, lo + j] != 0
+            lanes = np.empty(nbl, dtype=np.int64)
+            xs = np.empty(nbl, dtype=v.dtype)
+            g = numba.carray(_stack_ptr(width, v.dtype), width)
+            lg = np.empty((ncls, width), dtype=v.dtype)     # this step's logits, by class
+            for tt in range(n_steps):
+                acc[:] = 0
+                for m in range(ncls):
+                    for j in range(width):
+                        lg[m, j] = c_ro[m]
+                # thalamic input of this step (few units: scattered from the active ones)
+                for k in range(n_thal):
+                    cnt = _active_lanes(thal[tt, k, lo:hi], lanes, xs)
+                    _scatter_edges(tcolptr[k], tcolptr[k + 1], trow, tval, lanes, xs, cnt,
+                                   acc)
+                for i in range(npop):
+                    for u in range(off[i], off[i + 1]):
+                        for j in range(width):
+                            g[j] = 0
+                        for j in range(nbl):
+                            g[j] = acc[u, j]
+                        for e in range(rowptr[u], rowptr[u + 1]):
+                            w = gval[e]
+                            src = gcol[e]
+                            for j in range(width):
+                                g[j] += w if spb[src, j] else zero
+                        for j in range(nbl):
+                            acc[u, j] = g[j]
+                    for u in range(off[i], off[i + 1]):
+                        a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
+                        acc_r, sp_r, bb_r, v_r = acc[u], spb[u], bb[u, lo:hi], v[u, lo:hi]
+                        so_r = s_out[tt, u, lo:hi]
+                        for j in range(nbl):
+                            cur = acc_r[j]
+                            s_prev = one if sp_r[j] else zero
+                            bn = r_ * bb_r[j] + om_r * s_prev
+                            bn = _flush(bn, tiny)     # flush subnormals (see _fwd_chunk)
+                            thr = b0 + beta * bn
+                            vn = v_r[j] * a + om_a * cur - thr * s_prev
+                            v_r[j] = vn
+                            bb_r[j] = bn
+                            spk = vn - thr > 0
+                            sp_r[j] = spk
+                            so_r[j] = spk
+                        if save_i:
+                            io_r = i_out[tt, u, lo:hi]
+                            for j in range(nbl):
+                                io_r[j] = acc_r[j]
+                        if save_m:
+                            mo_r = m_out[tt, u, lo:hi]
+                            for j in range(nbl):
+                                mo_r[j] = v_r[j]
+                    # the readout neurons of population i that spiked, in the scatter's order
+                    for p in range(off[i], off[i + 1]):
+                        pos = ro_pos[p]
+                        if pos >= 0:
+                            for m in range(ncls):
+                                w = m_ro_t[pos, m]
+                                lg_m = lg[m]
+                                for j in range(width):
+                                    lg_m[j] += w if spb[p, j] else zero
+                for m in range(ncls):
+                    for j in range(nbl):
+                        logits[tt, lo + j, m] = lg[m, j]
+            for u in range(n):
+                for j in range(nbl):
+                    sp[u, lo + j] = one if spb[u, j] else zero
+
+    return _fwd_chunk_gather
+
+
+_FWD_GATHER = {}
+
+
+def _fwd_chunk_gather(*args, width):
+    """The gathering forward kernel for blocks of at most ``width`` (8, 16, 32, 64 or 128)
+    lanes."""
+    if width not in _FWD_GATHER:
+        _FWD_GATHER[width] = _make_fwd_gather(width)
+    with _NoFullUnroll():
+        return _FWD_GATHER[width](*args)
 
 
 @njit(parallel=True, cache=True)
@@ -585,6 +723,14 @@ class _Structure:
         ckey = cols[order] * n + rows[order]
         # first entry of column p whose postsynaptic population is > pop(p)
         self.csplit = np.searchsorted(ckey, np.arange(n) * n + off[pop + 1]).astype(np.int64)
+        # CSR (post-major) for the gathering forward: each neuron's incoming connections
+        # from its own population on first, then from the earlier ones (the order in which
+        # the scatter adds them), ascending within each part
+        earlier = cols < off[pop[rows]]
+        gorder = np.lexsort((cols, earlier, rows))
+        self.gperm = torch.from_numpy(gorder)
+        self.gcol = cols[gorder].astype(np.int32)
+        self.rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
 
         tmask = net.thalamic_mask.detach().cpu().numpy().astype(bool)
         n_thal = tmask.shape[1]
@@ -655,6 +801,25 @@ def _backward_consts(b0, beta, dtype, *extra) -> torch.Tensor:
                          SURROGATE_SCALE, *extra], dtype=dtype)
 
 
+def _gathers(mode: str, rate: float | None, width: int) -> bool:
+    """Whether the forward gathers the recurrent input of a chunk (``EngineOptions
+    .recurrent_input``); ``auto`` gathers when the previous chunk fired at least at
+    ``GATHER_RATE[width]`` (the first chunk, whose previous state is the initial one,
+    scatters)."""
+    if mode != "auto":
+        return mode == "gather"
+    return rate is not None and rate >= GATHER_RATE[width]
+
+
+def _gather_blocks(batch: int) -> tuple[int, int]:
+    """Batch blocks of the gathering forward and their lane width: one block per thread
+    and at most GATHER_LANES lanes each; the width is the smallest of 8, 16, 32, 64, 128
+    that holds a block."""
+    nblocks = max(1, min(get_num_threads(), batch), -(-batch // GATHER_LANES))
+    widest = -(-batch // nblocks)
+    return nblocks, next(w for w in (8, 16, 32, 64, 128) if w >= widest)
+
+
 def _nblocks(batch):
     """Batch blocks of the kernels: one per thread, and at most BWD_LANES lanes each."""
     return max(1, min(get_num_threads(), batch), -(-batch // BWD_LANES))
@@ -665,7 +830,7 @@ class _CortexFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, st, opts, vals, tvals, alpha, rho, w1, b1, w2, b2, thal, v0, s0):
-        record_spikes, record_mem, need_grad, b0, beta, K = opts
+        record_spikes, record_mem, need_grad, b0, beta, K, mode = opts
         dtype = vals.dtype
         T, B = thal.shape[0], thal.shape[1]
         n = st.n
@@ -692,6 +857,9 @@ class _CortexFunction(torch.autograd.Function):
         c_ro = (torch.matmul(w2.detach(), b1.detach()) + b2.detach()).contiguous()
         a_np, oma_np, r_np, omr_np = (x.detach().contiguous().numpy() for x in (alpha, oma, rho, omr))
         tv_np, cv_np = tvals.detach().numpy(), cval.numpy()
+        gblk, gwidth = _gather_blocks(B)
+        gv_np = None           # the weights in the gather's order, made when first needed
+        rate = None            # the previous chunk's firing rate
         for c in range(nck):
             t0, t1 = c * K, min(T, (c + 1) * K)
             if need_grad:
@@ -700,11 +868,29 @@ class _CortexFunction(torch.autograd.Function):
             s_c = s_all[t0:t1] if keep_s else s_all[:t1 - t0]
             i_c = i_all[t0:t1] if need_grad else i_all
             m_c = m_all[t0:t1] if record_mem else m_all
-            _fwd_chunk(thal_t[t0:t1].numpy(), st.tcolptr, st.trow, tv_np, st.colptr, st.crow,
-                       cv_np, st.csplit, st.off, a_np, oma_np, r_np, omr_np, consts.numpy(),
-                       st.ro_pos, m_ro_t.numpy(), c_ro.numpy(), v.numpy(), bb.numpy(),
-                       sp.numpy(), i_c.numpy(), s_c.numpy(), m_c.numpy(), logits[t0:t1].numpy(),
-                       need_grad, record_mem, nblk)
+            # steps [t0, ts) scatter the recurrent input and [ts, t1) gather it; the gather
+            # needs binary spikes before its first step, so step 0 always scatters
+            ts = max(t0, 1) if _gathers(mode, rate, gwidth) else t1
+            for a, b in ((t0, ts), (ts, t1)):
+                if a >= b:
+                    continue
+                part = slice(a - t0, b - t0)
+                state_out = (consts.numpy(), st.ro_pos, m_ro_t.numpy(), c_ro.numpy(), v.numpy(),
+                             bb.numpy(), sp.numpy(), (i_c[part] if need_grad else i_c).numpy(),
+                             s_c[part].numpy(), (m_c[part] if record_mem else m_c).numpy(),
+                             logits[a:b].numpy(), need_grad, record_mem)
+                if b <= ts:
+                    _fwd_chunk(thal_t[a:b].numpy(), st.tcolptr, st.trow, tv_np, st.colptr,
+                               st.crow, cv_np, st.csplit, st.off, a_np, oma_np, r_np, omr_np,
+                               *state_out, nblk)
+                else:
+                    if gv_np is None:
+                        gv_np = vals.detach()[st.gperm].contiguous().numpy()
+                    _fwd_chunk_gather(thal_t[a:b].numpy(), st.tcolptr, st.trow, tv_np,
+                                      st.rowptr, st.gcol, gv_np, st.off, a_np, oma_np, r_np,
+                                      omr_np, *state_out, gblk, width=gwidth)
+            # the chunk's firing rate (spikes are binary from step 1 on)
+            rate = float(s_c[:t1 - t0].sum(dtype=torch.int64)) / ((t1 - t0) * n * B)
         # the readout reads t >= 1 (the softmax is the model's, outside the Function)
         out = logits[1:]
         if need_grad:
@@ -891,7 +1077,8 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
     inputs = (vals, tvals, alpha, rho, *net.readout,
               thal_spikes.to(dtype), state.mem.to(dtype), state.spk.to(dtype))
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    opts = (record_spikes, record_mem, need_grad, net.init_b, net.beta, _chunk(options))
+    opts = (record_spikes, record_mem, need_grad, net.init_b, net.beta, _chunk(options),
+            (options or EngineOptions()).recurrent_input)
     if need_grad:
         out, spikes, mem = _CortexFunction.apply(st, opts, *inputs)
     else:

@@ -182,3 +182,51 @@ def test_backward_for_each_block_width(model64, monkeypatch, batch, blocks):
     monkeypatch.setattr(engine_numba, "_nblocks", lambda batch: blocks)
     x, state, labels = make_inputs(model64, batch, steps=4, seed=40 + blocks, grad_state=True)
     assert_matches_reference(model64, x, state, labels)
+
+
+@pytest.mark.parametrize("batch,threads", [(3, 1), (9, 1), (40, 2), (100, 2), (130, 2)])
+def test_gathered_recurrent_input_equals_scattered(model64, monkeypatch, batch, threads):
+    """The forward that gathers the recurrent input (compiled per lane width: 8, 16, 32,
+    64 and 128 here, blocks full or not) gives the scatter's spikes, membranes, logits and
+    so gradients bit for bit, across chunk boundaries; ``auto`` switches between them
+    from chunk to chunk and changes nothing either."""
+    from engine_utils import train_pass
+    monkeypatch.setattr(engine_numba, "get_num_threads", lambda: threads)
+    x, state, labels = make_inputs(model64, batch, steps=12, seed=60 + batch, grad_state=True)
+    runs = {}
+    for mode in ("scatter", "gather", "auto"):
+        runs[mode] = train_pass(model64, "numba", x, state, labels,
+                                EngineOptions(chunk=5, recurrent_input=mode))
+    (ref, g_ref) = runs["scatter"]
+    assert ref.spikes[1:].mean() > 0.02, "test network too quiet to use every path"
+    for mode in ("gather", "auto"):
+        res, g = runs[mode]
+        for a, b in ((res.spikes, ref.spikes), (res.mem, ref.mem), (res.output, ref.output)):
+            assert torch.equal(a, b), mode
+        for name in g_ref:
+            assert torch.equal(g[name], g_ref[name]), f"{mode}: {name}"
+
+
+def test_gathered_recurrent_input_in_float32_at_training_rates(monkeypatch):
+    """float32 (no fused multiply-adds, so the sums round as the scatter's do), at the
+    firing rate of a trained network (about 9 %), in inference."""
+    from model import ModelConfig, build_model
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(seed=3, init_w=0.22), dtype=torch.float32)
+    x, state, _ = make_inputs(model, 20, steps=40, seed=3, rate=0.15)
+    out = {}
+    with torch.no_grad():
+        for mode in ("scatter", "gather"):
+            out[mode] = model(x, state=state, record_spikes=True, record_mem=True,
+                              engine="numba", options=EngineOptions(recurrent_input=mode))
+    assert out["scatter"].spikes[1:].mean() > 0.05
+    for field in ("spikes", "mem", "output"):
+        assert torch.equal(getattr(out["gather"], field), getattr(out["scatter"], field))
+
+
+def test_auto_gathers_from_the_break_even_rate():
+    assert not engine_numba._gathers("auto", None, 128)          # the first chunk scatters
+    assert engine_numba._gathers("auto", engine_numba.GATHER_RATE[128], 128)
+    assert not engine_numba._gathers("auto", 0.01, 128)
+    assert not engine_numba._gathers("auto", 0.04, 16) and engine_numba._gathers("auto", 0.04, 32)
+    assert engine_numba._gathers("gather", None, 8) and not engine_numba._gathers("scatter", 0.5, 8)

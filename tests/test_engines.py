@@ -25,10 +25,15 @@ def test_options_from_the_environment_when_asked():
     assert EngineOptions.from_env({}) == EngineOptions(chunk=None, cuda_graphs=True)
     assert EngineOptions.from_env({"ENGINE_CHUNK": "8", "ENGINE_CUDA_GRAPHS": "0"}) == \
         EngineOptions(chunk=8, cuda_graphs=False)
+    assert EngineOptions.from_env({"ENGINE_RECURRENT_INPUT": "gather"}) == \
+        EngineOptions(recurrent_input="gather")
     for env, word in (({"ENGINE_CHUNK": "x"}, "ENGINE_CHUNK"), ({"ENGINE_CHUNK": "0"}, "ENGINE_CHUNK"),
-                      ({"ENGINE_CUDA_GRAPHS": "yes"}, "ENGINE_CUDA_GRAPHS")):
+                      ({"ENGINE_CUDA_GRAPHS": "yes"}, "ENGINE_CUDA_GRAPHS"),
+                      ({"ENGINE_RECURRENT_INPUT": "dense"}, "ENGINE_RECURRENT_INPUT")):
         with pytest.raises(ValueError, match=word):
             EngineOptions.from_env(env)
+    with pytest.raises(ValueError, match="recurrent_input must be one of"):
+        EngineOptions(recurrent_input="dense")
 
 
 def test_the_network_record_and_caches_off_the_model():
