@@ -44,7 +44,8 @@ class DeprivationConfig:
     batch_size: int = flag(-1, "evaluation batch size (-1: the training run's), which sets "
                                "each sample's row of the initial state, so the intact accuracy "
                                "is the run's test accuracy")
-    lanes: int = flag(256, "samples per forward pass: whole trials are stacked up to this")
+    lanes: int = flag(256, "samples per forward pass: the trials' samples are stacked up to "
+                           "this")
     n_steps: int = flag(-1, "truncate sequences to T steps (-1: as in training, 0: full)")
     max_test_samples: int = flag(0, "use only the first N test samples (0: all)")
     engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
@@ -72,8 +73,8 @@ def evaluate_trials(model, dataset, indices: list[int], sets: list[tuple[int, ..
     Equals ``training.evaluate(model, dataset.deprived(ws), indices, batch_size, device)``
     for each set ``ws``: every sample keeps the row of the initial state it has in its
     evaluation batch of ``batch_size`` (the published state depends on the row), and its
-    input spikes use the same uniforms. Whole trials are stacked until a pass holds about
-    ``lanes`` samples (at least one trial); the model reads only its driving sweep, so only
+    input spikes use the same uniforms. The (trial, sample) pairs are evaluated in passes of
+    ``lanes`` (a trial may straddle two); the model reads only its driving sweep, so only
     that sweep is built. ``loss``: the training run's loss, which sets the decision
     (:func:`readout.predict`). Returns the accuracies, and with ``return_outputs`` also each
     trial's scores (n, 3) (:func:`readout.class_scores`).
@@ -88,29 +89,39 @@ def evaluate_trials(model, dataset, indices: list[int], sets: list[tuple[int, ..
         rows.append(model.initial_state(m, device=device))
     state_rows = InitialState(*(torch.cat(parts) for parts in zip(*rows)))
     labels = dataset.labels[torch.as_tensor(indices, dtype=torch.long)].to(device)
-    per_pass = max(1, lanes // max(n, 1))
-    groups = [sets[i:i + per_pass] for i in range(0, len(sets), per_pass)]
+    n_total = len(sets) * n
+    scores = None                                   # (len(sets) * n, 3), filled pass by pass
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(sets), desc="deprivation trials", leave=False, dynamic_ncols=True)
-    accuracies, outputs = [], []
-    for group in groups:
-        x = dataset.driving_sweep(indices, group, sweep)          # (K, n, C, T, F)
-        k = len(group)
-        x = x.reshape(k * n, *x.shape[2:])
-        full = torch.zeros((k * n, x.shape[1], sweep + 1) + tuple(x.shape[2:]), dtype=x.dtype)
+    # the (trial, sample) pairs in order, cut into passes of ``lanes``: a trial may straddle
+    # two passes, so every pass is full and the engine's lane blocks are used to the last
+    done = 0
+    for start in range(0, n_total, lanes):
+        end = min(n_total, start + lanes)
+        k0, k1 = start // n, (end - 1) // n + 1                    # trials of this pass
+        x = dataset.driving_sweep(indices, sets[k0:k1], sweep)     # (k1 - k0, n, C, T, F)
+        x = x.reshape(-1, *x.shape[2:])[start - k0 * n:end - k0 * n]
+        full = torch.zeros((end - start, x.shape[1], sweep + 1) + tuple(x.shape[2:]),
+                           dtype=x.dtype)
         full[:, :, sweep] = x
-        state = InitialState(*(t.repeat(k, 1) for t in state_rows))
+        rows = torch.arange(start, end) % n                        # each pair's sample
+        state = InitialState(*(t[rows.to(t.device)] for t in state_rows))
         out = class_scores(model(full.to(device), state=state), loss)
-        correct = (out.argmax(1).reshape(k, n) == labels).double().mean(1)
-        accuracies.extend(float(c) for c in correct)
-        if return_outputs:
-            outputs.extend(out.reshape(k, n, -1).cpu())
+        if scores is None:
+            scores = torch.empty((n_total, out.shape[1]), dtype=out.dtype, device=out.device)
+        scores[start:end] = out
         if bar is not None:
-            bar.update(k)
+            bar.update(end // n - done)
+        done = end // n
     if bar is not None:
         bar.close()
+    if scores is None:
+        return ([], []) if return_outputs else []
+    scores = scores.reshape(len(sets), n, -1)
+    accuracies = [float(c) for c in (scores.argmax(2) == labels).double().mean(1)]
+    outputs = list(scores.cpu())
     return (accuracies, outputs) if return_outputs else accuracies
 
 

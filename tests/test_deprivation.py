@@ -102,11 +102,13 @@ def test_driving_sweep_equals_deprived_samples(data_dir):
                 assert torch.equal(x[k, j], ds.deprived(ws)[i][0][:, 0])
 
 
-@pytest.mark.parametrize("encoder, loss", [("spiking", "published"), ("realvalued", "published"),
-                                           ("spiking", "mean-logit")])
-def test_batched_trials_equal_one_trial_at_a_time(data_dir, encoder, loss):
+@pytest.mark.parametrize("encoder, loss, lanes", [("spiking", "published", 5),
+                                                  ("realvalued", "published", 7),
+                                                  ("spiking", "mean-logit", 7)])
+def test_batched_trials_equal_one_trial_at_a_time(data_dir, encoder, loss, lanes):
     """Stacking trials into one pass changes no prediction: each sample keeps the initial-state
-    row of its evaluation batch and its input spikes. The decision is the training loss's."""
+    row of its evaluation batch and its input spikes, also in a trial split over two passes
+    (7 lanes, 5 samples per trial). The decision is the training loss's."""
     from readout import class_scores
     from deprivation import evaluate_trials
     from model import ModelConfig, build_model
@@ -118,9 +120,10 @@ def test_batched_trials_equal_one_trial_at_a_time(data_dir, encoder, loss):
     model = build_model(ModelConfig(encoder=encoder, init_b=0.01), engine=ENGINE)
     sets = whisker_sets(trials=1, seed=515, max_removed=3)[:4] + [(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)]
     indices = list(range(len(ds)))
-    # batch 2: samples sit in different evaluation batches; lanes 5: trials split over passes
-    acc, out = evaluate_trials(model, ds, indices, sets, batch_size=2, lanes=5, device="cpu",
-                               return_outputs=True, loss=loss)
+    # batch 2: samples sit in different evaluation batches; lanes 5: one trial per pass,
+    # 7: trials straddle passes
+    acc, out = evaluate_trials(model, ds, indices, sets, batch_size=2, lanes=lanes,
+                               device="cpu", return_outputs=True, loss=loss)
     assert acc == [evaluate(model, ds.deprived(ws), indices, 2, "cpu", loss_kind=loss)["acc"]
                    for ws in sets]
     for ws, o in zip(sets, out):
