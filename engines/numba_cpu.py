@@ -82,7 +82,7 @@ GRAD_FLOOR = 2.0 ** 26
 # (EngineOptions.recurrent_input 'auto'), by the lane width of the gather's blocks. The
 # scatter's cost grows with the rate, the gather's with the block's width; the break-even
 # points were measured with benchmarks/bench_forward.py (docs/performance.md).
-GATHER_RATE = {8: 0.10, 16: 0.05, 32: 0.03, 64: 0.03, 128: 0.03}
+GATHER_RATE = {8: 0.15, 16: 0.07, 32: 0.03, 64: 0.03, 128: 0.03}
 # lanes per batch block of the gathering forward: at most 128 (eight AVX-512 registers of
 # float32 accumulators; the bytes of 128 lanes of 4218 neurons' spikes fit the L2 cache)
 GATHER_LANES = 128
