@@ -164,6 +164,41 @@ def _scatter_edges(e0, e1, rows, vals, lanes, xs, cnt, acc):
                 acc_r[lanes[q]] += w * xs[q]
 
 
+@njit(inline="always")
+def _update_population(u0, u1, tt, lo, hi, acc, alpha, oma, rho, omr, consts, v, bb, sp,
+                       s_out, i_out, m_out, save_i, save_m):
+    """One step of the neurons u0:u1 (one population) in the batch lanes lo:hi, from their
+    input currents ``acc[u, j]`` (lane ``lo + j``); updates v, bb, sp (N, B) in place and
+    writes the step's spikes (and, if asked, currents and membranes). The operations of
+    ``neuron.alif_step``; the previous "spike" may be non-binary (step 0)."""
+    b0, beta, tiny = consts[0], consts[1], consts[2]
+    nbl = hi - lo
+    for u in range(u0, u1):
+        a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
+        acc_r, sp_r, bb_r, v_r = acc[u], sp[u, lo:hi], bb[u, lo:hi], v[u, lo:hi]
+        so_r = s_out[tt, u, lo:hi]
+        for j in range(nbl):
+            cur = acc_r[j]
+            s_prev = sp_r[j]
+            bn = r_ * bb_r[j] + om_r * s_prev
+            bn = _flush(bn, tiny)     # flush subnormals (see _fwd_chunk's docstring)
+            thr = b0 + beta * bn
+            vn = v_r[j] * a + om_a * cur - thr * s_prev
+            v_r[j] = vn
+            bb_r[j] = bn
+            spk = vn - thr > 0
+            sp_r[j] = spk
+            so_r[j] = spk
+        if save_i:
+            io_r = i_out[tt, u, lo:hi]
+            for j in range(nbl):
+                io_r[j] = acc_r[j]
+        if save_m:
+            mo_r = m_out[tt, u, lo:hi]
+            for j in range(nbl):
+                mo_r[j] = v_r[j]
+
+
 @njit(parallel=True, cache=True)
 def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha, oma, rho,
                omr, consts, ro_pos, m_ro_t, c_ro, v, bb, sp, i_out, s_out, m_out, logits,
@@ -179,7 +214,6 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
     n, batch = v.shape
     npop = off.shape[0] - 1
     ncls = c_ro.shape[0]
-    b0, beta, tiny = consts[0], consts[1], consts[2]
     for blk in prange(nblocks):
         lo = blk * batch // nblocks
         hi = (blk + 1) * batch // nblocks
@@ -201,30 +235,8 @@ def _fwd_chunk(thal, tcolptr, trow, tval, colptr, crow, cval, csplit, off, alpha
                 cnt = _active_lanes(sp[p, lo:hi], lanes, xs)
                 _scatter_edges(colptr[p], csplit[p], crow, cval, lanes, xs, cnt, acc)
             for i in range(npop):
-                for u in range(off[i], off[i + 1]):
-                    a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
-                    acc_r, sp_r, bb_r, v_r = acc[u], sp[u, lo:hi], bb[u, lo:hi], v[u, lo:hi]
-                    so_r = s_out[tt, u, lo:hi]
-                    for j in range(nbl):
-                        cur = acc_r[j]
-                        s_prev = sp_r[j]
-                        bn = r_ * bb_r[j] + om_r * s_prev
-                        bn = _flush(bn, tiny)     # flush subnormals (see docstring)
-                        thr = b0 + beta * bn
-                        vn = v_r[j] * a + om_a * cur - thr * s_prev
-                        v_r[j] = vn
-                        bb_r[j] = bn
-                        spk = vn - thr > 0
-                        sp_r[j] = spk
-                        so_r[j] = spk
-                    if save_i:
-                        io_r = i_out[tt, u, lo:hi]
-                        for j in range(nbl):
-                            io_r[j] = acc_r[j]
-                    if save_m:
-                        mo_r = m_out[tt, u, lo:hi]
-                        for j in range(nbl):
-                            mo_r[j] = v_r[j]
+                _update_population(off[i], off[i + 1], tt, lo, hi, acc, alpha, oma, rho, omr,
+                                   consts, v, bb, sp, s_out, i_out, m_out, save_i, save_m)
                 # this step's spikes of population i -> later populations
                 for p in range(off[i], off[i + 1]):
                     cnt = _active_lanes(sp[p, lo:hi], lanes, xs)    # binary: xs are 1
@@ -269,9 +281,7 @@ def _make_fwd_gather(width):
         n, batch = v.shape
         npop = off.shape[0] - 1
         ncls = c_ro.shape[0]
-        b0, beta, tiny = consts[0], consts[1], consts[2]
-        zero = tiny - tiny                        # 0 and 1 of the state's float type
-        one = tiny / tiny
+        zero = consts[2] - consts[2]              # 0 of the state's float type
         for blk in prange(nblocks):
             lo = blk * batch // nblocks
             hi = (blk + 1) * batch // nblocks
@@ -309,30 +319,12 @@ def _make_fwd_gather(width):
                                 g[j] += w if spb[src, j] else zero
                         for j in range(nbl):
                             acc[u, j] = g[j]
+                    _update_population(off[i], off[i + 1], tt, lo, hi, acc, alpha, oma, rho,
+                                       omr, consts, v, bb, sp, s_out, i_out, m_out, save_i,
+                                       save_m)
                     for u in range(off[i], off[i + 1]):
-                        a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
-                        acc_r, sp_r, bb_r, v_r = acc[u], spb[u], bb[u, lo:hi], v[u, lo:hi]
-                        so_r = s_out[tt, u, lo:hi]
                         for j in range(nbl):
-                            cur = acc_r[j]
-                            s_prev = one if sp_r[j] else zero
-                            bn = r_ * bb_r[j] + om_r * s_prev
-                            bn = _flush(bn, tiny)     # flush subnormals (see _fwd_chunk)
-                            thr = b0 + beta * bn
-                            vn = v_r[j] * a + om_a * cur - thr * s_prev
-                            v_r[j] = vn
-                            bb_r[j] = bn
-                            spk = vn - thr > 0
-                            sp_r[j] = spk
-                            so_r[j] = spk
-                        if save_i:
-                            io_r = i_out[tt, u, lo:hi]
-                            for j in range(nbl):
-                                io_r[j] = acc_r[j]
-                        if save_m:
-                            mo_r = m_out[tt, u, lo:hi]
-                            for j in range(nbl):
-                                mo_r[j] = v_r[j]
+                            spb[u, j] = sp[u, lo + j] != 0
                     # the readout neurons of population i that spiked, in the scatter's order
                     for p in range(off[i], off[i + 1]):
                         pos = ro_pos[p]
@@ -345,9 +337,6 @@ def _make_fwd_gather(width):
                 for m in range(ncls):
                     for j in range(nbl):
                         logits[tt, lo + j, m] = lg[m, j]
-            for u in range(n):
-                for j in range(nbl):
-                    sp[u, lo + j] = one if spb[u, j] else zero
 
     return _fwd_chunk_gather
 
