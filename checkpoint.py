@@ -45,6 +45,10 @@ class CheckpointError(ValueError):
     """A file that is not a loadable checkpoint of this model (one-line message)."""
 
 
+class ForeignPickleError(CheckpointError):
+    """A ``torch.save`` file that holds Python objects (refused by ``weights_only=True``)."""
+
+
 def _plain(obj):
     """Config values as plain types (tuples -> lists) so ``weights_only`` loads them."""
     if isinstance(obj, dict):
@@ -160,7 +164,7 @@ def read_checkpoint(path, device="cpu") -> dict:
         text = str(err)
         if "Weights only load failed" in text or "weights_only" in text:
             if is_zip or head[:1] == b"\x80":
-                raise CheckpointError(
+                raise ForeignPickleError(
                     f"{path}: refused to load: the file holds Python objects whose loading "
                     "would run code (weights_only=True); nothing in it was executed — it is not "
                     "a checkpoint of this project") from None
@@ -200,13 +204,26 @@ def load_checkpoint(path, device="cpu"):
     """Build the model from a checkpoint and load its weights.
 
     Returns ``(model, ckpt)``; the model is on ``device`` in the stored dtype, in eval mode.
+    A network saved by the published scripts (``torch.save(model)``, plain or xz) is read by
+    :mod:`published` without running code and converted; its ``ckpt`` has the paper's
+    ``train_config`` and ``published_source``.
     Raises :class:`CheckpointError` (one-line message) for a missing file, a file that is not
     a checkpoint, a truncated or corrupt file, a checkpoint of another architecture, a pickle
     that would run code (refused by ``weights_only=True``; nothing is executed), or
     parameters that are NaN or infinite.
     """
     from model import build_model
-    ckpt = read_checkpoint(path, device)
+    import published
+    if Path(path).is_file() and published.is_xz(path):
+        return published.load_published(path, device)
+    try:
+        ckpt = read_checkpoint(path, device)
+    except ForeignPickleError:
+        if not zipfile.is_zipfile(path):
+            raise
+        # perhaps a network of the published scripts (torch.save(model)): read by a restricted
+        # unpickler that runs no code; any other pickle is refused by it, naming a global
+        return published.load_published(path, device)
     config = model_config_of(ckpt, path)
     dtype = DTYPES.get(ckpt.get("dtype", "float32"), torch.float32)
     model = build_model(config, device=device, dtype=dtype)
@@ -238,3 +255,79 @@ def load_checkpoint(path, device="cpu"):
                               f"({str(err).splitlines()[0]})") from None
     model.eval()
     return model, ckpt
+
+
+# ----------------------------------------------------------------------- command line
+CONVERT_USAGE = """\
+python checkpoint.py convert SRC OUT [--data-dir DIR] [--overwrite]
+
+Write the network of SRC as a weights-only checkpoint of this project (state_dict and
+configuration, sparse, loadable with torch.load(..., weights_only=True)). SRC is a network
+saved by the published scripts (torch.save(model), e.g. data/RSNN_bfd_0.03b_0.05w.pth; read
+without running code) or a checkpoint of this project (its optimiser state is dropped).
+OUT records SRC and its sha256; --data-dir records the dataset the network was trained on
+when SRC does not."""
+
+
+def convert_network(src, out, data_dir: str | None = None, overwrite: bool = False,
+                    log=print) -> dict:
+    """Write ``src`` (published pickle or checkpoint) to ``out`` as a weights-only checkpoint;
+    returns what was recorded (``source``, ``dataset``) with the sizes and seconds."""
+    import time
+
+    from common import sha256_of
+    from whisker_dataset import dataset_identity
+
+    src, out = Path(src), Path(out)
+    if out.exists() and out.resolve() == (src.resolve() if src.exists() else None):
+        raise ValueError(f"OUT {out} is the source file; give another path")
+    if out.is_dir():
+        raise ValueError(f"OUT {out} is a folder; give a file name, e.g. {out / 'network.pth'}")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; give another OUT, or --overwrite to replace it")
+    t0 = time.time()
+    model, ckpt = load_checkpoint(src)
+    dataset = ckpt.get("dataset") or {}
+    if data_dir:
+        found = dataset_identity(data_dir)
+        if not found:
+            raise ValueError(f"--data-dir {data_dir} holds no snn_train3.h5 / snn_test3.h5")
+        if dataset and dataset != found:
+            raise ValueError(f"{src} records another dataset than --data-dir {data_dir}")
+        dataset = found
+    source = {"file": str(src), "sha256": sha256_of(src), "epoch": ckpt.get("epoch")}
+    if ckpt.get("published_source"):
+        source.update(ckpt["published_source"], file=str(src))
+    extra = {k: ckpt[k] for k in ("best_test_acc", "test_acc", "metrics") if k in ckpt}
+    extra.update(source=source, dataset=dataset)
+    save_checkpoint(out, model, None, None, int(ckpt.get("epoch") or 0),
+                    ckpt.get("train_config"), extra)
+    result = {"source": source, "dataset": dataset, "seconds": time.time() - t0,
+              "bytes_in": src.stat().st_size, "bytes_out": out.stat().st_size}
+    log(f"wrote {out} ({result['bytes_out'] / 1e6:.1f} MB; {src} {result['bytes_in'] / 1e6:.1f} "
+        f"MB) in {result['seconds']:.1f} s")
+    return result
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="checkpoint.py", usage=CONVERT_USAGE.splitlines()[0],
+                                     description=CONVERT_USAGE.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("convert",))
+    parser.add_argument("src", help="published network or checkpoint")
+    parser.add_argument("out", help="the weights-only checkpoint to write")
+    parser.add_argument("--data-dir", default=None,
+                        help="the dataset it was trained on, recorded when SRC does not say")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    args = parser.parse_args(argv)
+    convert_network(args.src, args.out, args.data_dir, args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from cli import run_cli
+    sys.exit(run_cli(main))

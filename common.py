@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -168,3 +169,12 @@ def atomic_write_json(obj, path) -> None:
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A dedicated ``torch.Generator`` seeded with ``seed`` (never the global one)."""
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def sha256_of(path) -> str:
+    """Hex sha256 of a file, read in blocks (recorded to identify datasets and sources)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -46,7 +46,7 @@ from model import ENGINES, PAPER_INIT, BarrelCortexRSNN, ModelConfig, build_mode
 from readout import LOSSES, predict, readout_loss  # noqa: F401  (LOSSES: this module's interface)
 from rundir import METRIC_FIELDS, claim_run_dir, plot_learning_curves, read_metrics, \
     same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
-from whisker_dataset import N_WHISKERS, REALVALUED_FEATURES, datasets_for, \
+from whisker_dataset import N_WHISKERS, REALVALUED_FEATURES, dataset_identity, datasets_for, \
     drive_with_sweeps, drop_whiskers, ensure_dataset, parse_sweeps
 
 
@@ -507,6 +507,8 @@ def _epochs(cfg, model, ddp_model, optimizer, scheduler, train_set, test_set, tr
     """The epoch loop of :func:`_train`; appends to ``rows`` as epochs finish."""
     out = Path(cfg.out)
     t_start = time.time()
+    # recorded in every checkpoint, so that a network used on other data can say so
+    dataset = dataset_identity(cfg.data_dir) if dist.main else {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         if hasattr(train_set, "set_epoch"):
@@ -531,7 +533,8 @@ def _epochs(cfg, model, ddp_model, optimizer, scheduler, train_set, test_set, tr
         improved = te["acc"] > best
         best = max(best, te["acc"])
         if dist.main:
-            extra = {"best_test_acc": best, "test_acc": te["acc"], "metrics": rows[-1]}
+            extra = {"best_test_acc": best, "test_acc": te["acc"], "metrics": rows[-1],
+                     "dataset": dataset}
             if improved:
                 save_checkpoint(out / "best.pth", model, optimizer, scheduler, epoch + 1,
                                 config_dict, extra)

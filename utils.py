@@ -117,7 +117,10 @@ def _load(cfg: AnalysisConfig, device):
 
 
 def _datasets(cfg: AnalysisConfig, model, ckpt):
-    from whisker_dataset import datasets_of_run, ensure_dataset
+    from whisker_dataset import datasets_of_run, ensure_dataset, ensure_run_dataset
+    # the dataset the network was trained on when it records one (generated with its seed),
+    # else a default generated one when the folder holds neither file
+    ensure_run_dataset(ckpt.get("dataset"), cfg.data_dir)
     ensure_dataset(cfg.data_dir, objects_per_class=cfg.objects_per_class)
     tc = ckpt.get("train_config") or {}
     tc = tc if isinstance(tc, dict) else vars(tc)
