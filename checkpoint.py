@@ -295,9 +295,10 @@ def convert_network(src, out, data_dir: str | None = None, overwrite: bool = Fal
         if dataset and dataset != found:
             raise ValueError(f"{src} records another dataset than --data-dir {data_dir}")
         dataset = found
-    source = {"file": str(src), "sha256": sha256_of(src), "epoch": ckpt.get("epoch")}
-    if ckpt.get("published_source"):
-        source.update(ckpt["published_source"], file=str(src))
+    if ckpt.get("published_source"):       # hashed when it was read
+        source = dict(ckpt["published_source"], file=str(src), epoch=ckpt.get("epoch"))
+    else:
+        source = {"file": str(src), "sha256": sha256_of(src), "epoch": ckpt.get("epoch")}
     extra = {k: ckpt[k] for k in ("best_test_acc", "test_acc", "metrics") if k in ckpt}
     extra.update(source=source, dataset=dataset)
     save_checkpoint(out, model, None, None, int(ckpt.get("epoch") or 0),

@@ -149,7 +149,7 @@ def validate(cfg: DeprivationConfig) -> DeprivationConfig:
 
 def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     """Evaluate every trial; write CSV, JSON and plot. Returns the JSON summary."""
-    from whisker_dataset import datasets_of_run, ensure_run_dataset
+    from whisker_dataset import data_dir_of_run, datasets_of_run, ensure_run_dataset
 
     validate(cfg)
     device = select_device(cfg.device)
@@ -159,7 +159,7 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     # before the long evaluation: fail now, not after it, if the results cannot be written
     out = check_writable_dir(Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent)
     # a network trained on generated data (the one shipped in data/) brings its dataset
-    ensure_run_dataset(ckpt.get("dataset"), cfg.data_dir or tc.get("data_dir") or "data", log)
+    ensure_run_dataset(ckpt.get("dataset"), data_dir_of_run(tc, cfg.data_dir), log)
     # --n-steps -1: the run's (None); 0: the full sequence
     base, = datasets_of_run(model.config.encoder, tc, data_dir=cfg.data_dir or None,
                             n_steps=None if cfg.n_steps < 0 else cfg.n_steps, splits=("test",))

@@ -36,6 +36,7 @@ with what differs.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import lzma
 import pickle
@@ -48,7 +49,6 @@ import numpy as np
 import torch
 
 from checkpoint import CheckpointError
-from common import sha256_of
 
 # The module names under which SRNN_bfd is pickled: the script that was run (__main__), or a
 # published script imported by name.
@@ -231,14 +231,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 # ----------------------------------------------------------------------------------- read
-def _file_bytes(path: Path) -> bytes:
+def _file_bytes(path: Path) -> tuple[bytes, str]:
+    """The archive's bytes (decompressed when xz) and the sha256 of the file as it is."""
     raw = path.read_bytes()
+    sha256 = hashlib.sha256(raw).hexdigest()
     if raw.startswith(XZ_MAGIC):      # e.g. a published_*.pth.xz
         try:
             raw = lzma.decompress(raw)
         except lzma.LZMAError:
             raise PublishedError(f"{path}: truncated or corrupt xz file") from None
-    return raw
+    return raw, sha256
 
 
 def read_published(path) -> InertModule:
@@ -249,7 +251,7 @@ def read_published(path) -> InertModule:
     object than ``SRNN_bfd``. Nothing in the file is executed.
     """
     path = Path(path)
-    raw = _file_bytes(path)
+    raw, sha256 = _file_bytes(path)
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
         names = archive.namelist()
@@ -274,7 +276,7 @@ def read_published(path) -> InertModule:
         kind = root.kind if isinstance(root, InertModule) else type(root).__name__
         raise PublishedError(f"{path}: the file holds a {kind}, not a published "
                              f"{PUBLISHED_CLASS} network")
-    root.kind_source = root.kind
+    root.sha256 = sha256     # of the file read, recorded by convert
     return root
 
 
@@ -482,9 +484,8 @@ def convert(root: InertModule, path="<published>", dtype=torch.float32):
     cls = SpikingConfig if encoder == "spiking" else RealValuedConfig
     train_config = asdict(cls(init_b=init_b, init_w=init_w))
     train_config.update(out="", resume="")
-    source = {"file": str(path), "class": root.kind_source, "format": "torch.save(model)"}
-    if Path(str(path)).is_file():
-        source["sha256"] = sha256_of(path)
+    source = {"file": str(path), "class": root.kind, "format": "torch.save(model)",
+              "sha256": getattr(root, "sha256", None)}
     ckpt = {"format": "barrel-rsnn-checkpoint", "version": 2,
             "model_config": config.to_dict(), "model_state": model.state_dict(),
             "optimizer_state": None, "scheduler_state": None, "epoch": 0,

@@ -510,6 +510,11 @@ def datasets_for(encoder: str, data_dir, *, spike_seed: int = 0, n_steps: int | 
     return tuple(make(Path(data_dir) / files[s]) for s in splits)
 
 
+def data_dir_of_run(train_config: dict | None, data_dir=None) -> Path:
+    """``data_dir`` when given, else the training run's ``--data-dir`` (default ``data``)."""
+    return Path(data_dir or (train_config or {}).get("data_dir") or "data")
+
+
 def datasets_of_run(encoder: str, train_config: dict | None, *, data_dir=None,
                     n_steps: int | None = None, spike_seed: int | None = None,
                     splits=("train", "test")) -> tuple:
@@ -521,7 +526,7 @@ def datasets_of_run(encoder: str, train_config: dict | None, *, data_dir=None,
     they evaluate on what the run was trained and tested on.
     """
     tc = train_config or {}
-    data_dir = data_dir or tc.get("data_dir") or "data"
+    data_dir = data_dir_of_run(tc, data_dir)
     n_steps = tc.get("n_steps") if n_steps is None else n_steps
     spike_seed = int(tc.get("spike_seed") or 0) if spike_seed is None else spike_seed
     return datasets_for(encoder, Path(data_dir), spike_seed=spike_seed,
