@@ -26,7 +26,8 @@ DESCRIPTION = "Train the barrel-cortex RSNN on spike-encoded whisker input."
 def run_anova(argv: list[str]) -> int:
     """Analysis mode (``--anova``, with e.g. ``--checkpoint RUN_DIR/best.pth``).
 
-    The analyses live in ``utils.py`` (``utils.anova_main(argv)`` gets the full argument list).
+    The analyses live in ``utils.py`` (``utils.anova_main(argv)`` gets the full argument list);
+    a real-valued network is refused (``python utils.py --analysis anova`` takes either).
     """
     try:
         import utils
@@ -35,7 +36,7 @@ def run_anova(argv: list[str]) -> int:
                          "checkout") from None
     if not hasattr(utils, "anova_main"):
         raise ValueError("--anova: utils.py has no anova_main(argv)")
-    return utils.anova_main(argv)
+    return utils.anova_main(argv, encoder="spiking")   # this script's networks
 
 
 def main(argv=None, defaults: SpikingConfig | None = None) -> int:

@@ -52,10 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cli import build_parser, flag, run_cli
-from common import atomic_write_json, atomic_write_text, check_writable_dir, make_generator
+from cli import SEED_MAX, build_parser, flag, run_cli
+from common import atomic_write_json, atomic_write_text, make_generator
+from rundir import claim_results_dir, removed_if_unused
 from whisker_dataset import DT_REPEAT, REALVALUED_FEATURES, TEST_FILE, TRAIN_FILE, \
-    datasets_for, parse_sweeps
+    check_data_folder, datasets_for, parse_sweeps
 
 MODELS = ("cnn", "rnn", "lstm", "gru", "vote", "rate")
 ENCODERS = ("spiking", "realvalued")
@@ -82,6 +83,34 @@ class BaselineConfig:
                                   "sample is drawn from every epoch ('0', '0-3', 'all')")
     threads: int = flag(0, "torch CPU threads (0: torch's default)")
     progress: bool = flag(True, "a progress bar over models and seeds")
+    overwrite: bool = flag(False, "replace the results of this input already in --out")
+
+    def validate(self) -> "BaselineConfig":
+        """Raise ``ValueError`` naming the flag of the first bad setting; returns itself."""
+        if self.model not in MODELS + ("all",):
+            raise ValueError(f"--model must be one of {MODELS + ('all',)}, got {self.model!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"--encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.features not in REALVALUED_FEATURES:
+            raise ValueError(f"--features must be one of {tuple(REALVALUED_FEATURES)}, "
+                             f"got {self.features!r}")
+        if self.encoder == "spiking" and self.features != "published":
+            raise ValueError(f"--features {self.features} applies to --encoder realvalued only")
+        try:
+            parse_sweeps(self.train_sweeps)
+        except ValueError as err:
+            raise ValueError(f"--train-sweeps: {err}") from None
+        if not (math.isfinite(self.vote_tau) and self.vote_tau > 0):
+            raise ValueError(f"--vote-tau must be a positive number of steps, got {self.vote_tau}")
+        for name in ("epochs", "batch_size", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
+        if not str(self.out).strip():
+            raise ValueError("--out must name a folder, got ''")
+        parse_seeds(self.seeds)
+        return self
 
 
 class ConvNet(nn.Module):
@@ -186,12 +215,60 @@ def train_baseline(kind: str, train, test, cfg: BaselineConfig, seed: int, frame
     """
     x_tr, y_tr = train
     x_te, y_te = test
+    t0 = time.time()
+    model = _fit(kind, x_tr, y_tr, cfg, seed, frame, progress)
+    train_acc = float(np.mean([accuracy(model, x_tr[:, k], y_tr) for k in range(x_tr.shape[1])]))
+    return {"test_acc": accuracy(model, x_te, y_te), "train_acc": train_acc,
+            "seconds": time.time() - t0}
+
+
+def train_baseline_on_split(kind: str, x: torch.Tensor, x_eval: torch.Tensor, y: torch.Tensor,
+                            train_idx, val_idx, test_idx, cfg: BaselineConfig, seed: int,
+                            frame: int, progress=None) -> dict:
+    """Train on ``train_idx`` and keep the epoch of the best accuracy on ``val_idx``.
+
+    ``x``: (N, S, T, features) the training sweeps of all N objects; ``x_eval``: (N, T,
+    features) the sweep they are evaluated on (sweep 0); ``y``: (N,) labels. The model of
+    the first epoch with the highest validation accuracy is kept (the test accuracy of every
+    epoch is recorded but chooses nothing). Training is :func:`train_baseline`'s (the same
+    seed gives the same steps). Returns ``{"best_epoch", "val_acc", "test_acc",
+    "train_acc"}`` of the kept model (train: mean over the S sweeps), ``"epochs"`` (per
+    epoch: ``epoch``, ``val_acc``, ``test_acc``) and ``"seconds"``.
+    """
+    train_idx, val_idx, test_idx = (torch.as_tensor(list(ix), dtype=torch.long)
+                                    for ix in (train_idx, val_idx, test_idx))
+    if not len(train_idx) or not len(val_idx) or not len(test_idx):
+        raise ValueError("training, validation and test indices must each be non-empty")
+    x_tr, y_tr = x[train_idx], y[train_idx]
+    history, best = [], {"val_acc": -1.0}
+
+    def after_epoch(model, epoch):
+        val = accuracy(model, x_eval[val_idx], y[val_idx])
+        history.append({"epoch": epoch, "val_acc": val,
+                        "test_acc": accuracy(model, x_eval[test_idx], y[test_idx])})
+        if val > best["val_acc"]:
+            best.update(val_acc=val, epoch=epoch,
+                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    t0 = time.time()
+    model = _fit(kind, x_tr, y_tr, cfg, seed, frame, progress, after_epoch)
+    model.load_state_dict(best["state"])
+    train_acc = float(np.mean([accuracy(model, x_tr[:, k], y_tr) for k in range(x_tr.shape[1])]))
+    return {"best_epoch": best["epoch"], "val_acc": best["val_acc"],
+            "test_acc": accuracy(model, x_eval[test_idx], y[test_idx]), "train_acc": train_acc,
+            "epochs": history, "seconds": time.time() - t0}
+
+
+def _fit(kind: str, x_tr: torch.Tensor, y_tr: torch.Tensor, cfg: BaselineConfig, seed: int,
+         frame: int, progress=None, after_epoch=None) -> nn.Module:
+    """The training loop of the baselines: ``cfg.epochs`` epochs of Adam on ``x_tr`` (N, S,
+    T, features), one sweep per sample and batch drawn from the seed's generator;
+    ``after_epoch(model, epoch)`` (1-based) is called after each epoch. Returns the model."""
     torch.manual_seed(seed)          # nn.Module initialisers draw from the global RNG
     model = build_baseline(kind, x_tr.shape[3], cfg.hidden, frame, cfg.vote_tau)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = make_generator(seed)
-    t0 = time.time()
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         model.train()
         perm = torch.randperm(len(y_tr), generator=g)
         for i in range(0, len(perm), cfg.batch_size):
@@ -203,11 +280,11 @@ def train_baseline(kind: str, train, test, cfg: BaselineConfig, seed: int, frame
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+        if after_epoch is not None:
+            after_epoch(model, epoch + 1)
         if progress is not None:
             progress.update(1)
-    train_acc = float(np.mean([accuracy(model, x_tr[:, k], y_tr) for k in range(x_tr.shape[1])]))
-    return {"test_acc": accuracy(model, x_te, y_te), "train_acc": train_acc,
-            "seconds": time.time() - t0}
+    return model
 
 
 @torch.no_grad()
@@ -220,7 +297,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 64
 def load_inputs(cfg: BaselineConfig):
     """(train, test) pairs of inputs and labels, and the frame length in steps: the training
     sweeps (N, S, T, features) and sweep 0 of the test set (N, T, features)."""
-    data_dir = Path(cfg.data_dir)
+    data_dir = check_data_folder(cfg.data_dir)
     for name in (TRAIN_FILE, TEST_FILE):
         if not (data_dir / name).is_file():
             raise FileNotFoundError(f"{data_dir / name} not found; generate the data with "
@@ -236,19 +313,38 @@ def parse_seeds(text: str) -> list[int]:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"--seeds must list non-negative integers, got {text!r}")
+    if not seeds or min(seeds) < 0 or max(seeds) > SEED_MAX:
+        raise ValueError(f"--seeds must list integers in 0..{SEED_MAX}, got {text!r}")
     return seeds
 
 
+def output_tag(cfg: BaselineConfig) -> str:
+    """The input form in the file names: ``spiking``, ``realvalued`` or
+    ``realvalued_signed-log``, then ``_sweeps<spec>`` with ``--train-sweeps``."""
+    tag = cfg.encoder if cfg.features == "published" else f"{cfg.encoder}_{cfg.features}"
+    if parse_sweeps(cfg.train_sweeps) != (0,):
+        tag += f"_sweeps{cfg.train_sweeps.replace(',', '+')}"
+    return tag
+
+
 def run_baselines(cfg: BaselineConfig, log=print) -> dict:
-    """Train every requested model for every seed; write CSV and JSON; return the summary."""
+    """Train every requested model for every seed; write CSV and JSON; return the summary.
+
+    Results of the same input already in ``--out`` are refused unless ``--overwrite``; an
+    ``--out`` made here is removed again when the run fails before writing them."""
     kinds = MODELS if cfg.model == "all" else (cfg.model,)
     seeds = parse_seeds(cfg.seeds)
-    out = Path(cfg.out)
+    out, tag = Path(cfg.out), output_tag(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    check_writable_dir(out)   # before the training, not after it
+    with removed_if_unused(out):
+        # before the training, not after it
+        claim_results_dir(out, (f"baselines_{tag}.csv", f"baselines_{tag}.json"),
+                          cfg.overwrite, "baseline results of this input")
+        return _train_all(cfg, kinds, seeds, out, tag, log)
+
+
+def _train_all(cfg: BaselineConfig, kinds, seeds, out: Path, tag: str, log) -> dict:
     train, test, frame = load_inputs(cfg)
     log(f"baselines trained on sweep(s) {cfg.train_sweeps}, tested on sweep 0, {cfg.encoder} "
         f"input {tuple(test[0].shape[1:])}: "
@@ -276,10 +372,6 @@ def run_baselines(cfg: BaselineConfig, log=print) -> dict:
                                              "seconds"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    # the input form in the file names: realvalued, realvalued_signed-log or spiking
-    tag = cfg.encoder if cfg.features == "published" else f"{cfg.encoder}_{cfg.features}"
-    if parse_sweeps(cfg.train_sweeps) != (0,):
-        tag += f"_sweeps{cfg.train_sweeps.replace(',', '+')}"
     atomic_write_text(buf.getvalue(), out / f"baselines_{tag}.csv")
     result = {"encoder": cfg.encoder, "input": "sweep 0", "train_sweeps": cfg.train_sweeps,
               "epochs": cfg.epochs, "lr": cfg.lr,
@@ -295,26 +387,7 @@ def run_baselines(cfg: BaselineConfig, log=print) -> dict:
 def main(argv=None, defaults: BaselineConfig | None = None) -> int:
     ns = build_parser(BaselineConfig, defaults, __doc__.split("\n")[0]).parse_args(argv)
     cfg = BaselineConfig(**vars(ns))
-    if cfg.model not in MODELS + ("all",):
-        raise ValueError(f"--model must be one of {MODELS + ('all',)}, got {cfg.model!r}")
-    if cfg.encoder not in ENCODERS:
-        raise ValueError(f"--encoder must be one of {ENCODERS}, got {cfg.encoder!r}")
-    if cfg.features not in REALVALUED_FEATURES:
-        raise ValueError(f"--features must be one of {tuple(REALVALUED_FEATURES)}, "
-                         f"got {cfg.features!r}")
-    if cfg.encoder == "spiking" and cfg.features != "published":
-        raise ValueError(f"--features {cfg.features} applies to --encoder realvalued only")
-    try:
-        parse_sweeps(cfg.train_sweeps)
-    except ValueError as err:
-        raise ValueError(f"--train-sweeps: {err}") from None
-    if not (math.isfinite(cfg.vote_tau) and cfg.vote_tau > 0):
-        raise ValueError(f"--vote-tau must be a positive number of steps, got {cfg.vote_tau}")
-    for name in ("epochs", "batch_size", "hidden"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if not (np.isfinite(cfg.lr) and cfg.lr > 0):
-        raise ValueError(f"--lr must be a positive finite number, got {cfg.lr}")
+    cfg.validate()
     run_baselines(cfg)
     return 0
 

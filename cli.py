@@ -8,6 +8,8 @@ Each script has one config dataclass; every field is a ``--flag-name`` built by
   its type is given with ``flag(..., type=int)``;
 - ``choices`` and ``required`` pass through to argparse.
 
+Every script's parser is an :class:`ArgumentParser`: a malformed or invalid flag is one line
+``error: --flag: what is wrong (see SCRIPT --help)`` and exit code 2, not argparse's usage.
 :func:`run_cli` runs a script's ``main`` so that user errors (``ValueError``, missing files)
 become one ``error: ...`` line and exit code 2, and Ctrl-C one line and exit code 130.
 """
@@ -15,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from dataclasses import field
+
+SEED_MAX = 2 ** 63 - 1   # seeds are stored as 64-bit integers (checkpoints, HDF5 attributes)
 
 
 def flag(default, help: str, choices=None, type=None, required: bool = False):
@@ -25,11 +30,28 @@ def flag(default, help: str, choices=None, type=None, required: bool = False):
                                             "required": required})
 
 
+def seed_check(value, flag: str):
+    """The ``(ok, message)`` pair of :func:`require` for a seed: an integer in 0..SEED_MAX."""
+    return (isinstance(value, int) and 0 <= value <= SEED_MAX,
+            f"{flag} must be an integer in 0..{SEED_MAX}, got {value}")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line naming the flag and pointing to ``--help``
+    (exit code 2) instead of the whole usage."""
+
+    def error(self, message):
+        msg = re.sub(r"^argument ([^:]+): ", r"\1: ", " ".join(str(message).split()))
+        self.exit(2, f"error: {msg} (see {self.prog} --help)\n")
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None ("from the checkpoint") and booleans (``--no-x``)."""
+    """Shows defaults, except None ("from the checkpoint"), "", booleans (``--no-x``) and
+    helps that say their default themselves."""
 
     def _get_help_string(self, action):
-        if action.default is None or isinstance(action.default, bool):
+        if (action.default in (None, "") or isinstance(action.default, bool)
+                or "(default" in (action.help or "")):
             return action.help
         return super()._get_help_string(action)
 
@@ -43,7 +65,7 @@ def build_parser(config_cls, defaults=None, description: str | None = None,
     ``suppress_defaults`` only the flags given appear in the parsed namespace (to tell which
     were given explicitly).
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Help)
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=_Help)
     for f in dataclasses.fields(config_cls):
         meta = f.metadata
         value = getattr(defaults, f.name) if defaults is not None else f.default

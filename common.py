@@ -20,19 +20,29 @@ def select_device(name: str | None = "auto") -> torch.device:
     """The device to run on: CUDA when present and the CPU otherwise.
 
     ``name`` overrides the choice: ``"auto"`` (or ``None``), ``"cpu"``, ``"cuda"`` or
-    ``"cuda:N"``. Asking for CUDA on a machine without it is an error, not a silent fallback.
+    ``"cuda:N"``. Asking for a device that is not there (CUDA on a machine without it, a GPU
+    index beyond the last, ``cpu:N``) is an error naming ``--device``, not a silent fallback.
     """
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available here; "
-                         "use --device cpu (or auto)")
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device: unknown device {name!r}: use 'auto', 'cpu', 'cuda' or "
+                         "'cuda:N'") from err
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device type {device.type!r} is not supported: use 'cpu' or 'cuda'")
+        raise ValueError(f"--device: device type {device.type!r} is not supported: use 'cpu' "
+                         "or 'cuda'")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ValueError(f"--device {name}: there is one CPU device (its cores are threads); "
+                         "use --device cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for but CUDA is not available here; "
+                         "use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                         f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

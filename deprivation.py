@@ -22,21 +22,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_path, atomic_write_json, atomic_write_text, check_writable_dir, \
-    select_device
+from common import atomic_path, atomic_write_json, atomic_write_text, select_device
 from model import ENGINES, InitialState
 from checkpoint import load_checkpoint
-from cli import flag, require
+from cli import flag, require, seed_check
 from readout import class_scores
+from rundir import claim_results_dir, removed_if_unused
 from whisker_dataset import N_WHISKERS
+
+OUTPUT_FILES = ("deprivation.csv", "deprivation.json", "deprivation.png")
 
 
 @dataclass
 class DeprivationConfig:
     """Settings of ``RSNN_bfd_whisker_deprivation.py`` (each is a ``--flag``)."""
     checkpoint: str = flag("", "checkpoint of either training script (e.g. runs/spiking/best.pth)")
-    data_dir: str = flag("", "folder with snn_test3.h5 (default: the training run's --data-dir)")
-    out: str = flag("", "output folder (default: the checkpoint's folder)")
+    data_dir: str = flag(None, "folder with snn_test3.h5 (default: the training run's "
+                               "--data-dir)", type=str)
+    out: str = flag(None, "output folder (default: the checkpoint's folder)", type=str)
+    overwrite: bool = flag(False, "replace the deprivation results already in --out")
     trials: int = flag(50, "random whisker sets per number removed (2..max-removed)")
     max_removed: int = flag(8, "largest number of whiskers removed")
     seed: int = flag(515, "seed of the random whisker sets")
@@ -49,7 +53,7 @@ class DeprivationConfig:
     n_steps: int = flag(-1, "truncate sequences to T steps (-1: as in training, 0: full)")
     max_test_samples: int = flag(0, "use only the first N test samples (0: all)")
     engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
-                               "reference, numba or torch")
+                               "reference, numba or torch", ENGINES)
     progress: bool = flag(True, "tqdm progress bar over trials")
 
 
@@ -129,10 +133,15 @@ def validate(cfg: DeprivationConfig) -> DeprivationConfig:
     """Refuse settings that cannot give a meaningful result (``ValueError`` naming the flag)."""
     checks = [
         (bool(cfg.checkpoint), "--checkpoint is required (e.g. runs/spiking/best.pth)"),
-        (cfg.trials >= 0, f"--trials must be >= 0, got {cfg.trials}"),
+        (cfg.trials >= 1, f"--trials must be >= 1 (random sets per number removed), got "
+                          f"{cfg.trials}"),
         (1 <= cfg.max_removed <= N_WHISKERS,
          f"--max-removed must be in 1..{N_WHISKERS}, got {cfg.max_removed}"),
-        (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}"),
+        seed_check(cfg.seed, "--seed"),
+        (cfg.out is None or bool(cfg.out.strip()),
+         "--out must name a folder, got '' (leave it out for the checkpoint's folder)"),
+        (cfg.data_dir is None or bool(cfg.data_dir.strip()),
+         "--data-dir must name a folder, got '' (leave it out for the training run's)"),
         (cfg.batch_size == -1 or cfg.batch_size >= 1,
          f"--batch-size must be -1 (the training run's) or >= 1, got {cfg.batch_size}"),
         (cfg.lanes >= 1, f"--lanes must be >= 1, got {cfg.lanes}"),
@@ -148,18 +157,34 @@ def validate(cfg: DeprivationConfig) -> DeprivationConfig:
 
 
 def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
-    """Evaluate every trial; write CSV, JSON and plot. Returns the JSON summary."""
-    from whisker_dataset import data_dir_of_run, datasets_of_run, ensure_run_dataset
+    """Evaluate every trial; write CSV, JSON and plot. Returns the JSON summary.
+
+    Results already in ``--out`` are refused unless ``--overwrite``; an ``--out`` made here is
+    removed again when the run fails before writing them."""
+    from training import stored_train_config
 
     validate(cfg)
     device = select_device(cfg.device)
     model, ckpt = load_checkpoint(cfg.checkpoint, device)
+    tc = stored_train_config(ckpt, cfg.checkpoint)
     model.use_engine(cfg.engine)
-    tc = ckpt.get("train_config") or {}
-    # before the long evaluation: fail now, not after it, if the results cannot be written
-    out = check_writable_dir(Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent)
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent
+    with removed_if_unused(out):
+        # before the long evaluation: fail now, not after it, if the results cannot be
+        # written or would replace earlier ones
+        claim_results_dir(out, OUTPUT_FILES, cfg.overwrite, "deprivation results")
+        return _run(cfg, model, tc, out, device, log, ckpt.get("dataset"))
+
+
+def _run(cfg: DeprivationConfig, model, tc: dict, out: Path, device, log,
+         trained_on: dict | None = None) -> dict:
+    from whisker_dataset import check_data_folder, data_dir_of_run, datasets_of_run, \
+        ensure_run_dataset
+
+    if cfg.data_dir:
+        check_data_folder(cfg.data_dir)
     # a network trained on generated data (the one shipped in data/) brings its dataset
-    ensure_run_dataset(ckpt.get("dataset"), data_dir_of_run(tc, cfg.data_dir), log)
+    ensure_run_dataset(trained_on, data_dir_of_run(tc, cfg.data_dir), log)
     # --n-steps -1: the run's (None); 0: the full sequence
     base, = datasets_of_run(model.config.encoder, tc, data_dir=cfg.data_dir or None,
                             n_steps=None if cfg.n_steps < 0 else cfg.n_steps, splits=("test",))
@@ -214,6 +239,7 @@ def plot_deprivation(summary_k: dict, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ks = sorted(int(k) for k in summary_k)
     mean = [summary_k[str(k)]["mean"] for k in ks]
@@ -222,6 +248,7 @@ def plot_deprivation(summary_k: dict, path) -> None:
     ax.errorbar(ks, mean, yerr=std, fmt="o-", capsize=3)
     ax.set(xlabel="whiskers removed", ylabel="test accuracy", ylim=(0, 1.02),
            title="whisker deprivation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # whiskers are counted
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -171,6 +171,9 @@ class BarrelCortexRSNN(nn.Module):
         self.register_buffer("pre_sign", torch.as_tensor(anatomy.pre_sign, dtype=torch.float32))
         self.register_buffer("readout_index", torch.as_tensor(anatomy.readout_neurons))
         self.population_offsets = [int(o) for o in anatomy.offsets]
+        # (3606,) multipliers of the readout's inputs, set by training for one batch
+        # (``--readout-dropout``); None: the published readout. Not part of the state.
+        self.readout_keep: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -248,13 +251,16 @@ class BarrelCortexRSNN(nn.Module):
 
     def network(self) -> Network:
         """The record an engine reads (see :mod:`engines`): the parameters themselves (so
-        gradients flow), the masks, time constants, readout and constants."""
+        gradients flow), the masks, time constants, readout and constants. With
+        ``readout_keep`` set, the first readout layer's weight columns are multiplied by it
+        (dropout of readout neurons for a training batch; the gradient reaches the weight)."""
         ro1, ro2 = self.readout[0], self.readout[1]
+        w1 = ro1.weight if self.readout_keep is None else ro1.weight * self.readout_keep
         return Network(tuple(self.population_offsets), self.recurrent.weight,
                        self.recurrent.mask, self.pre_sign, self.thalamocortical.weight,
                        self.thalamocortical.mask, self.tau_m, self.tau_adp, self.thal_tau_m,
                        self.thal_tau_adp, self.readout_index,
-                       (ro1.weight, ro1.bias, ro2.weight, ro2.bias),
+                       (w1, ro1.bias, ro2.weight, ro2.bias),
                        float(self.config.init_b), float(self.config.beta),
                        int(self.config.n_classes))
 

@@ -27,6 +27,7 @@ all-reduced; only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -39,15 +40,16 @@ import torch
 
 from checkpoint import DTYPES, CheckpointError, load_checkpoint, read_checkpoint, \
     save_checkpoint  # noqa: F401  (CheckpointError, read_checkpoint: this module's interface)
-from cli import flag, parse_config, require, run_cli  # noqa: F401  (run_cli: the scripts)
+from cli import flag, parse_config, require, run_cli, seed_check  # noqa: F401  (run_cli: the scripts)
 from common import atomic_write_json, make_generator
 from distributed import Dist, setup_distributed, shard, shard_bounds, shard_state
+from folds import stratified_holdout
 from model import ENGINES, PAPER_INIT, BarrelCortexRSNN, ModelConfig, build_model
 from readout import LOSSES, predict, readout_loss  # noqa: F401  (LOSSES: this module's interface)
 from rundir import METRIC_FIELDS, claim_run_dir, plot_learning_curves, read_metrics, \
-    same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
-from whisker_dataset import N_WHISKERS, REALVALUED_FEATURES, dataset_identity, datasets_for, \
-    drive_with_sweeps, drop_whiskers, ensure_dataset, parse_sweeps
+    removed_if_unused, same_dir, write_metrics  # noqa: F401  (METRIC_FIELDS: this module's interface)
+from whisker_dataset import CLASS_NAMES, N_WHISKERS, REALVALUED_FEATURES, dataset_identity, \
+    datasets_for, drive_with_sweeps, drop_whiskers, ensure_dataset, parse_sweeps
 
 
 class TrainingDiverged(ValueError):
@@ -94,6 +96,27 @@ class TrainConfig:
     whisker_dropout: float = flag(0.0, "training augmentation: silence each whisker of each "
                                        "training sample with this probability, anew every "
                                        "epoch (published: 0)")
+    val_fraction: float = flag(0.0, "hold out this fraction of the training set (stratified, "
+                                    "drawn with --val-seed) as a validation set: best.pth is "
+                                    "then the epoch of the best validation accuracy (ties: the "
+                                    "earlier) and the test set is only reported; 0 (published): "
+                                    "no validation set, best.pth by test accuracy")
+    val_seed: int = flag(0, "seed of the --val-fraction split (apart from --seed, so that "
+                            "runs of several seeds share one validation set)")
+    patience: int = flag(0, "stop after this many epochs without a better validation "
+                            "accuracy (needs --val-fraction; 0: run every epoch)")
+    rate_reg: float = flag(0.0, "firing-rate regulariser: add rate_reg x the mean over samples "
+                                "of (the sample's mean cortical rate - --target-rate)^2 to the "
+                                "loss (as LSNN / e-prop; needs --engine torch or reference: the "
+                                "numba backward takes no spike gradient); 0 (published): off")
+    target_rate: float = flag(0.02, "target of --rate-reg: spikes per neuron per step")
+    readout_weight_decay: float = flag(0.0, "decoupled weight decay of the two readout layers' "
+                                            "weights: each step multiplies them by 1 - lr x "
+                                            "this (AdamW-style); 0 (published): none")
+    readout_dropout: float = flag(0.0, "drop each readout neuron (the 3,606 excitatory neurons "
+                                       "the readout reads) with this probability for a whole "
+                                       "training batch, the others scaled by 1 / (1 - p); 0 "
+                                       "(published): none")
     device: str = flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
     dtype: str = flag("float32", "parameter dtype", tuple(DTYPES))
     engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
@@ -107,8 +130,8 @@ class TrainConfig:
     workers: int = flag(0, "simulator processes when the dataset is generated (0: all cores)")
     loader_workers: int = flag(-1, "DataLoader worker processes (-1: 4 on CUDA, 0 on the CPU)")
     progress: bool = flag(True, "tqdm progress bars")
-    overwrite: bool = flag(False, "replace the run already in --out (its checkpoints, metrics "
-                                   "and plot are deleted first)")
+    overwrite: bool = flag(False, "replace the run already in --out (its files are replaced "
+                                   "when this run's first epoch ends; until then it is kept)")
 
     def __post_init__(self):
         if self.engine == "fast":   # the name of older versions (stored in their checkpoints)
@@ -141,13 +164,29 @@ class TrainConfig:
             (math.isfinite(self.whisker_dropout) and 0 <= self.whisker_dropout < 1,
              f"--whisker-dropout must be in [0, 1), got {self.whisker_dropout}"),
             (self.n_steps == 0 or self.n_steps >= 2, f"--n-steps must be 0 (full) or >= 2, got {self.n_steps}"),
+            (math.isfinite(self.val_fraction) and 0 <= self.val_fraction < 1,
+             f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.patience >= 0, f"--patience must be >= 0 (0: no early stopping), got {self.patience}"),
+            (self.patience == 0 or self.val_fraction > 0,
+             f"--patience {self.patience} needs a validation set: give --val-fraction (e.g. 0.2)"),
+            (math.isfinite(self.rate_reg) and self.rate_reg >= 0,
+             f"--rate-reg must be >= 0, got {self.rate_reg}"),
+            (math.isfinite(self.target_rate) and 0 <= self.target_rate <= 1,
+             f"--target-rate must be in [0, 1] (spikes per neuron per step), got {self.target_rate}"),
+            (math.isfinite(self.readout_weight_decay) and self.readout_weight_decay >= 0
+             and self.lr * self.readout_weight_decay < 1,
+             f"--readout-weight-decay must be >= 0 with --lr x it below 1, got "
+             f"{self.readout_weight_decay}"),
+            (math.isfinite(self.readout_dropout) and 0 <= self.readout_dropout < 1,
+             f"--readout-dropout must be in [0, 1), got {self.readout_dropout}"),
             (self.max_train_samples >= 0, f"--max-train-samples must be >= 0, got {self.max_train_samples}"),
             (self.max_test_samples >= 0, f"--max-test-samples must be >= 0, got {self.max_test_samples}"),
             (self.objects_per_class >= 1, f"--objects-per-class must be >= 1, got {self.objects_per_class}"),
             (self.workers >= 0, f"--workers must be >= 0 (0: all cores), got {self.workers}"),
             (self.loader_workers >= -1, f"--loader-workers must be >= -1, got {self.loader_workers}"),
-        ] + [(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got "
-              f"{getattr(self, name)}") for name in ("seed", "spike_seed", "data_seed")]
+            (bool(str(self.out).strip()), "--out must name the run folder, got ''"),
+        ] + [seed_check(getattr(self, name), f"--{name.replace('_', '-')}")
+             for name in ("seed", "spike_seed", "data_seed", "val_seed")]
         require(checks)
         if self.encoder == "spiking" and self.features != "published":
             raise ValueError(f"--features {self.features} applies to the real-valued input "
@@ -218,6 +257,79 @@ def load_datasets(cfg: TrainConfig, dist: Dist | None = None, log=print):
 
 def _subset_indices(n: int, limit: int) -> list[int]:
     return list(range(min(n, limit) if limit else n))
+
+
+@dataclass
+class RunData:
+    """What a run trains on, selects its epoch on and tests on: datasets and index lists.
+
+    ``train_idx`` index ``train_set`` (the training batches), ``val_idx`` the same dataset
+    (evaluated each epoch, never trained on; empty: no validation set, ``best.pth`` by test
+    accuracy as published), ``test_idx`` index ``test_set`` (evaluated and reported each
+    epoch). A caller such as ``crossval.py`` passes its own (e.g. one pooled dataset as both
+    sets); by default :func:`run_data` builds them from the config.
+    """
+    train_set: object
+    test_set: object
+    train_idx: list
+    test_idx: list
+    val_idx: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.train_idx, self.test_idx, self.val_idx = (
+            [int(i) for i in ix] for ix in (self.train_idx, self.test_idx, self.val_idx))
+        if not self.train_idx or not self.test_idx:
+            raise ValueError(f"a run needs training and test samples, got {len(self.train_idx)} "
+                             f"and {len(self.test_idx)}")
+        overlap = set(self.train_idx) & set(self.val_idx)
+        if overlap:
+            raise ValueError(f"{len(overlap)} validation sample(s) are also training samples")
+        if self.train_set is self.test_set and set(self.test_idx) & (set(self.train_idx)
+                                                                     | set(self.val_idx)):
+            raise ValueError("the test samples overlap the training or validation samples")
+
+    def split(self) -> dict:
+        """The index lists, as recorded in the run's checkpoints."""
+        return {"train_idx": self.train_idx, "val_idx": self.val_idx, "test_idx": self.test_idx}
+
+
+def run_data(cfg: TrainConfig, dist: Dist | None = None, log=print) -> RunData:
+    """The data of a run from its config: the first ``max_train_samples`` / ``max_test_samples``
+    of the two files; with ``val_fraction`` > 0 a stratified split of those training samples
+    (:func:`folds.stratified_holdout`, seed ``val_seed``) is held out for validation."""
+    train_set, test_set = load_datasets(cfg, dist, log)
+    train_idx = _subset_indices(len(train_set), cfg.max_train_samples)
+    val_idx = []
+    if cfg.val_fraction > 0:
+        try:
+            kept, held = stratified_holdout(train_set.labels[train_idx], cfg.val_fraction,
+                                            cfg.val_seed)
+        except ValueError as err:
+            raise ValueError(f"--val-fraction: {err}") from None
+        train_idx, val_idx = [train_idx[k] for k in kept], [train_idx[k] for k in held]
+    return RunData(train_set, test_set, train_idx,
+                   _subset_indices(len(test_set), cfg.max_test_samples), val_idx)
+
+
+def require_classes(data: RunData) -> None:
+    """Refuse a run whose training, validation or test samples lack one of the three classes
+    (``ValueError``, one line): it could not learn that class, and its accuracy would not say
+    how well the classes are told apart."""
+    limits = {"training": "--max-train-samples", "validation": "--val-fraction",
+              "test": "--max-test-samples"}
+    for name, dataset, idx in (("training", data.train_set, data.train_idx),
+                               ("validation", data.train_set, data.val_idx),
+                               ("test", data.test_set, data.test_idx)):
+        labels = getattr(dataset, "labels", None)
+        if not idx or labels is None:
+            continue
+        present = set(torch.as_tensor(labels)[torch.as_tensor(idx)].tolist())
+        missing = [c for i, c in enumerate(CLASS_NAMES) if i not in present]
+        if missing:
+            raise ValueError(f"the {len(idx)} {name} samples hold no {' and no '.join(missing)}; "
+                             f"every class needs {name} samples: raise {limits[name]} if given, "
+                             "or use data with all three classes in both files (whisker_sim.py "
+                             "--objects-per-class 5 or more)")
 
 
 def _batch_generator(seed: int, epoch: int, batch: int, salt: int) -> torch.Generator:
@@ -329,19 +441,64 @@ def batch_sweeps(n: int, sweeps: tuple[int, ...], seed: int, epoch: int, batch: 
     return torch.as_tensor(sweeps)[pick]
 
 
+@dataclass(frozen=True)
+class Regularisers:
+    """The opt-in regularisers of a training step (all off by default: the published step).
+
+    ``rate_reg`` x mean over samples of (sample's mean cortical rate - ``target_rate``)^2 is
+    added to the loss (:func:`rate_penalty`); ``readout_dropout``: the readout neurons of a
+    global batch are dropped with this probability (:func:`readout_keep`);
+    ``readout_weight_decay``: decoupled decay of the readout weights after each step
+    (:func:`decay_readout_`).
+    """
+    rate_reg: float = 0.0
+    target_rate: float = 0.02
+    readout_dropout: float = 0.0
+    readout_weight_decay: float = 0.0
+
+    @classmethod
+    def of(cls, cfg: "TrainConfig") -> "Regularisers":
+        return cls(cfg.rate_reg, cfg.target_rate, cfg.readout_dropout, cfg.readout_weight_decay)
+
+
+def rate_penalty(spikes: torch.Tensor, target: float) -> torch.Tensor:
+    """Sum over samples of (the sample's mean cortical rate - ``target``)^2.
+
+    spikes: (T, batch, 4218) with a gradient (torch and reference engines). Summed, not
+    averaged, so that it is scaled like the readout loss (``reduction="sum"``)."""
+    return ((spikes.mean(dim=(0, 2)) - target) ** 2).sum()
+
+
+def readout_keep(n_readout: int, p: float, seed: int, epoch: int, batch: int) -> torch.Tensor:
+    """The ``--readout-dropout`` multipliers of a global batch: (n_readout,) float, 0 for a
+    dropped readout neuron and 1 / (1 - p) for a kept one, from a generator seeded by
+    (seed, epoch, batch) (the same on every rank)."""
+    keep = torch.rand(n_readout, generator=_batch_generator(seed, epoch, batch, 37)) >= p
+    return keep.float() / (1 - p)
+
+
+@torch.no_grad()
+def decay_readout_(model, decay: float, lr: float) -> None:
+    """``--readout-weight-decay``: multiply both readout weights by ``1 - lr * decay``."""
+    for layer in (model.readout[0], model.readout[1]):
+        layer.weight.mul_(1 - lr * decay)
+
+
 def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist: Dist,
                     progress: bool, workers: int, desc: str, loss_kind: str = "published",
                     whisker_dropout: float = 0.0, seed: int = 0, epoch: int = 0,
-                    sweeps: tuple[int, ...] = (0,)) -> dict:
-    """One pass over ``batches`` (lists of global indices). Returns mean loss and accuracy.
+                    sweeps: tuple[int, ...] = (0,), reg: Regularisers = Regularisers()) -> dict:
+    """One pass over ``batches`` (lists of global indices). Returns mean loss and accuracy, and
+    the largest gradient norm of its batches (``grad_norm``, for :class:`LearningStall`).
 
     Augmentations (off by default), drawn per global batch from ``seed`` and ``epoch``:
     ``sweeps`` other than ``(0,)`` drive the network with one of these sweeps per sample
     (:func:`batch_sweeps`, :func:`whisker_dataset.drive_with_sweeps`); ``whisker_dropout`` > 0
     silences whiskers (:func:`whisker_keep`, :func:`whisker_dataset.drop_whiskers`).
+    Regularisers (off by default): ``reg`` (:class:`Regularisers`).
     """
     model.train()
-    loss_sum = correct = n = 0.0
+    loss_sum = correct = n = grad_norm = 0.0
     bar = _progress(_iterate(dataset, [shard(b, dist) for b in batches], workers),
                     len(batches), desc, progress and dist.main)
     for k, ((x, y), batch) in enumerate(zip(bar, batches)):
@@ -358,14 +515,26 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
             x = drop_whiskers(x, whisker_keep(global_n, whisker_dropout, seed, epoch, k)[lo:hi])
         x, y = x.to(device), y.to(device)
         state = shard_state(model, global_n, lo, hi, device) if dist.world > 1 else None
-        out = ddp_model(x, state=state)
+        if reg.readout_dropout > 0:
+            model.readout_keep = readout_keep(len(model.readout_index), reg.readout_dropout,
+                                              seed, epoch, k).to(device, model.tau_m.dtype)
+        try:
+            out = ddp_model(x, state=state, record_spikes=reg.rate_reg > 0)
+        finally:
+            model.readout_keep = None
         ce = readout_loss(out, y, loss_kind, reduction="sum")
         loss = ce * (dist.world / global_n)
+        if reg.rate_reg > 0:
+            loss = loss + reg.rate_reg * rate_penalty(out.spikes, reg.target_rate) * (
+                dist.world / global_n)
         if dummy:
             loss = loss * 0.0
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = max(grad_norm, _grad_norm(model))
         optimizer.step()
+        if reg.readout_weight_decay > 0:
+            decay_readout_(model, reg.readout_weight_decay, optimizer.param_groups[0]["lr"])
         model.constrain_()
         # after the step the parameters are the same on every rank, so all ranks stop together
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
@@ -378,11 +547,81 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{float(ce.detach()) / len(y):.4f}")
     loss_sum, correct, n = dist.all_sum([loss_sum, correct, n], device)
-    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "grad_norm": grad_norm}
+
+
+@torch.no_grad()
+def _grad_norm(model) -> float:
+    """The L2 norm of all parameter gradients (after DDP's averaging: the same on every rank)."""
+    norms = [p.grad.detach().norm(dtype=torch.float64) for p in model.parameters()
+             if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+class LearningStall:
+    """Says once, as a log line, when training has stopped learning: an epoch in which every
+    batch's gradient norm was below ``GRAD_EPS``, or a training loss unchanged to within
+    ``LOSS_EPS`` for ``EPOCHS`` epochs running. It only reads the metrics; the run goes on
+    as it would without it."""
+    GRAD_EPS, LOSS_EPS, EPOCHS = 1e-12, 1e-6, 3
+
+    def __init__(self, loss_kind: str):
+        self.loss_kind, self.losses, self.said = loss_kind, [], False
+
+    def notice(self, epoch: int, loss: float, grad_norm: float) -> str | None:
+        """The notice after ``epoch`` (1-based), or None (always None once it was given)."""
+        self.losses = (self.losses + [loss])[-self.EPOCHS:]
+        if self.said:
+            return None
+        if grad_norm < self.GRAD_EPS:
+            why = f"every gradient norm of epoch {epoch} was below {self.GRAD_EPS:g}"
+        elif (len(self.losses) == self.EPOCHS
+              and max(self.losses) - min(self.losses) <= self.LOSS_EPS):
+            why = f"the loss has stayed at {loss:.6f} for {self.EPOCHS} epochs"
+        else:
+            return None
+        self.said = True
+        cause = (" (with the published loss the readout's per-step softmax saturates and gives "
+                 "no gradient)" if self.loss_kind == "published" else "")
+        return (f"note: training has stopped learning: {why}{cause}; the set-up that learns on "
+                "the generated data is --loss log-mean-prob --lr 0.001 --batch-size 32 (see "
+                "docs/RESULTS.md). This run goes on unchanged.")
+
+
+SCRIPTS = {"spiking": "RSNN_bfd_SpikingBased.py", "realvalued": "RSNN_bfd_RealValued.py"}
+
+
+def stored_train_config(ckpt: dict, path, encoder: str | None = None, fix: str = "") -> dict:
+    """The training configuration stored in the checkpoint ``ckpt`` (read from ``path``),
+    checked before it is used: it must be one that training accepts (``validate``, its
+    paths aside) and name its network's encoder. With ``encoder`` (the script's own), the
+    network must also be of that encoder; ``fix`` then says what to do instead. Raises
+    :class:`CheckpointError` (one line); returns the stored dict (``{}`` when none)."""
+    stored = ckpt.get("train_config") or {}
+    network = (ckpt.get("model_config") or {}).get("encoder", "spiking")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: malformed checkpoint (its train_config is a "
+                              f"{type(stored).__name__}, not a dict)")
+    if stored.get("encoder", network) != network:
+        raise CheckpointError(f"{path}: its stored training configuration names the encoder "
+                              f"{stored.get('encoder')!r}, but it holds a {network} network; "
+                              "the checkpoint is damaged or was edited")
+    cls = RealValuedConfig if network == "realvalued" else SpikingConfig
+    names = {f.name for f in dataclasses.fields(cls)} - {"out", "resume"}
+    try:
+        cls(**{k: v for k, v in stored.items() if k in names}).validate()
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its stored training configuration is invalid "
+                              f"({' '.join(str(err).split())})") from None
+    if encoder is not None and network != encoder:
+        raise CheckpointError(f"{path} holds a {network} network, not a {encoder} one"
+                              + (f"; {fix}" if fix else ""))
+    return stored
 
 
 def resolve_resume(cfg: TrainConfig, given: set[str], log=print) -> TrainConfig:
-    """For ``--resume RUN_DIR``: the run's stored config, overridden by the flags given now."""
+    """For ``--resume RUN_DIR``: the run's stored config, overridden by the flags given now.
+    The run must be of the script's encoder (``cfg.encoder``)."""
     if not cfg.resume:
         return cfg
     run_dir = Path(cfg.resume)
@@ -390,7 +629,10 @@ def resolve_resume(cfg: TrainConfig, given: set[str], log=print) -> TrainConfig:
     if run_dir.is_file():
         run_dir = run_dir.parent
     ckpt = read_checkpoint(ckpt_path)
-    stored = ckpt.get("train_config") or {}
+    network = (ckpt.get("model_config") or {}).get("encoder", "spiking")
+    stored = stored_train_config(ckpt, ckpt_path, cfg.encoder,
+                                 f"continue it with python {SCRIPTS.get(network, '?')} --resume "
+                                 f"{cfg.resume}")
     out = Path(cfg.out) if "out" in given else run_dir
     latest = run_dir / "checkpoint.pth"
     if (same_dir(out, run_dir) and ckpt_path.name != latest.name and latest.is_file()
@@ -415,30 +657,34 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
+def train(cfg: TrainConfig, log=print, data: RunData | None = None) -> dict:
     """Train (or resume) a run as described in the module docstring.
 
-    Returns ``{"rows": metrics rows, "best_test_acc", "out": run dir, "epoch"}``.
+    ``data``: the datasets and index lists to use (default :func:`run_data` of ``cfg``).
+    Returns ``{"rows": metrics rows, "best_test_acc", "out": run dir, "epoch": the last
+    epoch run, "selected_on": "test" or "validation", "best_epoch": the epoch of best.pth,
+    "best_val_acc" (None without a validation set), "stopped_early"}``.
     """
     cfg.validate()
     dist, device = setup_distributed(cfg.device)
     log = log if dist.main else (lambda *a, **k: None)
-    lock = claim_run_dir(cfg.out, cfg.resume, cfg.overwrite) if dist.main else None
-    try:
-        return _train(cfg, dist, device, log)
-    finally:
-        if lock is not None:
-            lock.release()
-        if dist.active and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    # a run folder made by this run is removed again when it fails before its first epoch
+    with removed_if_unused(cfg.out) if dist.main else contextlib.nullcontext():
+        lock = claim_run_dir(cfg.out, cfg.resume, cfg.overwrite) if dist.main else None
+        try:
+            return _train(cfg, dist, device, log, data)
+        finally:
+            if lock is not None:
+                lock.release()
+            if dist.active and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
+def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = None) -> dict:
     out = Path(cfg.out)
     dtype = DTYPES[cfg.dtype]
-    train_set, test_set = load_datasets(cfg, dist, log)
-    train_idx = _subset_indices(len(train_set), cfg.max_train_samples)
-    test_idx = _subset_indices(len(test_set), cfg.max_test_samples)
+    data = data or run_data(cfg, dist, log)
+    require_classes(data)
     workers = cfg.loader_workers if cfg.loader_workers >= 0 else (4 if device.type == "cuda" else 0)
 
     start_epoch, best, rows = 0, -1.0, []
@@ -455,6 +701,14 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
             raise ValueError(f"{cfg.resume} has already trained {start_epoch} epochs; give "
                              f"--epochs larger than {start_epoch} to continue")
         best = float(ckpt.get("best_test_acc") if ckpt.get("best_test_acc") is not None else -1.0)
+        stored_split = ckpt.get("split") or {}
+        if (stored_split or data.val_idx) and {k: stored_split.get(k) for k in ("train_idx", "val_idx")} \
+                != {k: v for k, v in data.split().items() if k != "test_idx"}:
+            raise ValueError(f"{cfg.resume} was trained with "
+                             + (f"another validation split ({len(stored_split.get('val_idx', []))} "
+                                "samples)" if stored_split else "no validation set")
+                             + "; resume it with the settings it was started with (--val-fraction, "
+                             "--val-seed, --max-train-samples)")
         # the history up to this checkpoint, from the run it belongs to
         rows = [r for r in read_metrics(Path(cfg.resume).parent / "metrics.csv")
                 if r["epoch"] <= start_epoch]
@@ -464,6 +718,10 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
         optimizer, scheduler = make_optimizer(model, cfg)
     model.train()
     model.use_engine(cfg.engine)   # a named engine is never swapped; options from ENGINE_*
+    if cfg.rate_reg > 0 and model.engine == "numba":
+        raise ValueError("--rate-reg needs the gradient through the spikes, which the numba "
+                         "engine's hand-written backward does not take; use --engine torch "
+                         "(or reference)")
 
     ddp_model = model
     if dist.active:
@@ -476,15 +734,17 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
     config_dict = dataclasses.asdict(cfg)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(config_dict, out / "config.json")
         log(f"training {cfg.encoder} RSNN on {device} with the {model.engine} engine"
             f"{' (auto)' if cfg.engine == 'auto' else ''} ({dist.world} process(es)): "
-            f"{len(train_idx)} train / {len(test_idx)} test samples, T = "
-            f"{train_set[0][0].shape[2]}, epochs {start_epoch + 1}..{cfg.epochs}; run dir {out}")
+            f"{len(data.train_idx)} train / "
+            + (f"{len(data.val_idx)} validation / " if data.val_idx else "")
+            + f"{len(data.test_idx)} test samples, T = {data.train_set[0][0].shape[2]}, epochs "
+            f"{start_epoch + 1}..{cfg.epochs}, best.pth by "
+            f"{'validation' if data.val_idx else 'test'} accuracy; run dir {out}")
 
     try:
-        _epochs(cfg, model, ddp_model, optimizer, scheduler, train_set, test_set, train_idx,
-                test_idx, workers, start_epoch, best, rows, config_dict, dist, device, log)
+        stopped = _epochs(cfg, model, ddp_model, optimizer, scheduler, data, workers,
+                          start_epoch, best, rows, config_dict, dist, device, log)
     except (TrainingDiverged, KeyboardInterrupt) as err:
         if not dist.main:
             raise
@@ -498,18 +758,51 @@ def _train(cfg: TrainConfig, dist: Dist, device, log) -> dict:
         script = Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "RSNN_bfd_SpikingBased.py"
         resume = f"; continue with: python {script} --resume {out}" if "kept" in kept else ""
         raise KeyboardInterrupt(f"{kept}{resume}") from None
+    key = "val_acc" if data.val_idx else "test_acc"
+    best_epoch, best_value, _ = selection(rows, key)
     return {"rows": rows, "best_test_acc": max([r["test_acc"] for r in rows], default=best),
-            "out": str(out), "epoch": max(cfg.epochs, start_epoch)}
+            "out": str(out), "epoch": rows[-1]["epoch"] if rows else start_epoch,
+            "selected_on": "validation" if data.val_idx else "test", "best_epoch": best_epoch,
+            "best_val_acc": best_value if data.val_idx else None, "stopped_early": stopped}
 
 
-def _epochs(cfg, model, ddp_model, optimizer, scheduler, train_set, test_set, train_idx,
-            test_idx, workers, start_epoch, best, rows, config_dict, dist, device, log):
-    """The epoch loop of :func:`_train`; appends to ``rows`` as epochs finish."""
+def selection(rows: list[dict], key: str = "val_acc") -> tuple[int, float, int]:
+    """``(epoch, value, epochs since)`` of the best ``key`` in the metrics ``rows``: the first
+    epoch with the highest value (ties: the earlier epoch), and how many epochs ran after it
+    (the early-stopping count). ``(0, -1.0, 0)`` without rows."""
+    best_epoch, best = 0, -1.0
+    for r in rows:
+        if r[key] > best:
+            best_epoch, best = int(r["epoch"]), float(r[key])
+    return best_epoch, best, (int(rows[-1]["epoch"]) - best_epoch if rows else 0)
+
+
+def _epochs(cfg, model, ddp_model, optimizer, scheduler, data: RunData, workers, start_epoch,
+            best, rows, config_dict, dist, device, log) -> bool:
+    """The epoch loop of :func:`_train`; appends to ``rows`` as epochs finish. Returns whether
+    it stopped early (``patience`` epochs without a better validation accuracy).
+
+    Without a validation set ``best.pth`` is the epoch of the best test accuracy (published);
+    with one, of the best validation accuracy, and the test set is only reported.
+    """
     out = Path(cfg.out)
     t_start = time.time()
+    train_set, test_set, train_idx, test_idx = (data.train_set, data.test_set, data.train_idx,
+                                                data.test_idx)
+    validating = bool(data.val_idx)
+    # the validation samples as a test set reads them (spikes drawn once)
+    val_set = getattr(train_set, "without_resampling", lambda: train_set)()
+    if validating:
+        _, best, _ = selection(rows, "val_acc")
     # recorded in every checkpoint, so that a network used on other data can say so
     dataset = dataset_identity(cfg.data_dir) if dist.main else {}
+    stall = LearningStall(cfg.loss)
     for epoch in range(start_epoch, cfg.epochs):
+        best_epoch, _, since = selection(rows, "val_acc") if validating else (0, 0.0, 0)
+        if cfg.patience and since >= cfg.patience:
+            log(f"stopped early after epoch {epoch}: no better validation accuracy in the "
+                f"last {since} epochs (--patience {cfg.patience}); best.pth is epoch {best_epoch}")
+            return True
         t0 = time.time()
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
@@ -518,37 +811,54 @@ def _epochs(cfg, model, ddp_model, optimizer, scheduler, train_set, test_set, tr
         tr = train_one_epoch(ddp_model, model, optimizer, train_set, batches, device, dist,
                              cfg.progress, workers, f"epoch {epoch + 1}/{cfg.epochs}", cfg.loss,
                              cfg.whisker_dropout, cfg.seed, epoch,
-                             parse_sweeps(cfg.train_sweeps))
+                             parse_sweeps(cfg.train_sweeps), Regularisers.of(cfg))
         scheduler.step()
         te = evaluate(model, test_set, test_idx, cfg.batch_size, device, dist, cfg.progress,
                       workers, loss_kind=cfg.loss)
-        if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])):
+        va = (evaluate(model, val_set, data.val_idx, cfg.batch_size, device, dist, cfg.progress,
+                       workers, desc="validation", loss_kind=cfg.loss) if validating else None)
+        if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])
+                and (va is None or math.isfinite(va["loss"]))):
             raise TrainingDiverged(f"the loss became {tr['loss']:.4g} (train) / "
                                    f"{te['loss']:.4g} (test)")
         seconds = time.time() - t0
         row = {"epoch": epoch + 1, "loss": tr["loss"], "train_acc": tr["acc"],
                "test_loss": te["loss"], "test_acc": te["acc"], "lr": lr,
                "firing_rate": te["firing_rate"], "seconds": seconds}
+        if validating:
+            row.update(val_loss=va["loss"], val_acc=va["acc"])
         rows.append(row)
-        improved = te["acc"] > best
-        best = max(best, te["acc"])
+        chosen = va["acc"] if validating else te["acc"]   # what selects best.pth
+        improved = chosen > best
+        best = max(best, chosen)
         if dist.main:
-            extra = {"best_test_acc": best, "test_acc": te["acc"], "metrics": rows[-1],
-                     "dataset": dataset}
+            best_test = max(r["test_acc"] for r in rows) if validating else best
+            extra = {"best_test_acc": best_test, "test_acc": te["acc"], "metrics": rows[-1],
+                     "dataset": dataset, "selected_on": "validation" if validating else "test"}
+            if validating:
+                extra.update(best_val_acc=best, val_acc=va["acc"], split=data.split())
             if improved:
                 save_checkpoint(out / "best.pth", model, optimizer, scheduler, epoch + 1,
                                 config_dict, extra)
             save_checkpoint(out / "checkpoint.pth", model, optimizer, scheduler, epoch + 1,
                             config_dict, extra)
+            if epoch == start_epoch:   # with the first checkpoint: a failed start changes nothing
+                atomic_write_json(config_dict, out / "config.json")
             write_metrics(rows, out / "metrics.csv")
             plot_learning_curves(rows, out / "learning_curves.png",
                                  f"{cfg.encoder} RSNN")
             left = (time.time() - t_start) / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
+            scores = (f"val acc {va['acc']:.3f} (best {best:.3f}), test acc {te['acc']:.3f}"
+                      if validating else f"test acc {te['acc']:.3f} (best {best:.3f})")
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {tr['loss']:.4f}, train acc "
-                f"{tr['acc']:.3f}, test acc {te['acc']:.3f} (best {best:.3f}), lr {lr:.2e}, "
+                f"{tr['acc']:.3f}, {scores}, lr {lr:.2e}, "
                 f"rate {te['firing_rate']:.4f}, {seconds:.1f} s"
                 + (f", about {_duration(left)} left" if epoch + 1 < cfg.epochs else ""))
+            notice = stall.notice(epoch + 1, tr["loss"], tr["grad_norm"])
+            if notice:
+                log(notice)
         dist.barrier()
+    return False
 
 
 def training_main(config_cls, argv=None, defaults=None, description=None) -> int:

@@ -38,11 +38,12 @@ from typing import Optional
 
 import cli
 from analyses import *  # noqa: F401,F403  (the published names: utils.run_anova, ...)
-from analyses import (ANALYSES, _Concat, parse_floats, run_anova, run_cv, run_degree,
-                      run_dynamics, run_raster, untrained_like)
-from cli import flag
-from common import check_writable_dir, select_device
+from analyses import (ANALYSES, ANALYSIS_FILES, _Concat, parse_floats, run_anova, run_cv,
+                      run_degree, run_dynamics, run_raster, untrained_like)
+from cli import flag, seed_check
+from common import select_device
 from model import ENGINES
+from rundir import claim_results_dir, removed_if_unused
 
 
 @dataclass
@@ -75,6 +76,7 @@ class AnalysisConfig:
     workers: int = flag(1, "CV grid: processes over grid points")
     objects_per_class: int = flag(91, "objects per class if the data must be generated")
     progress: bool = flag(True, "progress bars")
+    overwrite: bool = flag(False, "replace the files of these analyses already in --out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +96,9 @@ def parse_config(argv=None) -> AnalysisConfig:
               (math.isfinite(args.const_current), "--const-current must be a finite number"),
               (0 < args.alpha < 1, "--alpha must lie in (0, 1)"),
               (args.sample >= 0, "--sample must be >= 0"),
-              (args.data_seed is None or args.data_seed >= 0, "--data-seed must be >= 0"),
+              (args.data_seed is None or seed_check(args.data_seed, "--data-seed")[0],
+               seed_check(args.data_seed, "--data-seed")[1]),
+              (bool(args.out.strip()), "--out must name a folder, got ''"),
               (args.objects_per_class >= 1, "--objects-per-class must be >= 1")]
     for ok, msg in checks:
         if not ok:
@@ -109,9 +113,13 @@ def parse_config(argv=None) -> AnalysisConfig:
     return AnalysisConfig(**vars(args))
 
 
-def _load(cfg: AnalysisConfig, device):
+def _load(cfg: AnalysisConfig, device, encoder: str | None = None, fix: str = ""):
+    """The model and checkpoint of ``--checkpoint``, its stored training configuration checked
+    (and the network's encoder, when ``encoder`` is given)."""
     from checkpoint import load_checkpoint
+    from training import stored_train_config
     model, ckpt = load_checkpoint(cfg.checkpoint, device=device)
+    stored_train_config(ckpt, cfg.checkpoint, encoder, fix)
     model.use_engine(cfg.engine)
     return model.eval(), ckpt
 
@@ -128,19 +136,33 @@ def _datasets(cfg: AnalysisConfig, model, ckpt):
                            spike_seed=cfg.data_seed)
 
 
-def run(cfg: AnalysisConfig) -> dict:
-    """Run the analyses selected by ``cfg.analysis``; returns {analysis: result}."""
+def run(cfg: AnalysisConfig, encoder: str | None = None, fix: str = "") -> dict:
+    """Run the analyses selected by ``cfg.analysis``; returns {analysis: result}.
+
+    ``encoder``: refuse a network of another encoder (``fix`` says what to do instead).
+    Files of the same analyses already in ``--out`` are refused unless ``--overwrite``; an
+    ``--out`` made here is removed again when the run fails before writing anything.
+    """
     device = select_device(cfg.device)
     todo = ANALYSES if cfg.analysis == "all" else (cfg.analysis,)
     out = Path(cfg.out)
+    model, ckpt = _load(cfg, device, encoder, fix)
+    with removed_if_unused(out):
+        # before the long work, not after it
+        claim_results_dir(out, [f for a in todo for f in ANALYSIS_FILES[a]], cfg.overwrite,
+                          "results of these analyses")
+        return _run(cfg, todo, out, device, model, ckpt)
+
+
+def _run(cfg: AnalysisConfig, todo, out: Path, device, model, ckpt) -> dict:
     progress = cfg.progress
-    model, ckpt = _load(cfg, device)
-    check_writable_dir(out)   # before the long work, not after it
-    initial = untrained_like(model)
-    results = {}
     data = None
     if any(a in todo for a in ("anova", "raster", "cv")):
         data = _datasets(cfg, model, ckpt)
+    if "raster" in todo and not 0 <= cfg.sample < len(data[1]):
+        raise ValueError(f"--sample {cfg.sample} is not in the test set (0..{len(data[1]) - 1})")
+    initial = untrained_like(model)
+    results = {}
     print(f"[utils] {model.engine} engine on {device}", file=sys.stderr, flush=True)
     for a in todo:
         print(f"[utils] {a} ...", file=sys.stderr, flush=True)
@@ -164,12 +186,13 @@ def run(cfg: AnalysisConfig) -> dict:
     return results
 
 
-def anova_main(argv_or_args=None) -> int:
+def anova_main(argv_or_args=None, encoder: str | None = None) -> int:
     """Entry point of ``RSNN_bfd_SpikingBased.py --anova --checkpoint X --out DIR``.
 
     Accepts an argv list (``--anova`` is ignored), an ``argparse.Namespace`` with at least
     ``checkpoint`` and ``out`` (other :class:`AnalysisConfig` fields are taken when present),
-    or an :class:`AnalysisConfig`. Runs the selectivity analysis only; returns 0.
+    or an :class:`AnalysisConfig`. Runs the selectivity analysis only; returns 0. With
+    ``encoder`` (the calling script's), a network of another encoder is refused.
     """
     a = argv_or_args
     if isinstance(a, AnalysisConfig):
@@ -185,7 +208,8 @@ def anova_main(argv_or_args=None) -> int:
         argv = list(sys.argv[1:] if a is None else a)
         cfg = parse_config([v for v in argv if v != "--anova"])
     cfg.analysis = "anova"
-    run(cfg)
+    run(cfg, encoder, f"analyse it with python utils.py --analysis anova --checkpoint "
+                      f"{cfg.checkpoint} --out {cfg.out}")
     return 0
 
 

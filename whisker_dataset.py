@@ -149,6 +149,12 @@ class _WhiskerFile:
         self.close()
 
 
+def read_labels(path) -> np.ndarray:
+    """The class indices (N,) int64 of a data file, validated, without reading its samples."""
+    with _WhiskerFile(path) as wf:
+        return wf.labels.copy()
+
+
 def _deprive(force: np.ndarray, torque: np.ndarray, idx: np.ndarray):
     if idx.size:
         force[:, :, :, idx] = 0.0
@@ -340,6 +346,16 @@ class SpikingWhiskerDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def without_resampling(self) -> "SpikingWhiskerDataset":
+        """The same samples with the spikes drawn once (epoch 0), as a test set reads them:
+        itself unless ``resample_each_epoch``; else a view sharing the probabilities. A
+        validation split of a resampled training set is evaluated on it."""
+        if not self.resample_each_epoch:
+            return self
+        view = copy.copy(self)
+        view.resample_each_epoch, view.epoch, view._drawn = False, 0, {}
+        return view
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_drawn"] = {}
@@ -471,6 +487,55 @@ class RealValuedWhiskerDataset(torch.utils.data.Dataset):
         return self.samples[i], self.labels[i]
 
 
+class PooledDataset(torch.utils.data.Dataset):
+    """Several datasets read as one: item ``i`` is item ``i - start`` of the part that holds
+    it (parts in the order given, e.g. the training file's samples, then the test file's).
+
+    Each sample is the one its own dataset gives (the same spikes: they are drawn from the
+    sample's index in its file), so a subset of a pool equals the same samples read from
+    their files. ``labels`` (N,) and ``set_epoch`` / ``without_resampling`` as the parts.
+    """
+
+    def __init__(self, parts):
+        self.parts = tuple(parts)
+        if not self.parts:
+            raise ValueError("a pooled dataset needs at least one part")
+        sizes = [len(p) for p in self.parts]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.labels = torch.cat([torch.as_tensor(p.labels) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(part, index within the part) of pooled item ``i``."""
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return part, i - int(self.starts[part])
+
+    def __getitem__(self, i):
+        part, j = self.locate(i)
+        return self.parts[part][j]
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            if hasattr(p, "set_epoch"):
+                p.set_epoch(epoch)
+
+    def without_resampling(self) -> "PooledDataset":
+        views = [p.without_resampling() if hasattr(p, "without_resampling") else p
+                 for p in self.parts]
+        return self if all(v is p for v, p in zip(views, self.parts)) else PooledDataset(views)
+
+
+def pooled_dataset(encoder: str, data_dir, **kwargs) -> PooledDataset:
+    """The training and test files of ``data_dir`` as one dataset (training samples first):
+    :func:`datasets_for` with the same keyword arguments, pooled (for cross-validation)."""
+    return PooledDataset(datasets_for(encoder, data_dir, splits=("train", "test"), **kwargs))
+
+
 def samples_by_class(dataset) -> dict[int, torch.Tensor]:
     """Class index -> stacked inputs (n_c, ...) of that class, in dataset order."""
     labels = dataset.labels
@@ -534,6 +599,18 @@ def datasets_of_run(encoder: str, train_config: dict | None, *, data_dir=None,
                         features=tc.get("features", "published"))
 
 
+def check_data_folder(data_dir, flag: str = "--data-dir") -> Path:
+    """``data_dir`` as a Path; a path naming a file (not the folder of the two files) is a
+    ``ValueError`` naming ``flag``."""
+    data_dir = Path(data_dir)
+    if data_dir.is_file():
+        raise ValueError(f"{flag} {data_dir} is a file; give the folder that holds "
+                         f"{TRAIN_FILE} and {TEST_FILE}"
+                         + (f" ({data_dir.parent})" if data_dir.name in (TRAIN_FILE, TEST_FILE)
+                            else ""))
+    return data_dir
+
+
 def ensure_dataset(data_dir, objects_per_class: int = 91, seed: int = 0, workers=None,
                    log=print, progress: bool = False) -> tuple[Path, Path]:
     """Return (train_path, test_path) in ``data_dir``, generating both with whisker_sim when
@@ -544,7 +621,7 @@ def ensure_dataset(data_dir, objects_per_class: int = 91, seed: int = 0, workers
     does not exist (a typo in ``--data-dir``), is a ``FileNotFoundError`` that says what is
     missing and how to generate data (``python whisker_sim.py --out DIR``).
     """
-    data_dir = Path(data_dir)
+    data_dir = check_data_folder(data_dir)
     train, test = data_dir / TRAIN_FILE, data_dir / TEST_FILE
     have = [p for p in (train, test) if p.exists()]
     if len(have) == 1:

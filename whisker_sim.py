@@ -3,7 +3,8 @@
     python whisker_sim.py --out DIR [--objects-per-class 91] [--seed 0] [--workers N]
     python whisker_sim.py --stats DIR      # sweep statistics of the dataset in DIR (JSON)
 
-writes ``DIR/snn_train3.h5`` and ``DIR/snn_test3.h5``:
+writes ``DIR/snn_train3.h5`` and ``DIR/snn_test3.h5`` (a folder holding either is refused
+unless ``--overwrite``; both are renamed into place together when the generation ends):
 
     force   (N, 12, 110, 31, 3, 3) float32   sweeps x frames x whiskers x nodes x (x, y, z), world frame
     torque  (N, 12, 110, 31, 3, 3) float32
@@ -61,18 +62,20 @@ distances, which only affects penetration depths slightly. ``--stats`` describes
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import csv
 import json
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from common import atomic_path, end_with_parent, remove_stale_temps
+from cli import build_parser, flag, require, run_cli, seed_check
+from common import atomic_path, check_writable_dir, end_with_parent, remove_stale_temps
 from whisker_dataset import CLASS_LABELS, CLASS_NAMES, TEST_FILE, TRAIN_FILE
 from whisker_objects import draw_shape, shape_extent, shape_sdf
 
@@ -355,19 +358,27 @@ def plan(objects_per_class: int, seed: int):
 
 
 def generate_dataset(out, objects_per_class: int = 91, seed: int = 0, workers=None, log=None,
-                     progress: bool = False):
+                     progress: bool = False, overwrite: bool = False):
     """Write ``out/snn_train3.h5`` and ``out/snn_test3.h5``; return their paths.
 
     About 800 MB (uncompressed float32) for the default 91 objects per class: 218 training
     and 55 test objects.
-    ``progress``: a tqdm bar per file. Temporary files of an earlier, interrupted generation
-    into ``out`` are deleted first.
+    ``progress``: a tqdm bar per file. A folder that holds either file is refused (a
+    ``ValueError``) unless ``overwrite`` is set; both files are written to temporary files
+    and renamed into place together at the end, so an interrupted generation leaves what
+    was there. Temporary files of an earlier, interrupted generation into ``out`` are
+    deleted first.
     """
     import h5py
     from tqdm import tqdm
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    existing = [name for name in (TRAIN_FILE, TEST_FILE) if (out / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{out} already holds {' and '.join(existing)}; the simulator does not "
+                         f"write over a dataset: give another --out, or --overwrite to replace "
+                         f"{'it' if len(existing) == 1 else 'them'}")
+    out = check_writable_dir(out)
     remove_stale_temps(out, (TRAIN_FILE, TEST_FILE))
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     train, test = plan(objects_per_class, seed)
@@ -377,8 +388,10 @@ def generate_dataset(out, objects_per_class: int = 91, seed: int = 0, workers=No
     pool = (ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent,
                                 initargs=(os.getpid(),)) if workers > 1 else None)
     try:
-        for path, tasks in zip(paths, (train, test)):
-            with atomic_path(path) as tmp:
+        # both files are renamed into place when the block ends, one right after the other
+        with contextlib.ExitStack() as stack:
+            tmps = [stack.enter_context(atomic_path(path)) for path in paths]
+            for path, tmp, tasks in zip(paths, tmps, (train, test)):
                 with h5py.File(tmp, "w", libver="earliest") as h5:
                     n = len(tasks)
                     kw = dict(dtype=np.float32, track_times=False)
@@ -398,45 +411,73 @@ def generate_dataset(out, objects_per_class: int = 91, seed: int = 0, workers=No
                     h5.attrs["split"] = "train" if path.name == TRAIN_FILE else "test"
                     h5.attrs["parameters"] = json.dumps(PARAMS, sort_keys=True)
                     h5.attrs["classes"] = json.dumps(dict(zip(CLASS_NAMES, CLASS_LABELS)))
-            if log:
-                log(f"wrote {path} ({len(tasks)} objects, {time.time() - t0:.1f} s)")
+                if log:
+                    log(f"simulated {path.name} ({len(tasks)} objects, {time.time() - t0:.1f} s)")
+        if log:
+            log(f"wrote {paths[0]} and {paths[1]}")
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
     return paths
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", help="output folder")
-    ap.add_argument("--objects-per-class", type=int, default=91)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                    help="a progress bar per file")
-    ap.add_argument("--stats", metavar="DIR",
-                    help="instead of generating, write DIR/sweep_statistics.json about the "
-                         "dataset in DIR (first contact, contact rates, static presses)")
-    args = ap.parse_args(argv)
-    if args.stats:
-        from common import atomic_write_json
-        from whisker_statistics import dataset_statistics
-        stats = dataset_statistics(args.stats)
-        atomic_write_json(stats, Path(args.stats) / "sweep_statistics.json")
-        print(json.dumps(stats, indent=1))
+@dataclass
+class SimConfig:
+    """Settings of ``whisker_sim.py`` (each is a ``--flag``)."""
+    out: str = flag(None, "folder to write snn_train3.h5 and snn_test3.h5 into", type=str)
+    objects_per_class: int = flag(91, "objects per class (80/20 train / test split inside each)")
+    seed: int = flag(0, "seed of the objects and sweeps (same seed: byte-identical files)")
+    workers: int = flag(None, "processes (default: all cores)", type=int)
+    progress: bool = flag(True, "a progress bar per file")
+    overwrite: bool = flag(False, "replace the dataset files already in --out")
+    stats: str = flag(None, "instead of generating, write DIR/sweep_statistics.json about the "
+                            "dataset in DIR (first contact, contact rates, static presses)",
+                      type=str)
+
+    def validate(self) -> "SimConfig":
+        require([
+            (self.out is not None or self.stats is not None, "--out is required (or --stats DIR)"),
+            (self.out is None or self.stats is None,
+             "--stats DIR describes a dataset instead of generating one: give --out or --stats"),
+            (self.out is None or bool(self.out.strip()), "--out must name a folder, got ''"),
+            (self.stats is None or bool(self.stats.strip()), "--stats must name a folder, got ''"),
+            (self.objects_per_class >= 1,
+             f"--objects-per-class must be >= 1, got {self.objects_per_class}"),
+            seed_check(self.seed, "--seed"),
+            (self.workers is None or self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+        ])
+        return self
+
+
+def write_statistics(data_dir) -> dict:
+    """``--stats``: :func:`whisker_statistics.dataset_statistics` of the dataset in
+    ``data_dir``, written as ``data_dir/sweep_statistics.json``."""
+    from common import atomic_write_json
+    from whisker_dataset import check_data_folder
+    from whisker_statistics import dataset_statistics
+
+    data_dir = check_data_folder(data_dir, "--stats")
+    missing = [name for name in (TRAIN_FILE, TEST_FILE) if not (data_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"--stats {data_dir}: no dataset there ({' and '.join(missing)} "
+                         f"missing); generate one with python whisker_sim.py --out {data_dir}")
+    stats = dataset_statistics(data_dir)
+    atomic_write_json(stats, data_dir / "sweep_statistics.json")
+    return stats
+
+
+def main(argv=None) -> int:
+    """Parse ``argv`` and generate the dataset (or, with ``--stats``, describe one)."""
+    ns = build_parser(SimConfig, description=__doc__.split("\n")[0],
+                      prog="whisker_sim.py").parse_args(argv)
+    cfg = SimConfig(**vars(ns)).validate()
+    if cfg.stats is not None:
+        print(json.dumps(write_statistics(cfg.stats), indent=1))
         return 0
-    if not args.out:
-        ap.error("--out is required (or --stats DIR)")
-    if args.objects_per_class < 1:
-        ap.error("--objects-per-class must be >= 1")
-    if args.seed < 0:
-        ap.error(f"--seed must be >= 0, got {args.seed}")
-    if args.workers is not None and args.workers < 1:
-        ap.error(f"--workers must be >= 1, got {args.workers}")
-    generate_dataset(args.out, args.objects_per_class, args.seed, args.workers, log=print,
-                     progress=args.progress)
+    generate_dataset(cfg.out, cfg.objects_per_class, cfg.seed, cfg.workers, log=print,
+                     progress=cfg.progress, overwrite=cfg.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -16,9 +16,18 @@ from .statistics import (anova_oneway, binned_cv, class_proportions, group_rates
                          ternary_xy, weighted_degrees)
 
 ANALYSES = ("anova", "raster", "dynamics", "degree", "cv")
+# the files each analysis writes into its output folder (figures.run_*)
+ANALYSIS_FILES = {
+    "anova": ("anova_selectivity.png", "anova_selectivity.json", "anova_neurons.csv"),
+    "raster": ("raster.png", "raster_rates.csv", "raster.json"),
+    "dynamics": ("dynamics_tau.png", "dynamics_tau.csv", "dynamics_constant_input.png",
+                 "dynamics_constant_input.csv", "dynamics_constant_input.json"),
+    "degree": ("degree_distributions.png", "degree.json", "degree.csv"),
+    "cv": ("cv_grid.csv", "cv_grid.png"),
+}
 
 __all__ = [
-    "ANALYSES", "CLASS_NAMES_DEFAULT", "DPI", "E_COLOR", "I_COLOR", "INIT_COLOR",
+    "ANALYSES", "ANALYSIS_FILES", "CLASS_NAMES_DEFAULT", "DPI", "E_COLOR", "I_COLOR", "INIT_COLOR",
     "anova_oneway", "balanced_indices", "binned_cv", "class_names", "class_proportions",
     "constant_input_rates", "cv_grid", "cv_point", "dataset_labels", "group_rates", "isi_cv",
     "minmax", "model_degrees", "parse_floats", "pearson", "plot_constant_input",

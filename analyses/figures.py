@@ -210,8 +210,13 @@ def plot_raster(spikes, anatomy, title="", sample_info=""):
     ax.set_yticklabels([lab for lab, *_ in blocks])
     ax.set_ylim(-0.5, anatomy.n_neurons - 0.5)
     ax.set_ylabel("neurons (by population)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper right", fontsize=8, markerscale=4, framealpha=0.9)
+    ax.set_title(title, fontsize=10, loc="left")
+    # above the axes, off the spikes, with markers large enough to see
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], ls="none", marker="s", markersize=7, color=c, label=lab)
+               for c, lab in ((E_COLOR, "excitatory"), (I_COLOR, "inhibitory"))]
+    ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2,
+              fontsize=8, frameon=False, borderaxespad=0.2)
     rates = group_rates(s, anatomy)
     styles = {"E": "-", "I": "--"}
     colors = {}
@@ -223,10 +228,11 @@ def plot_raster(spikes, anatomy, title="", sample_info=""):
         ax2.plot(np.arange(T), rates[k], styles[typ], color=colors[k], lw=1.1, label=k)
     ax2.set_xlabel("time step")
     ax2.set_ylabel("rate (spikes / neuron / step)")
-    ax2.legend(loc="upper right", fontsize=8, ncol=4, framealpha=0.9)
+    ax2.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=4,
+               frameon=False, borderaxespad=0.2)
     ax2.set_xlim(-0.5, T - 0.5)
     if sample_info:
-        ax2.set_title(sample_info, fontsize=9)
+        ax2.set_title(sample_info, fontsize=9, loc="left")
     fig.tight_layout()
     return fig, rates
 

@@ -1029,8 +1029,13 @@ def _announce_compilation() -> None:
     except AttributeError:   # another numba version keeps its cache elsewhere: say nothing
         return
     if not cached:
-        print("compiling the numba CPU kernels (first run only: a minute or more; numba caches "
-              "them on disk)", file=sys.stderr, flush=True)
+        msg = ("compiling the numba CPU kernels (first run only: a minute or more; numba caches "
+               "them on disk)")
+        try:   # on a line of its own, above any progress bar
+            from tqdm import tqdm
+            tqdm.write(msg, file=sys.stderr)
+        except ImportError:
+            print(msg, file=sys.stderr, flush=True)
 
 
 def _chunk(options) -> int:

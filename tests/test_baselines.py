@@ -122,6 +122,10 @@ def _cli(args, cwd):
     (["--lr", "nan"], "--lr"),
     (["--train-sweeps", "12"], "--train-sweeps"),
     (["--data-dir", "nowhere"], "whisker_sim.py"),
+    (["--data-dir", ROOT / "README.md"], "is a file"),
+    (["--out", ""], "--out must name a folder"),
+    (["--seeds", f"0,{10 ** 23}"], "--seeds must list integers in 0.."),
+    (["--epochs", "2.5"], "--epochs: invalid int value"),
 ])
 def test_bad_arguments_give_one_line_errors(tmp_path, args, words):
     proc = _cli(["--out", tmp_path / "o", "--no-progress", *args], tmp_path)
@@ -129,6 +133,24 @@ def test_bad_arguments_give_one_line_errors(tmp_path, args, words):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()                # nothing left behind
+
+
+def test_a_repeated_run_keeps_the_earlier_results(data_dir, tmp_path):
+    cfg = dict(model="cnn", encoder="realvalued", data_dir=str(data_dir), out=str(tmp_path),
+               seeds="0", epochs=1, hidden=8, progress=False)
+    run_baselines(BaselineConfig(**cfg), log=lambda *a: None)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["baselines_realvalued.csv", "baselines_realvalued.json"]
+    with pytest.raises(ValueError, match="already holds baseline results of this input.*"
+                                         "--overwrite"):
+        run_baselines(BaselineConfig(**{**cfg, "model": "gru"}), log=lambda *a: None)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # another input writes other files; --overwrite replaces these
+    run_baselines(BaselineConfig(**{**cfg, "encoder": "spiking"}), log=lambda *a: None)
+    run_baselines(BaselineConfig(**{**cfg, "model": "gru", "overwrite": True}), log=lambda *a: None)
+    rows = (tmp_path / "baselines_realvalued.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["gru"]
 
 
 def test_vote_model_is_a_leaky_integrator_with_per_step_votes():

@@ -17,6 +17,17 @@ def test_select_device():
             select_device("cuda")
 
 
+def test_a_device_that_is_not_there_is_refused():
+    assert select_device("cpu:0") == torch.device("cpu:0")
+    with pytest.raises(ValueError, match="--device cpu:3: there is one CPU device"):
+        select_device("cpu:3")
+    n = torch.cuda.device_count()
+    with pytest.raises(ValueError, match="--device cuda:99"):
+        select_device("cuda:99")
+    if n:
+        assert select_device(f"cuda:{n - 1}").index == n - 1
+
+
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
     path = tmp_path / "results.json"
     atomic_write_json({"accuracy": 0.5}, path)

@@ -166,7 +166,7 @@ def test_intact_trial_uses_the_training_runs_batch_size(data_dir, tmp_path):
                                                "spike_seed": 0, "batch_size": 1})
     runs = {}
     for flag in (-1, 1, 2):
-        cfg = DeprivationConfig(checkpoint=str(path), out=str(tmp_path / str(flag)), trials=0,
+        cfg = DeprivationConfig(checkpoint=str(path), out=str(tmp_path / str(flag)), trials=1,
                                 max_removed=1, batch_size=flag, device="cpu", progress=False)
         runs[flag] = run_deprivation(cfg, log=lambda *a: None)
     assert runs[-1]["batch_size"] == 1 and runs[2]["batch_size"] == 2
@@ -262,3 +262,89 @@ def test_an_unwritable_out_fails_before_the_trials(ckpt_path, tmp_path, monkeypa
         run_deprivation(DeprivationConfig(checkpoint=str(ckpt_path), out=str(a_file),
                                           trials=1, device="cpu", progress=False))
     assert a_file.read_text() == "not a folder"
+
+
+# ------------------------------------------------------------------------------- nothing lost
+def _in_process(argv):
+    """rc and stderr lines of the deprivation script, run in this process."""
+    import contextlib
+    import io
+
+    import RSNN_bfd_whisker_deprivation as script
+    from cli import run_cli as run_in_process
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = run_in_process(script.main, argv)
+        except SystemExit as exit_:       # argparse's usage errors
+            rc = exit_.code
+    return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+
+
+def test_a_repeated_deprivation_keeps_the_earlier_results(ckpt_path, tmp_path):
+    out = tmp_path / "dep"
+    argv = ["--checkpoint", str(ckpt_path), "--out", str(out), "--trials", "1", "--device", "cpu",
+            "--no-progress"]
+    assert _in_process(argv)[0] == 0
+    before = {n: (out / n).read_bytes() for n in ("deprivation.csv", "deprivation.json",
+                                                  "deprivation.png")}
+    rc, lines = _in_process(argv + ["--seed", "7"])
+    assert rc == 2 and len(lines) == 1 and "already holds deprivation results" in lines[0], lines
+    assert "--overwrite" in lines[0] and "another --out" in lines[0]
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert _in_process(argv + ["--seed", "7", "--overwrite"])[0] == 0
+    assert (out / "deprivation.csv").read_bytes() != before["deprivation.csv"]
+
+
+def test_the_default_out_is_the_checkpoints_folder_and_is_refused_too(data_dir, tmp_path):
+    from model import ModelConfig, build_model
+    run = tmp_path / "run"
+    save_checkpoint(run / "best.pth", build_model(ModelConfig(), engine=ENGINE),
+                    train_config={"data_dir": str(data_dir), "n_steps": 6})
+    (run / "deprivation.json").write_text("earlier\n")
+    rc, lines = _in_process(["--checkpoint", str(run / "best.pth"), "--device", "cpu"])
+    assert rc == 2 and f"{run} already holds deprivation results (deprivation.json)" in lines[0]
+    assert (run / "deprivation.json").read_text() == "earlier\n"
+
+
+@pytest.mark.parametrize("flags, word", [
+    (["--trials", "0"], "--trials must be >= 1"), (["--out", ""], "--out must name a folder"),
+    (["--seed", str(10 ** 23)], "--seed must be an integer in 0.."),
+    (["--engine", "warp"], "--engine: invalid choice"),
+    (["--lanes", "2.5"], "--lanes: invalid int value"),
+    (["--device", "cpu:3"], "--device cpu:3"), (["--data-dir", ""], "--data-dir must name"),
+    (["--data-dir", str(ROOT / "README.md")], "is a file")])
+def test_bad_settings_are_one_line_and_leave_nothing(flags, word, ckpt_path, tmp_path):
+    rc, lines = _in_process(["--checkpoint", str(ckpt_path), "--out", str(tmp_path / "o"),
+                             "--no-progress", *flags])
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert word in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_start_removes_the_out_folder_it_made(ckpt_path, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "new" / "dep"
+    rc, lines = _in_process(["--checkpoint", str(ckpt_path), "--out", str(out), "--data-dir",
+                             str(empty), "--device", "cpu"])
+    assert rc == 2 and "snn_test3.h5" in lines[0], lines
+    assert not (tmp_path / "new").exists() and empty.is_dir()
+
+
+@pytest.mark.parametrize("stored, word", [
+    ({"encoder": "foo"}, "names the encoder 'foo'"),
+    ({"encoder": "realvalued"}, "holds a spiking network"),
+    ({"epochs": 0}, "stored training configuration is invalid (--epochs must be >= 1"),
+    ({"loss": "hinge"}, "--loss must be one of"),
+    ({"batch_size": "many"}, "stored training configuration is invalid")])
+def test_a_checkpoint_with_a_bad_stored_configuration_is_refused(stored, word, data_dir,
+                                                                 tmp_path):
+    from model import ModelConfig, build_model
+    path = tmp_path / "bad.pth"
+    save_checkpoint(path, build_model(ModelConfig(), engine=ENGINE),
+                    train_config={"data_dir": str(data_dir), "n_steps": 6, **stored})
+    rc, lines = _in_process(["--checkpoint", str(path), "--out", str(tmp_path / "o"),
+                             "--device", "cpu"])
+    assert rc == 2 and len(lines) == 1 and word in lines[0] and "bad.pth" in lines[0], lines
+    assert not (tmp_path / "o").exists()

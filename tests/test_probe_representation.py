@@ -20,7 +20,7 @@ def run(tmp_path_factory):
     import whisker_sim
     from training import SpikingConfig, train
     d = tmp_path_factory.mktemp("whisker_data")
-    whisker_sim.generate_dataset(d, objects_per_class=2, seed=3, workers=2)
+    whisker_sim.generate_dataset(d, objects_per_class=5, seed=3, workers=2)  # every class in both files
     out = tmp_path_factory.mktemp("run")
     train(SpikingConfig(data_dir=str(d), out=str(out), epochs=1, batch_size=4, n_steps=12,
                         device="cpu", progress=False, loss="log-mean-prob"),

@@ -1,6 +1,6 @@
 """Training library and scripts: defaults, end-to-end run, checkpoints, resume, DDP, errors.
 
-Runs on a tiny simulated dataset (4 objects per class: 10 train / 2 test samples) with a short
+Runs on a tiny simulated dataset (5 objects per class: 12 train / 3 test samples) with a short
 T; the whole file takes about a minute or two on 2 CPU cores.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def env1():
 def data_dir(tmp_path_factory):
     import whisker_sim
     d = tmp_path_factory.mktemp("whisker_data")
-    whisker_sim.generate_dataset(d, objects_per_class=4, seed=0, workers=2)
+    whisker_sim.generate_dataset(d, objects_per_class=5, seed=0, workers=2)
     return d
 
 
@@ -101,7 +101,7 @@ def test_features_apply_to_the_real_valued_input_only(data_dir, tmp_path):
         RealValuedConfig(features="log").validate()
     # the run reads the features it names, and keeps them in its config
     cfg = RealValuedConfig(data_dir=str(data_dir), out=str(tmp_path / "rv"), epochs=1,
-                           batch_size=4, n_steps=8, max_train_samples=4, max_test_samples=4,
+                           batch_size=4, n_steps=8, max_train_samples=8, max_test_samples=4,
                            device="cpu", engine=ENGINE, progress=False, features="signed-log")
     train_set, _ = training.load_datasets(cfg, log=lambda *a: None)
     assert train_set.features == "signed-log"
@@ -259,7 +259,7 @@ def test_training_sweeps_choice_and_run(data_dir, tmp_path, monkeypatch):
         seen.append(sweeps.clone())
         return real(x, sweeps, driving)
     monkeypatch.setattr(training, "drive_with_sweeps", spy)
-    cfg = tiny(data_dir, tmp_path / "sw", epochs=1, train_sweeps="4-7", max_test_samples=2)
+    cfg = tiny(data_dir, tmp_path / "sw", epochs=1, train_sweeps="4-7", max_test_samples=3)
     train(cfg, log=lambda *a: None)
     assert seen and all(set(s.tolist()) <= {4, 5, 6, 7} for s in seen)
     assert sum(len(s) for s in seen) == 8               # every training sample, once
@@ -271,7 +271,7 @@ def test_realvalued_script_runs(data_dir, tmp_path):
     import RSNN_bfd_RealValued
     out = tmp_path / "rv"
     RSNN_bfd_RealValued.main(["--data-dir", str(data_dir), "--out", str(out), "--epochs", "1",
-                              "--n-steps", "6", "--batch-size", "4", "--max-train-samples", "4",
+                              "--n-steps", "6", "--batch-size", "4", "--max-train-samples", "8",
                               "--device", "cpu", "--engine", ENGINE, "--no-progress"])
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["model_config"]["encoder"] == "realvalued"
@@ -466,13 +466,92 @@ def test_bad_settings_are_refused(data_dir, tmp_path):
              (["--whisker-dropout", "1"], "--whisker-dropout"),
              (["--train-sweeps", "13"], "--train-sweeps"),
              (["--out", str(a_file)], "is a file"),
-             (["--data-dir", str(tmp_path / "typo")], "does not exist")]
+             (["--data-dir", str(tmp_path / "typo")], "does not exist"),
+             (["--data-dir", str(a_file)], f"--data-dir {a_file} is a file"),
+             (["--out", ""], "--out must name the run folder"),
+             (["--device", "cpu:3"], "--device cpu:3: there is one CPU device"),
+             (["--seed", str(10 ** 23)], "--seed must be an integer in 0.."),
+             (["--data-seed", str(2 ** 63)], "--data-seed must be an integer in 0..")]
     for flags, word in cases:
         out = ["--out", str(tmp_path / "o")] if "--out" not in flags else []
         rc, lines = _cli(base + out + flags)
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), (flags, lines)
         assert word in lines[0], (flags, lines)
-    assert not (tmp_path / "o" / "checkpoint.pth").exists()
+        assert not (tmp_path / "o").exists(), flags       # a failed start leaves no folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.parametrize("flags, word", [
+    (["--engine", "warp"], "--engine: invalid choice: 'warp'"),
+    (["--batch-size", "3.5"], "--batch-size: invalid int value: '3.5'"),
+    (["--features", "foo"], "--features: invalid choice: 'foo'")])
+def test_usage_errors_are_one_line(tmp_path, flags, word):
+    proc = run_script([ROOT / "RSNN_bfd_SpikingBased.py", *flags], tmp_path, timeout=120)
+    assert_one_line_error(proc)
+    assert word in proc.stderr and "--help" in proc.stderr and "usage:" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_start_leaves_nothing_behind(run2, data_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "snn_train3.h5").write_text("not an hdf5 file\n")
+    (bad / "snn_test3.h5").write_bytes((data_dir / "snn_test3.h5").read_bytes())
+    args = ["--data-dir", str(bad), "--epochs", "1", "--n-steps", str(T), "--no-progress"]
+    rc, lines = _cli(args + ["--out", str(tmp_path / "new" / "run")])
+    assert rc == 2 and "snn_train3.h5" in lines[0], lines
+    assert not (tmp_path / "new").exists()                   # made by the run: removed
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert _cli(args + ["--out", str(mine)])[0] == 2
+    assert mine.is_dir()                                     # the user's folder stays
+    # --overwrite replaces an earlier run only when the new one has finished an epoch
+    copy = _copy_run(run2[0], tmp_path / "copy")
+    before = _digests(copy)
+    assert _cli(args + ["--out", str(copy), "--overwrite"])[0] == 2
+    assert _digests(copy) == before
+
+
+def test_a_training_set_without_every_class_is_refused(tmp_path):
+    import h5py
+    import numpy as np
+    for name, labels in (("snn_train3.h5", [53] * 4), ("snn_test3.h5", [53, 55, 113])):
+        with h5py.File(tmp_path / name, "w") as h5:
+            h5["force"] = h5["torque"] = np.ones((len(labels), 12, 110, 31, 3, 3), np.float32)
+            h5["label"] = np.array(labels, np.float64)
+    rc, lines = _cli(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--epochs",
+                      "1", "--n-steps", str(T), "--no-progress"])
+    assert rc == 2 and len(lines) == 1, lines
+    assert "the 4 training samples hold no box and no plane" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_is_resumed_only_by_its_own_script_and_with_a_valid_configuration(run2, tmp_path):
+    out, _ = run2
+    run = _copy_run(out, tmp_path / "run")
+    before = _digests(run)
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = training.run_cli(lambda a: training.training_main(RealValuedConfig, a),
+                              ["--resume", str(run), "--epochs", "3"])
+    err_lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    assert rc == 2 and len(err_lines) == 1, err_lines
+    assert "holds a spiking network, not a realvalued one" in err_lines[0]
+    assert f"continue it with python RSNN_bfd_SpikingBased.py --resume {run}" in err_lines[0]
+    # a stored configuration that training would refuse is refused as the checkpoint's
+    original = (run / "checkpoint.pth").read_bytes()
+    ckpt = torch.load(run / "checkpoint.pth", weights_only=True)
+    for stored, word in (({"encoder": "foo"}, "names the encoder 'foo'"),
+                         ({"lr": -1.0}, "stored training configuration is invalid (--lr")):
+        torch.save({**ckpt, "train_config": {**ckpt["train_config"], **stored}},
+                   run / "checkpoint.pth")
+        rc, lines = _cli(["--resume", str(run), "--epochs", "3"])
+        assert rc == 2 and len(lines) == 1 and word in lines[0] and "checkpoint.pth" in lines[0]
+        assert _digests(run)["metrics.csv"] == before["metrics.csv"]
+    (run / "checkpoint.pth").write_bytes(original)
+    assert _digests(run) == before
 
 
 def test_a_nan_stops_the_run_and_best_stays_finite(data_dir, tmp_path, monkeypatch):
@@ -523,3 +602,252 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(data_dir, tmp_path, monkeyp
                                                 r"with: python \S+ --resume"):
         train(tiny(data_dir, out, epochs=3))
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- validation
+def _with_test_labels(src, dst, labels):
+    """A copy of the dataset in ``src`` whose test file has the label values ``labels``."""
+    import shutil
+
+    import h5py
+    import numpy as np
+    dst.mkdir()
+    for name in ("snn_train3.h5", "snn_test3.h5"):
+        shutil.copy(src / name, dst / name)
+    with h5py.File(dst / "snn_test3.h5", "r+") as h5:
+        h5["label"][...] = np.asarray(labels, h5["label"].dtype)
+    return dst
+
+
+def test_selection_picks_the_first_best_epoch():
+    rows = [{"epoch": e, "val_acc": a} for e, a in enumerate([0.2, 0.5, 0.5, 0.4], start=1)]
+    assert training.selection(rows, "val_acc") == (2, 0.5, 2)
+    assert training.selection([], "val_acc") == (0, -1.0, 0)
+
+
+def test_val_fraction_never_touches_the_test_set(data_dir, tmp_path, monkeypatch):
+    """With --val-fraction, best.pth is chosen on a stratified validation split of the
+    training set that never enters a training batch: other test labels give the same
+    best.pth epoch and weights (and the same validation history)."""
+    import h5py
+    with h5py.File(data_dir / "snn_test3.h5", "r") as h5:
+        labels = h5["label"][()]
+    flipped = _with_test_labels(data_dir, tmp_path / "flipped",
+                                [{53: 55, 55: 113, 113: 53}[int(v)] for v in labels])
+    trained_on = []
+    real = training.epoch_batches
+
+    def spy(indices, *a, **k):
+        trained_on.append(list(indices))
+        return real(indices, *a, **k)
+    monkeypatch.setattr(training, "epoch_batches", spy)
+
+    runs = {}
+    for name, d in (("same", data_dir), ("flipped", flipped)):
+        cfg = tiny(d, tmp_path / name, epochs=3, max_train_samples=0, val_fraction=0.4)
+        runs[name] = train(cfg, log=lambda *a: None)
+    a, b = (torch.load(tmp_path / n / "best.pth", weights_only=True) for n in ("same", "flipped"))
+    assert a["epoch"] == b["epoch"] == runs["same"]["best_epoch"] == runs["flipped"]["best_epoch"]
+    assert a["selected_on"] == "validation" and a["best_val_acc"] == b["best_val_acc"]
+    for k in a["model_state"]:
+        assert torch.equal(a["model_state"][k], b["model_state"][k]), k
+    ra, rb = (read_metrics(tmp_path / n / "metrics.csv") for n in ("same", "flipped"))
+    assert [(r["val_acc"], r["val_loss"], r["loss"]) for r in ra] == \
+           [(r["val_acc"], r["val_loss"], r["loss"]) for r in rb]
+    assert [r["test_loss"] for r in ra] != [r["test_loss"] for r in rb]   # the test set differs
+    # the split: stratified, recorded, and never trained on
+    split = a["split"]
+    train_set, _ = training.load_datasets(tiny(data_dir, tmp_path / "x"), log=lambda *a: None)
+    assert sorted(split["train_idx"] + split["val_idx"]) == list(range(len(train_set)))
+    counts = torch.bincount(train_set.labels, minlength=3).tolist()
+    held = torch.bincount(train_set.labels[split["val_idx"]], minlength=3).tolist()
+    assert held == [min(max(round(0.4 * n), 1), n - 1) for n in counts], (held, counts)
+    assert trained_on and all(set(t) == set(split["train_idx"]) for t in trained_on)
+    with open(tmp_path / "same" / "metrics.csv") as fh:
+        header = fh.readline().strip().split(",")
+    assert header == list(training.METRIC_FIELDS) + ["val_loss", "val_acc"]
+
+
+def test_patience_stops_early_and_resume_keeps_the_choice(data_dir, tmp_path, monkeypatch):
+    """--patience N stops after N epochs without a better validation accuracy; resuming the
+    stopped run trains nothing more; --patience without a validation set is refused."""
+    val_accs = iter([0.25, 0.5, 0.5, 0.25, 0.75, 0.75])
+    real = training.evaluate
+
+    def scripted(*a, desc="test", **k):
+        r = real(*a, desc=desc, **k)
+        return dict(r, acc=next(val_accs)) if desc == "validation" else r
+    monkeypatch.setattr(training, "evaluate", scripted)
+    out = tmp_path / "stop"
+    summary = train(tiny(data_dir, out, epochs=6, val_fraction=0.4, patience=2,
+                         max_train_samples=0), log=lambda *a: None)
+    assert summary["stopped_early"] and summary["epoch"] == 4 and summary["best_epoch"] == 2
+    assert [r["val_acc"] for r in read_metrics(out / "metrics.csv")] == [0.25, 0.5, 0.5, 0.25]
+    assert torch.load(out / "best.pth", weights_only=True)["epoch"] == 2
+    again = train(training.resolve_resume(tiny(data_dir, out, epochs=6, resume=str(out)),
+                                          {"resume", "epochs"}), log=lambda *a: None)
+    assert again["stopped_early"] and again["epoch"] == 4
+    for flags, word in ((dict(patience=2), "--patience 2 needs a validation set"),
+                        (dict(val_fraction=1.0), "--val-fraction"),
+                        (dict(val_fraction=0.2, patience=-1), "--patience")):
+        with pytest.raises(ValueError, match=word):
+            SpikingConfig(**flags).validate()
+
+
+def test_resume_with_a_validation_set_equals_uninterrupted(data_dir, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(tiny(data_dir, full, epochs=2, val_fraction=0.4, max_train_samples=0), log=lambda *a: None)
+    train(tiny(data_dir, part, epochs=1, val_fraction=0.4, max_train_samples=0), log=lambda *a: None)
+    cfg = training.resolve_resume(tiny(data_dir, part, epochs=2, resume=str(part)),
+                                  {"resume", "epochs"}, log=lambda *a: None)
+    train(cfg, log=lambda *a: None)
+    a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (full, part))
+    for k in a["model_state"]:
+        assert torch.equal(a["model_state"][k], b["model_state"][k]), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(full / "metrics.csv")) == strip(read_metrics(part / "metrics.csv"))
+    # resuming with another split is refused
+    cfg = training.resolve_resume(tiny(data_dir, part, epochs=3, resume=str(part), val_seed=5),
+                                  {"resume", "epochs", "val_seed"}, log=lambda *a: None)
+    with pytest.raises(ValueError, match="another validation split"):
+        train(cfg, log=lambda *a: None)
+
+
+# ----------------------------------------------------------------------------- regularisers
+def test_regularisers_are_off_by_default():
+    assert training.Regularisers.of(SpikingConfig()) == training.Regularisers()
+    assert training.Regularisers.of(RealValuedConfig()) == training.Regularisers()
+    from model import ModelConfig, build_model
+    model = build_model(ModelConfig(), engine=ENGINE)
+    assert model.readout_keep is None and model.network().readout[0] is model.readout[0].weight
+    for flags, word in ((dict(rate_reg=-1.0), "--rate-reg"), (dict(target_rate=2.0), "--target-rate"),
+                        (dict(readout_dropout=1.0), "--readout-dropout"),
+                        (dict(readout_weight_decay=float("nan")), "--readout-weight-decay"),
+                        (dict(readout_weight_decay=200.0), "--readout-weight-decay")):
+        with pytest.raises(ValueError, match=word):
+            SpikingConfig(**flags).validate()
+
+
+def test_readout_dropout_drops_readout_neurons_for_a_batch(data_dir, tmp_path):
+    keep = training.readout_keep(3606, 0.25, seed=1, epoch=2, batch=3)
+    assert torch.equal(keep, training.readout_keep(3606, 0.25, 1, 2, 3))
+    assert not torch.equal(keep, training.readout_keep(3606, 0.25, 1, 2, 4))
+    assert keep.unique().tolist() == pytest.approx([0.0, 1 / 0.75])
+    assert 0.2 < float((keep == 0).float().mean()) < 0.3
+    # the dropped neurons' readout weights get no gradient
+    from model import ModelConfig, build_model
+    model = build_model(ModelConfig(), engine=ENGINE)
+    train_set, _ = training.load_datasets(tiny(data_dir, tmp_path / "x"), log=lambda *a: None)
+    x, y = training._stack(train_set, [0, 1], "cpu")
+    model.readout_keep = keep
+    training.readout_loss(model(x[..., :T, :]), y, "log-mean-prob").backward()
+    grad = model.readout[0].weight.grad
+    assert float(grad[:, keep == 0].abs().max()) == 0 and float(grad[:, keep > 0].abs().max()) > 0
+    cfg = tiny(data_dir, tmp_path / "rd", epochs=1, readout_dropout=0.5)
+    train(cfg, log=lambda *a: None)
+    stored = torch.load(tmp_path / "rd" / "best.pth", weights_only=True)["train_config"]
+    assert stored["readout_dropout"] == 0.5
+
+
+def test_readout_weight_decay_multiplies_the_readout_weights(data_dir, tmp_path):
+    """One step (one batch): the decayed run's readout weights are the plain run's times
+    1 - lr x decay; every other parameter is the same."""
+    plain = tiny(data_dir, tmp_path / "plain", epochs=1, batch_size=8)
+    decayed = tiny(data_dir, tmp_path / "decay", epochs=1, batch_size=8, readout_weight_decay=5.0)
+    for cfg in (plain, decayed):
+        train(cfg, log=lambda *a: None)
+    a, b = (torch.load(Path(c.out) / "checkpoint.pth", weights_only=True)["model_state"]
+            for c in (plain, decayed))
+    for k in a:
+        if k in ("readout.0.weight", "readout.1.weight"):
+            torch.testing.assert_close(b[k], a[k] * (1 - 0.008 * 5.0))
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_rate_regulariser_has_a_gradient_and_needs_a_spike_gradient(data_dir, tmp_path):
+    spikes = torch.zeros(4, 2, 10)
+    spikes[:, 0, :5] = 1                      # sample 0 fires at 0.5, sample 1 is silent
+    assert float(training.rate_penalty(spikes, 0.1)) == pytest.approx(0.4 ** 2 + 0.1 ** 2)
+    from model import ModelConfig, build_model
+    model = build_model(ModelConfig(), engine="torch")
+    train_set, _ = training.load_datasets(tiny(data_dir, tmp_path / "x"), log=lambda *a: None)
+    x, _ = training._stack(train_set, [0, 1], "cpu")
+    out = model(x[..., :T, :], record_spikes=True)
+    training.rate_penalty(out.spikes, 0.0).backward()
+    assert float(model.recurrent.weight.grad.abs().max()) > 0
+    with pytest.raises(ValueError, match="--rate-reg needs the gradient through the spikes"):
+        train(tiny(data_dir, tmp_path / "numba", epochs=1, rate_reg=1.0, engine="numba"),
+              log=lambda *a: None)
+    train(tiny(data_dir, tmp_path / "torch", epochs=1, rate_reg=1.0, target_rate=0.01,
+               engine="torch"), log=lambda *a: None)
+    assert len(read_metrics(tmp_path / "torch" / "metrics.csv")) == 1
+
+
+# ----------------------------------------------------------------------------- stalled runs
+def test_learning_stall_says_so_once():
+    stall = training.LearningStall("published")
+    assert stall.notice(1, 1.10, 0.1) is None and stall.notice(2, 1.0097158, 0.1) is None
+    assert stall.notice(3, 1.0097160, 0.1) is None               # 2 epochs unchanged: not yet
+    note = stall.notice(4, 1.0097157, 0.1)                       # 3 epochs within 1e-6
+    assert note.startswith("note: training has stopped learning: the loss has stayed at")
+    assert "--loss log-mean-prob" in note and "docs/RESULTS.md" in note and "saturates" in note
+    assert stall.notice(5, 1.0097157, 0.0) is None               # once only
+    other = training.LearningStall("log-mean-prob")
+    note = other.notice(1, 0.9, 1e-13)
+    assert "every gradient norm of epoch 1 was below 1e-12" in note and "saturates" not in note
+    noisy = training.LearningStall("published")
+    assert all(noisy.notice(e, 1.10 + 0.01 * (e % 2), 0.03) is None for e in range(1, 20))
+
+
+@pytest.fixture(scope="module")
+def why_data(tmp_path_factory):
+    """The first 24 training samples of the default generated dataset (91 objects per class,
+    seed 0) and one test sample per class: the run of the published set-up that stops
+    learning (measured: the gradient norm falls to 5e-14 in epoch 4 and to 0 after, the loss
+    stays at 1.0097; the same with T = 100)."""
+    import h5py
+    import numpy as np
+    import whisker_sim
+    d = tmp_path_factory.mktemp("why_data")
+    train_tasks, test_tasks = whisker_sim.plan(91, 0)
+    test_tasks = [next(t for t in test_tasks if t[0] == c) for c in range(3)]
+    for name, tasks in (("snn_train3.h5", train_tasks[:24]), ("snn_test3.h5", test_tasks)):
+        sims = [whisker_sim._simulate_task(t) for t in tasks]
+        with h5py.File(d / name, "w") as h5:
+            h5["force"] = np.stack([f for f, _ in sims])
+            h5["torque"] = np.stack([tq for _, tq in sims])
+            h5["label"] = np.array([whisker_sim.CLASS_LABELS[c] for c, _ in tasks], np.float64)
+    return d
+
+
+def _why_run(why_data, out, epochs):
+    lines = []
+    cfg = SpikingConfig(data_dir=str(why_data), out=str(out), epochs=epochs, batch_size=128,
+                        max_train_samples=24, n_steps=100, device="cpu", engine=ENGINE,
+                        progress=False)
+    return train(cfg, log=lines.append)["rows"], lines
+
+
+def test_a_frozen_run_says_so_within_ten_epochs(why_data, tmp_path):
+    rows, lines = _why_run(why_data, tmp_path / "run", epochs=6)
+    notes = [i for i, ln in enumerate(lines) if ln.startswith("note: training has stopped")]
+    assert len(notes) == 1, lines
+    epoch_lines = [ln for ln in lines[:notes[0]] if ln.startswith("epoch ")]
+    assert 1 <= len(epoch_lines) <= 10, lines                  # said within 10 epochs
+    assert "--loss log-mean-prob --lr 0.001 --batch-size 32" in lines[notes[0]]
+    assert len(rows) == 6                                      # and the run went on
+    assert abs(rows[-1]["loss"] - rows[-2]["loss"]) < 1e-6      # frozen indeed
+
+
+@pytest.mark.slow
+def test_the_stall_notice_changes_nothing_else(why_data, tmp_path, monkeypatch):
+    rows, lines = _why_run(why_data, tmp_path / "with", epochs=5)
+    monkeypatch.setattr(training.LearningStall, "notice", lambda self, *a: None)
+    quiet_rows, quiet_lines = _why_run(why_data, tmp_path / "without", epochs=5)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows) == strip(quiet_rows)
+    assert len(lines) == len(quiet_lines) + 1                  # the notice, and only it
+    a = torch.load(tmp_path / "with" / "checkpoint.pth", weights_only=True)["model_state"]
+    b = torch.load(tmp_path / "without" / "checkpoint.pth", weights_only=True)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in b)

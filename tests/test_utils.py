@@ -167,6 +167,7 @@ def test_run_dynamics(tmp_path, model):
     assert float(tau[7]["tau_m_trained"]) == pytest.approx(float(model.tau_m[7].detach()))
     for name in ("dynamics_tau.png", "dynamics_constant_input.png"):
         assert (tmp_path / name).stat().st_size > 1000
+    assert sorted(f.name for f in res["files"]) == sorted(utils.ANALYSIS_FILES["dynamics"])
 
 
 # ----------------------------------------------------------------------------- degrees
@@ -287,3 +288,79 @@ def test_an_unwritable_out_fails_before_the_analyses(tmp_path, capsys):
                      str(tmp_path / "no_data"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "is a file" in err[0], err
+
+
+# ----------------------------------------------------------------------------- nothing lost
+def _cli(argv, main=None):
+    """rc and stderr lines of ``utils.py argv`` (or of ``main``), run in this process."""
+    import contextlib
+    import io
+
+    from cli import run_cli
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = run_cli(main or utils.main, argv)
+        except SystemExit as exit_:       # argparse's usage errors
+            rc = exit_.code
+    return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A checkpoint of an untrained spiking network and a dataset of one object per class."""
+    from checkpoint import save_checkpoint
+    from whisker_sim import generate_dataset
+    d = tmp_path_factory.mktemp("utils_run")
+    generate_dataset(d / "data", objects_per_class=1, seed=0, workers=1)
+    save_checkpoint(d / "best.pth", build_model(ModelConfig(), engine="reference"),
+                    train_config={"n_steps": 3, "data_dir": str(d / "data")})
+    return d
+
+
+def test_a_repeated_analysis_keeps_the_earlier_files(tiny_run, tmp_path):
+    out = tmp_path / "figs"
+    argv = ["--checkpoint", str(tiny_run / "best.pth"), "--out", str(out), "--analysis",
+            "degree", "--no-progress"]
+    assert _cli(argv)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(utils.ANALYSIS_FILES["degree"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc, lines = _cli(argv)
+    assert rc == 2 and len(lines) == 1 and "already holds results of these analyses" in lines[0]
+    assert "--overwrite" in lines[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _cli(argv + ["--overwrite"])[0] == 0
+
+
+@pytest.mark.parametrize("flags, word", [
+    (["--analysis", "raster", "--sample", "999"], "--sample 999 is not in the test set"),
+    (["--analysis", "spectrum"], "--analysis: invalid choice"),
+    (["--out", ""], "--out must name a folder"),
+    (["--data-seed", str(10 ** 23)], "--data-seed must be an integer in 0.."),
+    (["--device", "cpu:3"], "--device cpu:3")])
+def test_bad_settings_are_one_line_and_leave_no_folder(tiny_run, tmp_path, flags, word):
+    rc, lines = _cli(["--checkpoint", str(tiny_run / "best.pth"), "--out",
+                      str(tmp_path / "figs"), "--no-progress", *flags])
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert word in lines[0], lines
+    assert not (tmp_path / "figs").exists()
+
+
+def test_a_bad_stored_configuration_and_the_scripts_encoder_are_checked(tiny_run, tmp_path):
+    from checkpoint import save_checkpoint
+    import RSNN_bfd_SpikingBased
+    bad = tmp_path / "bad.pth"
+    save_checkpoint(bad, build_model(ModelConfig(), engine="reference"),
+                    train_config={"encoder": "foo", "n_steps": 3})
+    rc, lines = _cli(["--checkpoint", str(bad), "--out", str(tmp_path / "a"), "--analysis",
+                      "degree"])
+    assert rc == 2 and "names the encoder 'foo'" in lines[0], lines
+    rv = tmp_path / "rv.pth"
+    save_checkpoint(rv, build_model(ModelConfig(encoder="realvalued"), engine="reference"),
+                    train_config={"encoder": "realvalued", "n_steps": 3})
+    rc, lines = _cli(["--anova", "--checkpoint", str(rv), "--out", str(tmp_path / "b")],
+                     RSNN_bfd_SpikingBased.main)
+    assert rc == 2 and len(lines) == 1, lines
+    assert "holds a realvalued network, not a spiking one" in lines[0]
+    assert "python utils.py --analysis anova" in lines[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -291,3 +291,74 @@ def test_killed_generation_leaves_no_workers_and_its_temp_file_is_cleaned(tmp_pa
     assert list(out.glob(".*.tmp")), "the interrupted write left no temp file to clean"
     ws.generate_dataset(out, objects_per_class=1, seed=0, workers=1)
     assert sorted(p.name for p in out.iterdir()) == sorted([wd.TEST_FILE, wd.TRAIN_FILE])
+
+
+# ----------------------------------------------------------------------------- command line
+def _cli(argv):
+    """rc and stderr lines of ``whisker_sim.py argv``, run in this process."""
+    import contextlib
+    import io
+    from cli import run_cli
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = run_cli(ws.main, argv)
+        except SystemExit as exit_:       # argparse's usage errors
+            rc = exit_.code
+    return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+
+
+def _md5(folder):
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_a_dataset_is_never_written_over(tmp_path, capsys):
+    d = tmp_path / "data"
+    args = ["--out", str(d), "--objects-per-class", "1", "--workers", "1", "--no-progress"]
+    assert _cli(args + ["--seed", "2"])[0] == 0
+    before = _md5(d)
+    rc, lines = _cli(args + ["--seed", "3"])
+    assert rc == 2 and len(lines) == 1 and "already holds snn_train3.h5 and snn_test3.h5" in lines[0]
+    assert "--overwrite" in lines[0] and "another --out" in lines[0]
+    assert _md5(d) == before
+    # a folder holding only one of the files (the user's own) is refused as well
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / wd.TEST_FILE).write_bytes(b"recordings")
+    rc, lines = _cli(["--out", str(mine), "--objects-per-class", "1", "--workers", "1"])
+    assert rc == 2 and f"already holds {wd.TEST_FILE};" in lines[0], lines
+    assert sorted(p.name for p in mine.iterdir()) == [wd.TEST_FILE]
+    # --overwrite replaces both, as a fresh generation would write them, and leaves no temp
+    assert _cli(args + ["--seed", "3", "--overwrite"])[0] == 0
+    ws.generate_dataset(tmp_path / "fresh", objects_per_class=1, seed=3, workers=1)
+    assert _md5(d) == _md5(tmp_path / "fresh") != before
+    assert sorted(p.name for p in d.iterdir()) == sorted([wd.TRAIN_FILE, wd.TEST_FILE])
+
+
+def test_stats_without_data_is_one_line_without_a_traceback(tmp_path):
+    import subprocess
+    proc = subprocess.run([sys.executable, str(ROOT / "whisker_sim.py"), "--stats",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no dataset there" in lines[0] and "whisker_sim.py --out" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_settings_are_one_line(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = ["--out", str(tmp_path / "o")]
+    cases = [(out + ["--seed", str(10 ** 23)], "--seed must be an integer in 0.."),
+             (out + ["--seed", "-1"], "--seed"), (out + ["--workers", "0"], "--workers"),
+             (out + ["--objects-per-class", "0"], "--objects-per-class"),
+             (out + ["--objects-per-class", "2.5"], "--objects-per-class: invalid int value"),
+             (["--out", ""], "--out must name a folder"), ([], "--out is required"),
+             (out + ["--stats", str(tmp_path)], "give --out or --stats"),
+             (["--out", str(a_file)], "is a file"), (["--stats", str(a_file)], "--stats"),
+             (["--stats", ""], "--stats must name a folder")]
+    for argv, word in cases:
+        rc, lines = _cli(argv)
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), (argv, lines)
+        assert word in lines[0], (argv, lines)
+    assert not (tmp_path / "o").exists() and a_file.read_text() == "x"

@@ -1,0 +1,79 @@
+"""Stratified k-fold cross-validation of the RSNN and the baselines over all objects.
+
+    python crossval.py --model rsnn-spiking --out runs/cv/rsnn [--fold K] -- --loss log-mean-prob --lr 0.001 --batch-size 32
+    python crossval.py --model cnn --out runs/cv/cnn [-- --encoder spiking --epochs 40]
+    python crossval.py status runs/cv/rsnn
+    python crossval.py summarize runs/cv/rsnn runs/cv/cnn runs/cv/rnn --out runs/cv/summary
+    python crossval.py curve runs/cv91/summary runs/cv182/summary runs/cv364/summary --out runs/cv/curve
+
+The training and test files of ``--data-dir`` are pooled and dealt into ``--folds``
+stratified folds (``--seed``; written to ``OUT/folds.json``). Each fold trains on the others,
+chooses its epoch on a stratified ``--val-fraction`` of them and is tested on the held-out
+fold (``OUT/fold_K/result.json``). Flags after ``--`` go to the model: the training
+script's configuration for ``rsnn-spiking`` / ``rsnn-realvalued`` (``--help`` of
+``RSNN_bfd_SpikingBased.py``), ``baselines.py``'s for a baseline. ``--fold K`` runs one fold,
+so folds can run in parallel processes (one thread each: ``--threads 1``); a rerun skips
+finished folds and continues a stopped RSNN fold from its checkpoint. ``summarize`` writes
+the mean test accuracy of each model with a 95 % interval and the paired differences (the
+first model minus each other) with a paired t-test; ``curve`` plots the summaries of
+datasets of several sizes against objects per class. Library: :mod:`crossvalidation`.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from cli import build_parser, flag, run_cli
+
+
+@dataclass
+class StatusConfig:
+    """``crossval.py status DIR [DIR ...]`` (no flags)."""
+
+
+@dataclass
+class SummaryConfig:
+    """``crossval.py summarize DIR [DIR ...]`` and ``crossval.py curve DIR [DIR ...]``."""
+    out: str = flag("", "output folder (default: summary / curve beside the first DIR)")
+    overwrite: bool = flag(False, "replace summary files already in --out")
+
+
+def main(argv=None) -> int:
+    import crossvalidation as cv
+    from pathlib import Path
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("summarize", "status", "curve"):
+        command, rest = argv[0], argv[1:]
+        if command == "status":
+            parser = build_parser(StatusConfig, prog="crossval.py status",
+                                  description="progress of cross-validations")
+            parser.add_argument("dirs", nargs="+", help="cross-validation folders")
+            for d in parser.parse_args(rest).dirs:
+                print(cv.describe_status(d, cv.status(d)))
+            return 0
+        if command == "curve":
+            parser = build_parser(SummaryConfig, prog="crossval.py curve",
+                                  description="test accuracy against dataset size")
+            parser.add_argument("dirs", nargs="+", help="summary folders (crossval.py "
+                                                        "summarize), one per dataset size")
+        else:
+            parser = build_parser(SummaryConfig, prog="crossval.py summarize",
+                                  description="compare cross-validations on the same folds")
+            parser.add_argument("dirs", nargs="+", help="cross-validation folders; the first "
+                                                        "is compared with each other")
+        ns = vars(parser.parse_args(rest))
+        dirs = ns.pop("dirs")
+        cfg = SummaryConfig(**ns)
+        run = cv.learning_curve if command == "curve" else cv.summarize
+        default = "curve" if command == "curve" else "summary"
+        run(dirs, cfg.out or str(Path(dirs[0]).parent / default), cfg.overwrite)
+        return 0
+    own, model_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
+        else (argv, [])
+    ns = build_parser(cv.CrossValConfig, description=__doc__.split("\n")[0]).parse_args(own)
+    cv.run(cv.CrossValConfig(**vars(ns)), model_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
