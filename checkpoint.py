@@ -313,7 +313,8 @@ def convert_network(src, out, data_dir: str | None = None, overwrite: bool = Fal
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="checkpoint.py", usage=CONVERT_USAGE.splitlines()[0],
+    from cli import ArgumentParser     # usage errors as one line
+    parser = ArgumentParser(prog="checkpoint.py", usage=CONVERT_USAGE.splitlines()[0],
                                      description=CONVERT_USAGE.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("convert",))
