@@ -623,6 +623,17 @@ def test_selection_picks_the_first_best_epoch():
     rows = [{"epoch": e, "val_acc": a} for e, a in enumerate([0.2, 0.5, 0.5, 0.4], start=1)]
     assert training.selection(rows, "val_acc") == (2, 0.5, 2)
     assert training.selection([], "val_acc") == (0, -1.0, 0)
+    # test selection (published): ties to the earlier epoch, whatever the losses
+    rows = [{"epoch": e, "test_acc": a, "test_loss": l}
+            for e, (a, l) in enumerate([(0.5, 0.9), (0.5, 0.1)], start=1)]
+    assert training.selection(rows, "test_acc") == (1, 0.5, 1)
+
+
+def test_validation_ties_go_to_the_lower_validation_loss():
+    accs, losses = [0.5, 0.7, 0.6, 0.7, 0.7, 0.6], [1.0, 0.8, 0.7, 0.6, 0.9, 0.5]
+    rows = [{"epoch": e, "val_acc": a, "val_loss": l}
+            for e, (a, l) in enumerate(zip(accs, losses), start=1)]
+    assert training.selection(rows, "val_acc") == (4, 0.7, 2)
 
 
 def test_val_fraction_never_touches_the_test_set(data_dir, tmp_path, monkeypatch):
