@@ -14,6 +14,7 @@ cases of the published code fix).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -23,7 +24,7 @@ from torch import nn
 import engines
 from anatomy import Anatomy, load_anatomy
 from engines import EngineOptions, Network
-from neuron import BETA
+from neuron import BETA, leaky_integrate
 from SparseLinear import SparseLinear
 
 ENCODERS = ("spiking", "realvalued")
@@ -51,12 +52,18 @@ class ModelConfig:
     sweep: int = 0                  # the sweep that drives the network (published: 0)
     seed: int = 0                   # masks, weights and time constants (own generator)
     init_state_seed: int = 515      # the published initial state: U[0,1) from seed 515
+    # > 0: the logits are the membranes of 3 leaky non-spiking output neurons with this
+    # tau_m (steps) driven by the readout (Yin et al. 2021); 0 (published): the readout itself
+    readout_tau: float = 0.0
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if not 0 <= self.init_w <= 1:
             raise ValueError(f"init_w must lie in [0, 1], got {self.init_w}")
+        if not (math.isfinite(self.readout_tau) and self.readout_tau >= 0):
+            raise ValueError(f"readout_tau must be >= 0 (0: no leaky readout), got "
+                             f"{self.readout_tau}")
         self.tau_m_range = tuple(self.tau_m_range)
         self.tau_adp_range = tuple(self.tau_adp_range)
 
@@ -84,7 +91,7 @@ class RSNNOutput(NamedTuple):
     ``spikes``, ``mem``: (T, batch, 4218) cortical spikes and membranes when recorded, else None.
     ``thal_spikes``: (T, batch, 200) when spikes are recorded, else None.
     ``logits``: (T-1, batch, n_classes) the readout's logits at t = 1..T-1, whose softmax
-    ``output`` sums.
+    ``output`` sums (with ``readout_tau`` > 0: the leaky output neurons' membranes).
     """
     output: torch.Tensor
     spikes: torch.Tensor | None = None
@@ -309,6 +316,8 @@ class BarrelCortexRSNN(nn.Module):
         thal_spikes = self.thalamus(x[:, :, self.config.sweep], state, name, options)
         logits, spikes, mem = engines.get(name).run_cortex(self.network(), thal_spikes, state,
                                                            record_spikes, record_mem, options)
+        if self.config.readout_tau > 0:
+            logits = leaky_integrate(logits, self.config.readout_tau)
         output = torch.softmax(logits, dim=-1).sum(0)     # T = 1: an empty sum, zeros
         return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None, logits)
 

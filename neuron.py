@@ -12,6 +12,7 @@ Per unit, with ``b0 = init_b``, ``beta = 1.8``, ``R_m = 1`` and ``dt = 1`` (pape
     spike = H(mem - Bth)
 
 The Heaviside step has a Gaussian surrogate derivative (sigma 0.5, scale 0.5).
+:func:`leaky_integrate` is the same membrane without threshold: the opt-in leaky readout.
 The expressions keep the published order of floating-point operations, so float64
 results match the published implementation bit for bit.
 """
@@ -78,3 +79,16 @@ def alif_step(current: torch.Tensor, state: ALIFState, tau_m: torch.Tensor,
     mem = state.mem * alpha + (1 - alpha) * R_M * current - threshold * state.spike * dt
     spike = spike_fn(mem - threshold)
     return ALIFState(mem, spike, b)
+
+
+def leaky_integrate(current: torch.Tensor, tau_m: float, dt: float = DT) -> torch.Tensor:
+    """Membrane potentials of non-spiking leaky integrators driven by ``current`` (T, ...):
+    ``mem_t = alpha * mem_{t-1} + (1 - alpha) * R_m * current_t`` from ``mem = 0``, with
+    ``alpha = exp(-dt / tau_m)``; returns (T, ...). The ALIF membrane without threshold or
+    reset, as the output neurons of the adaptive SRNN (Yin et al. 2021) read their input."""
+    alpha = math.exp(-dt / tau_m)
+    mem, mems = 0.0, []
+    for current_t in current.unbind(0):       # unbind: a linear-time backward (see engines)
+        mem = mem * alpha + (1 - alpha) * R_M * current_t
+        mems.append(mem)
+    return torch.stack(mems) if mems else current.clone()

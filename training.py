@@ -99,7 +99,7 @@ class TrainConfig:
     val_fraction: float = flag(0.0, "hold out this fraction of the training set (stratified, "
                                     "drawn with --val-seed) as a validation set: best.pth is "
                                     "then the epoch of the best validation accuracy (ties: the "
-                                    "earlier) and the test set is only reported; 0 (published): "
+                                    "lower validation loss) and the test set is only reported; 0 (published): "
                                     "no validation set, best.pth by test accuracy")
     val_seed: int = flag(0, "seed of the --val-fraction split (apart from --seed, so that "
                             "runs of several seeds share one validation set)")
@@ -110,6 +110,10 @@ class TrainConfig:
                                 "loss (as LSNN / e-prop; needs --engine torch or reference: the "
                                 "numba backward takes no spike gradient); 0 (published): off")
     target_rate: float = flag(0.02, "target of --rate-reg: spikes per neuron per step")
+    readout_tau: float = flag(0.0, "leaky readout: the logits become the membranes of 3 "
+                                   "non-spiking leaky output neurons with this tau_m (steps) "
+                                   "driven by the readout, as the adaptive SRNN of Yin et al. "
+                                   "2021 reads out; 0 (published): the readout itself")
     readout_weight_decay: float = flag(0.0, "decoupled weight decay of the two readout layers' "
                                             "weights: each step multiplies them by 1 - lr x "
                                             "this (AdamW-style); 0 (published): none")
@@ -141,7 +145,7 @@ class TrainConfig:
         base = ModelConfig()
         scale = lambda r: tuple(self.tau_scale * v for v in r)  # noqa: E731
         return ModelConfig(encoder=self.encoder, init_b=self.init_b, init_w=self.init_w,
-                           seed=self.seed,
+                           seed=self.seed, readout_tau=self.readout_tau,
                            tau_m_range=scale(base.tau_m_range),
                            tau_adp_range=scale(base.tau_adp_range))
 
@@ -177,6 +181,8 @@ class TrainConfig:
              and self.lr * self.readout_weight_decay < 1,
              f"--readout-weight-decay must be >= 0 with --lr x it below 1, got "
              f"{self.readout_weight_decay}"),
+            (math.isfinite(self.readout_tau) and self.readout_tau >= 0,
+             f"--readout-tau must be >= 0 (0: no leaky readout), got {self.readout_tau}"),
             (math.isfinite(self.readout_dropout) and 0 <= self.readout_dropout < 1,
              f"--readout-dropout must be in [0, 1), got {self.readout_dropout}"),
             (self.max_train_samples >= 0, f"--max-train-samples must be >= 0, got {self.max_train_samples}"),

@@ -151,6 +151,32 @@ def test_dale_signs_and_readout_from_excitatory_populations(small_model):
     assert sorted(p.index for p in excitatory) == [0, 1, 4]
 
 
+def test_leaky_readout_integrates_the_published_logits():
+    """--readout-tau: the same network, its logits passed through leaky integrators; the
+    gradient reaches the readout through the filter with the numba engine as with the
+    reference."""
+    x = (torch.rand(2, 2, 12, 6, 93, generator=torch.Generator().manual_seed(0)) < 0.1).float()
+    plain = build_model(ModelConfig(), engine="reference")
+    leaky = build_model(ModelConfig(readout_tau=4.0), engine="reference")
+    logits = plain(x).logits.detach()
+    alpha, mem, expected = np.exp(-1 / 4.0), torch.zeros_like(logits[0]), []
+    for t in range(logits.shape[0]):
+        mem = alpha * mem + (1 - alpha) * logits[t]
+        expected.append(mem)
+    res = leaky(x)
+    torch.testing.assert_close(res.logits, torch.stack(expected))
+    torch.testing.assert_close(res.output, torch.softmax(res.logits, -1).sum(0))
+    grads = {}
+    for engine in ("reference", "numba"):
+        leaky.zero_grad()
+        leaky(x, engine=engine).output[:, 0].sum().backward()
+        grads[engine] = leaky.readout[0].weight.grad.clone()
+    assert grads["reference"].abs().sum() > 0
+    torch.testing.assert_close(grads["numba"], grads["reference"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="readout_tau"):
+        ModelConfig(readout_tau=-1.0)
+
+
 def test_same_seed_same_network_without_global_rng():
     torch.manual_seed(0)
     a = BarrelCortexRSNN(ModelConfig(seed=3))

@@ -734,7 +734,8 @@ def test_regularisers_are_off_by_default():
     for flags, word in ((dict(rate_reg=-1.0), "--rate-reg"), (dict(target_rate=2.0), "--target-rate"),
                         (dict(readout_dropout=1.0), "--readout-dropout"),
                         (dict(readout_weight_decay=float("nan")), "--readout-weight-decay"),
-                        (dict(readout_weight_decay=200.0), "--readout-weight-decay")):
+                        (dict(readout_weight_decay=200.0), "--readout-weight-decay"),
+                        (dict(readout_tau=-2.0), "--readout-tau")):
         with pytest.raises(ValueError, match=word):
             SpikingConfig(**flags).validate()
 
@@ -758,6 +759,16 @@ def test_readout_dropout_drops_readout_neurons_for_a_batch(data_dir, tmp_path):
     train(cfg, log=lambda *a: None)
     stored = torch.load(tmp_path / "rd" / "best.pth", weights_only=True)["train_config"]
     assert stored["readout_dropout"] == 0.5
+
+
+def test_leaky_readout_is_stored_in_the_model_config(data_dir, tmp_path):
+    assert SpikingConfig().model_config().readout_tau == 0.0
+    cfg = tiny(data_dir, tmp_path / "leaky", epochs=1, readout_tau=20.0)
+    train(cfg, log=lambda *a: None)
+    ckpt = torch.load(tmp_path / "leaky" / "best.pth", weights_only=True)
+    assert ckpt["model_config"]["readout_tau"] == 20.0
+    from checkpoint import load_checkpoint
+    assert load_checkpoint(tmp_path / "leaky" / "best.pth")[0].config.readout_tau == 20.0
 
 
 def test_readout_weight_decay_multiplies_the_readout_weights(data_dir, tmp_path):
