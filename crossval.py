@@ -36,6 +36,8 @@ class SummaryConfig:
     """``crossval.py summarize DIR [DIR ...]`` and ``crossval.py curve DIR [DIR ...]``."""
     out: str = flag("", "output folder (default: summary / curve beside the first DIR)")
     overwrite: bool = flag(False, "replace summary files already in --out")
+    only_folds: str = flag("", "summarize: compare only these folds, e.g. '0,1,2' (screens "
+                               "of model changes; default: all)")
 
 
 def main(argv=None) -> int:
@@ -64,9 +66,14 @@ def main(argv=None) -> int:
         ns = vars(parser.parse_args(rest))
         dirs = ns.pop("dirs")
         cfg = SummaryConfig(**ns)
-        run = cv.learning_curve if command == "curve" else cv.summarize
         default = "curve" if command == "curve" else "summary"
-        run(dirs, cfg.out or str(Path(dirs[0]).parent / default), cfg.overwrite)
+        out = cfg.out or str(Path(dirs[0]).parent / default)
+        if command == "curve":
+            if cfg.only_folds:
+                parser.error("--only-folds is a flag of summarize (curve reads summaries)")
+            cv.learning_curve(dirs, out, cfg.overwrite)
+        else:
+            cv.summarize(dirs, out, cfg.overwrite, only_folds=cfg.only_folds)
         return 0
     own, model_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
         else (argv, [])

@@ -538,23 +538,41 @@ def paired_test(a, b, correction: float = 0.0) -> dict:
 
 
 # ============================================================================= summary
-def load_results(out) -> tuple[dict, dict, list[dict]]:
-    """(settings, folds record, results per fold) of a finished cross-validation."""
+def parse_folds(text: str) -> list[int] | None:
+    """The folds of ``--only-folds``: ``"0,1,2"`` -> [0, 1, 2]; ``""`` -> None (all)."""
+    if not text.strip():
+        return None
+    try:
+        return sorted({int(f) for f in text.split(",")})
+    except ValueError:
+        raise ValueError(f"--only-folds must be comma-separated fold numbers such as '0,1,2', "
+                         f"got {text!r}") from None
+
+
+def load_results(out, only_folds: str = "") -> tuple[dict, dict, list[dict]]:
+    """(settings, folds record, results of the folds ``only_folds`` (default: all)) of a
+    cross-validation whose folds are finished."""
     out = Path(out)
+    wanted = parse_folds(only_folds)
     settings, record = read_json(out / SETTINGS_FILE), read_json(out / FOLDS_FILE)
     if settings is None or record is None:
         raise FileNotFoundError(f"{out} holds no cross-validation ({SETTINGS_FILE}, {FOLDS_FILE})")
-    results = [read_json(fold_dir(out, K) / RESULT_FILE) for K in range(record["k"])]
-    missing = [K for K, r in enumerate(results) if r is None]
+    k = record["k"]
+    if wanted is not None and (wanted[0] < 0 or wanted[-1] >= k):
+        raise ValueError(f"--only-folds {only_folds!r}: the folds of {out} are 0..{k - 1}")
+    results = {K: read_json(fold_dir(out, K) / RESULT_FILE) for K in (wanted or range(k))}
+    missing = [K for K, r in results.items() if r is None]
     if missing:
-        raise ValueError(f"{out}: fold(s) {', '.join(map(str, missing))} of {record['k']} not "
-                         f"finished; run them (python crossval.py --out {out} ...) first")
-    return settings, record, results
+        raise ValueError(f"{out}: fold(s) {', '.join(map(str, missing))} of {k} not "
+                         f"finished; run them (python crossval.py --out {out} ...) first, or "
+                         "compare the finished ones (summarize --only-folds)")
+    return settings, record, list(results.values())
 
 
-def summarize(dirs, out, overwrite: bool = False, log=print) -> dict:
+def summarize(dirs, out, overwrite: bool = False, log=print, only_folds: str = "") -> dict:
     """Compare the cross-validations in ``dirs`` (the first against each other) on their
-    common folds; writes into ``out``:
+    folds (``only_folds``, e.g. ``"0,1,2"``: those only, as for the screens of model
+    changes); writes into ``out``:
 
         crossval_folds.csv    one row per model and fold
         crossval_paired.csv   per other model: the first model minus it, per fold
@@ -564,7 +582,8 @@ def summarize(dirs, out, overwrite: bool = False, log=print) -> dict:
     """
     if not dirs:
         raise ValueError("give at least one cross-validation folder")
-    loaded = [load_results(d) for d in dirs]
+    parse_folds(only_folds)        # a typo is reported before any folder is read
+    loaded = [load_results(d, only_folds) for d in dirs]
     labels = [Path(d).name or str(d) for d in dirs]
     if len(set(labels)) < len(labels):
         labels = [str(d) for d in dirs]
@@ -608,6 +627,7 @@ def summarize(dirs, out, overwrite: bool = False, log=print) -> dict:
         for K, dk in enumerate(p["differences"]):
             paired_rows.append({"comparison": f"{ref} - {label}", "fold": K, "difference": dk})
     summary = {"format": FORMAT + "-summary", "k": k, "seed": first["seed"],
+               "folds": [r["fold"] for r in loaded[0][2]],
                "n_objects": first["n_objects"], "dataset": first.get("dataset"),
                "reference": ref, "models": models, "paired": paired,
                "note": "t-intervals over folds; folds share training data, so the corrected "
@@ -620,7 +640,7 @@ def summarize(dirs, out, overwrite: bool = False, log=print) -> dict:
     for label, m in models.items():
         ci = m["ci95"]
         log(f"{label}: test acc {ci['mean']:.3f} (95 % CI {ci['low']:.3f} to {ci['high']:.3f}) "
-            f"over {k} folds")
+            f"over {ci['n']} of {k} folds")
     for name, p in paired.items():
         log(f"{name}: {p['mean']:+.3f} (95 % CI {p['low']:+.3f} to {p['high']:+.3f}), paired t "
             f"p = {p['p']:.3g} (corrected p = {p['p_corrected']:.3g})")

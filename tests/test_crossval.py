@@ -199,6 +199,13 @@ def test_one_fold_per_process_and_baseline_resume(data_dir, tmp_path):
     assert [r["state"] for r in cv.status(out)] == ["not started", "done"]
     with pytest.raises(ValueError, match="fold.*0.*not finished"):
         cv.load_results(out)
+    # the finished folds alone can be compared (screens on a subset of the folds)
+    part = cv.summarize([out], tmp_path / "part", log=lambda *a: None, only_folds="1")
+    assert part["folds"] == [1] and part["models"]["gru"]["ci95"]["n"] == 1
+    assert part["models"]["gru"]["test_acc"] == [cv.read_json(out / "fold_1" / "result.json")
+                                                 ["test_acc"]]
+    with pytest.raises(ValueError, match="are 0..1"):
+        cv.summarize([out], tmp_path / "bad", log=lambda *a: None, only_folds="2")
     run_cv(data_dir, out, "gru", ["--fold", "0"], model_args)
     once = _results(out)
     (out / "fold_0" / "result.json").unlink()
@@ -246,6 +253,7 @@ def test_baseline_epoch_choice_never_reads_the_test_labels(data_dir):
     (["--", "--patience", "3", "--lr", "nan"], "--lr"),
     (["--data-dir", "nowhere"], "not found"),
     (["summarize", "nowhere"], "holds no cross-validation"),
+    (["summarize", "nowhere", "--only-folds", "a"], "--only-folds"),
 ])
 def test_bad_arguments_give_one_line_errors(data_dir, tmp_path, args, word):
     if "--data-dir" not in args and args[0] != "summarize":
