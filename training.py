@@ -107,8 +107,7 @@ class TrainConfig:
                             "accuracy (needs --val-fraction; 0: run every epoch)")
     rate_reg: float = flag(0.0, "firing-rate regulariser: add rate_reg x the mean over samples "
                                 "of (the sample's mean cortical rate - --target-rate)^2 to the "
-                                "loss (as LSNN / e-prop; needs --engine torch or reference: the "
-                                "numba backward takes no spike gradient); 0 (published): off")
+                                "loss (as LSNN / e-prop); 0 (published): off")
     target_rate: float = flag(0.02, "target of --rate-reg: spikes per neuron per step")
     readout_tau: float = flag(0.0, "leaky readout: the logits become the membranes of 3 "
                                    "non-spiking leaky output neurons with this tau_m (steps) "
@@ -724,10 +723,6 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
         optimizer, scheduler = make_optimizer(model, cfg)
     model.train()
     model.use_engine(cfg.engine)   # a named engine is never swapped; options from ENGINE_*
-    if cfg.rate_reg > 0 and model.engine == "numba":
-        raise ValueError("--rate-reg needs the gradient through the spikes, which the numba "
-                         "engine's hand-written backward does not take; use --engine torch "
-                         "(or reference)")
 
     ddp_model = model
     if dist.active:

@@ -39,6 +39,9 @@ Same semantics as ``engines.reference`` (the specification), much faster:
   dL/dlogits of every step, adds the spike gradient M^T dL/dlogits and accumulates
   G = sum_t,b dL/dlogits x^T event-driven, from which gw1 = w2^T G, gw2 = G w1^T + gb2 b1^T,
   gb1 = w2^T gb2. No (T, 128, B) hidden layer is formed or stored.
+* The recorded spikes are an output with a gradient: a loss that reads them (the firing-rate
+  regulariser, ``--rate-reg``) passes dL/d(spikes), which the backward adds per step to the
+  spike gradient it carries, before the readout's.
 * The VPM layer (200 units, no recurrence) is a second Function, parallel over the batch.
 * Subnormal adaptation values are flushed to zero: float32 ``b`` of a silent neuron decays
   below the smallest normal float after ~430 steps, and arithmetic on subnormals is many
@@ -496,17 +499,18 @@ def _make_bwd_chunk(width):
     have a fixed length, so that the accumulators stay in registers."""
 
     @njit(parallel=True, cache=True, fastmath=True)
-    def _bwd_chunk(t0, gl_c, sg, s_c, s_prev0, vbuf, bbuf, vck, bck, i_c, thal_c, off, colptr,
-                   crow, cval, csplit, tcolptr, trow, tval, ro, m_ro_t, alpha, oma, rho, omr,
-                   consts, gs_b, gv_b, gb_b, gi_b, gt_b, gw, gwth, g_ro, galpha_b, grho_b,
-                   gthal_c, nblocks):
+    def _bwd_chunk(t0, gl_c, gsp_c, has_gsp, sg, s_c, s_prev0, vbuf, bbuf, vck, bck, i_c,
+                   thal_c, off, colptr, crow, cval, csplit, tcolptr, trow, tval, ro, m_ro_t,
+                   alpha, oma, rho, omr, consts, gs_b, gv_b, gb_b, gi_b, gt_b, gw, gwth, g_ro,
+                   galpha_b, grho_b, gthal_c, nblocks):
         """BPTT through the steps of one chunk, in reverse, parallel over batch blocks of at
         most ``width`` lanes.
 
         Shared (k, N, B) arrays of the chunk: sg surrogate derivatives, s_c spikes (uint8),
         vbuf / bbuf recomputed membrane and adaptation, i_c input currents; s_prev0, vck, bck
         (N, B) the state before the chunk; thal_c (k, 200, B) thalamic spikes; gl_c (k, B, 3)
-        dL/dlogits. Connections in CSC order (``_Structure``): colptr, crow, cval, csplit;
+        dL/dlogits; gsp_c (k, N, B) the loss's own gradient of the spikes (a firing-rate
+        regulariser reads them), used when ``has_gsp``. Connections in CSC order (``_Structure``): colptr, crow, cval, csplit;
         tcolptr, trow, tval the thalamic ones. Per block b, its own lanes (so no two threads
         write the same memory): gs_b, gv_b, gb_b (blocks, N, width) the carried gradients
         (dL/ds, alpha dL/dv, rho dL/db), gi_b, gt_b scratch; gw (blocks, nnz) and gwth
@@ -553,6 +557,10 @@ def _make_bwd_chunk(width):
                 else:
                     for p in range(n):
                         _spike_lanes(s_prev0, p, lo, nbl, prv_l, prv_x, prv_c)
+                if has_gsp:         # the loss's own gradient of this step's spikes
+                    for p in range(n):
+                        for j in range(nbl):
+                            gs[p, j] += gsp_c[kk, p, lo + j]
                 if t0 + kk >= 1:    # the readout's gradient reaching the readout neurons' spikes
                     for q in range(nro):
                         u = ro[q]
@@ -888,17 +896,19 @@ class _CortexFunction(torch.autograd.Function):
                                   vck, bck)
         spikes = s_all.permute(0, 2, 1).to(dtype, memory_format=torch.contiguous_format) if record_spikes else torch.empty(0, dtype=dtype)
         mem = m_all.permute(0, 2, 1).contiguous() if record_mem else torch.empty(0, dtype=dtype)
-        ctx.mark_non_differentiable(spikes, mem)
+        # the recorded spikes are differentiable (a loss may read them: --rate-reg); the
+        # membranes are not
+        ctx.mark_non_differentiable(mem)
         return out, spikes, mem
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gout, _gs, _gm):
+    def backward(ctx, gout, gspikes, _gm):
         with _FlushDenormal():
-            return _CortexFunction._backward(ctx, gout)
+            return _CortexFunction._backward(ctx, gout, gspikes)
 
     @staticmethod
-    def _backward(ctx, gout):
+    def _backward(ctx, gout, gspikes=None):
         (vals, tvals, alpha, rho, w1, b1, w2, thal_t, s0, s_all, i_all, vck,
          bck) = (t.detach() for t in ctx.saved_tensors)
         st, T, B, K = ctx.st, ctx.T, ctx.B, ctx.K
@@ -909,6 +919,10 @@ class _CortexFunction(torch.autograd.Function):
         #   gb1 = w2^T gb2,  where G = sum_{t,b} gl x^T (3 x 3606) and gb2 = sum gl.
         gl_all = torch.zeros((T, B, w2.shape[0]), dtype=dtype)
         gl_all[1:] = gout                                               # (T-1, B, 3)
+        # dL/d(spikes) (T, B, N) when the loss reads the recorded spikes, as (T, N, B)
+        has_gsp = gspikes is not None and gspikes.numel() > 0
+        gsp_all = (gspikes.to(dtype).permute(0, 2, 1).contiguous() if has_gsp
+                   else torch.zeros((1, 1, 1), dtype=dtype))
         m_ro_t = torch.matmul(w2, w1).t().contiguous()                 # (3606, 3)
         # per batch block (one per thread): its lanes of the carried gradients and scratch,
         # and its own accumulators of the parameter gradients, summed at the end
@@ -949,7 +963,9 @@ class _CortexFunction(torch.autograd.Function):
             sg_k = sg[:k]
             torch.exp(sg_k, out=sg_k)
             sg_k.mul_(consts[4] / consts[3])
-            _bwd_chunk(t0, gl_all[t0:t1].numpy(), sg_k.numpy(), s_c.numpy(), s_prev0.numpy(),
+            gsp_c = gsp_all[t0:t1] if has_gsp else gsp_all
+            _bwd_chunk(t0, gl_all[t0:t1].numpy(), gsp_c.numpy(), has_gsp, sg_k.numpy(),
+                       s_c.numpy(), s_prev0.numpy(),
                        vbuf[:k].numpy(), bbuf[:k].numpy(), vck[c].numpy(), bck[c].numpy(),
                        i_c.numpy(), thal_t[t0:t1].numpy(), st.off, st.colptr, st.crow,
                        cval_np, st.csplit, st.tcolptr, st.trow, tvals.contiguous().numpy(),

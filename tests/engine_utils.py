@@ -27,14 +27,20 @@ def make_inputs(model, batch, steps, seed, rate=0.3, grad_state=False):
     return x, state, labels
 
 
-def train_pass(model, engine, x, state, labels, options=None):
-    """Forward with recording and backward of the published loss; returns (result, grads)."""
+def train_pass(model, engine, x, state, labels, options=None, spike_loss=False):
+    """Forward with recording and backward of the published loss; returns (result, grads).
+    ``spike_loss``: add a loss of the recorded spikes themselves (a fixed random weighting of
+    every step, sample and neuron, as a firing-rate regulariser reads them)."""
     model.zero_grad(set_to_none=True)
     for t in state:
         t.grad = None
     res = model(x, state=state, record_spikes=True, record_mem=True, engine=engine,
                 options=options)
     loss = torch.nn.functional.cross_entropy(res.output / x.shape[3], labels)
+    if spike_loss:
+        g = torch.Generator().manual_seed(11)
+        weight = torch.randn(res.spikes.shape, generator=g, dtype=res.spikes.dtype) * 1e-3
+        loss = loss + (res.spikes * weight.to(res.spikes.device)).sum()
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     grads.update({f"state.{k}": t.grad.clone() for k, t in zip(InitialState._fields, state)
@@ -42,9 +48,10 @@ def train_pass(model, engine, x, state, labels, options=None):
     return res, grads
 
 
-def assert_matches_reference(model, x, state, labels, engine="numba", options=None):
-    ref, g_ref = train_pass(model, "reference", x, state, labels)
-    res, g = train_pass(model, engine, x, state, labels, options)
+def assert_matches_reference(model, x, state, labels, engine="numba", options=None,
+                             spike_loss=False):
+    ref, g_ref = train_pass(model, "reference", x, state, labels, spike_loss=spike_loss)
+    res, g = train_pass(model, engine, x, state, labels, options, spike_loss)
     assert ref.spikes.sum() > 0, "test network is silent"
     torch.testing.assert_close(res.spikes, ref.spikes.detach(), rtol=0, atol=0)
     torch.testing.assert_close(res.mem, ref.mem.detach())

@@ -29,6 +29,15 @@ def test_chunk_boundaries_and_state_gradients(model64, monkeypatch, chunk):
     assert_matches_reference(model64, x, state, labels, options=EngineOptions(chunk=chunk))
 
 
+@pytest.mark.parametrize("chunk", [2, 32])
+def test_gradient_of_a_loss_of_the_spikes(model64, monkeypatch, chunk):
+    """A loss that reads the recorded spikes (--rate-reg) gets their gradient, as autograd
+    through the reference gives it, across chunk boundaries and into the initial state."""
+    x, state, labels = make_inputs(model64, 3, steps=7, seed=21, grad_state=True)
+    assert_matches_reference(model64, x, state, labels, options=EngineOptions(chunk=chunk),
+                             spike_loss=True)
+
+
 def test_readout_positions(model64):
     """The forward / backward kernels find readout neurons through ``ro_pos``."""
     st = engine_numba._structure(model64.network())

@@ -36,6 +36,13 @@ def test_torch_engine_equals_reference_float64(model64, batch, chunk):
     assert_matches_reference(model64, x, state, labels, "torch", EngineOptions(chunk=chunk))
 
 
+def test_gradient_of_a_loss_of_the_spikes(model64):
+    """--rate-reg reads the recorded spikes: their gradient as the reference's."""
+    x, state, labels = make_inputs(model64, 2, steps=7, seed=21, grad_state=True)
+    assert_matches_reference(model64, x, state, labels, "torch", EngineOptions(chunk=4),
+                             spike_loss=True)
+
+
 def test_single_step(model64):
     """T = 1 (no readout step) on the torch engine."""
     assert_single_step_matches_reference(model64, "torch")
