@@ -39,3 +39,20 @@ def require_golden_file(path):
         pytest.fail(f"REQUIRE_GOLDEN is set but {GOLDEN_DIR} holds no golden cases; "
                     "set GOLDEN_DIR to the folder of golden cases")
     return path
+
+
+def run_main(main, argv):
+    """``(rc, stderr lines)`` of a script's ``main(argv)`` run in this process as its command
+    line runs it (``cli.run_cli``: errors become one line and rc 2; argparse's usage errors
+    exit, caught here)."""
+    import contextlib
+    import io
+
+    from cli import run_cli
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = run_cli(main, argv)
+        except SystemExit as exit_:
+            rc = exit_.code
+    return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_main
 from deprivation import DeprivationConfig, run_deprivation, whisker_sets
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -238,16 +239,8 @@ def test_cli_refuses_bad_files_with_one_line(tmp_path, ckpt_path):
     (["--seed", "-3"], "--seed"), (["--trials", "-1"], "--trials"),
     (["--max-removed", "32"], "--max-removed")])
 def test_bad_settings_are_refused(flags, word, ckpt_path, tmp_path):
-    import contextlib
-    import io
-
-    import RSNN_bfd_whisker_deprivation as script
-    from cli import run_cli as run_in_process
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = run_in_process(script.main, ["--checkpoint", str(ckpt_path), "--out",
-                                          str(tmp_path / "o"), *flags])
-    lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    rc, lines = _in_process(["--checkpoint", str(ckpt_path), "--out", str(tmp_path / "o"),
+                             *flags])
     assert rc == 2 and len(lines) == 1 and word in lines[0], lines
     assert not (tmp_path / "o").exists()
 
@@ -267,18 +260,8 @@ def test_an_unwritable_out_fails_before_the_trials(ckpt_path, tmp_path, monkeypa
 # ------------------------------------------------------------------------------- nothing lost
 def _in_process(argv):
     """rc and stderr lines of the deprivation script, run in this process."""
-    import contextlib
-    import io
-
     import RSNN_bfd_whisker_deprivation as script
-    from cli import run_cli as run_in_process
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            rc = run_in_process(script.main, argv)
-        except SystemExit as exit_:       # argparse's usage errors
-            rc = exit_.code
-    return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    return run_main(script.main, argv)
 
 
 def test_a_repeated_deprivation_keeps_the_earlier_results(ckpt_path, tmp_path):

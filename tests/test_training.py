@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_main
 import training
 from training import RealValuedConfig, SpikingConfig, load_checkpoint, read_metrics, train
 
@@ -379,14 +380,9 @@ def _digests(folder):
             if p.is_file() and p.name != ".lock"}
 
 
-def _cli(argv):
+def _cli(argv, config=SpikingConfig):
     """rc and stderr lines of the training command line, run in this process."""
-    import contextlib
-    import io
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = training.run_cli(lambda a: training.training_main(SpikingConfig, a), argv)
-    return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    return run_main(lambda a: training.training_main(config, a), argv)
 
 
 def _copy_run(src, dst):
@@ -530,13 +526,7 @@ def test_a_run_is_resumed_only_by_its_own_script_and_with_a_valid_configuration(
     out, _ = run2
     run = _copy_run(out, tmp_path / "run")
     before = _digests(run)
-    import contextlib
-    import io
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = training.run_cli(lambda a: training.training_main(RealValuedConfig, a),
-                              ["--resume", str(run), "--epochs", "3"])
-    err_lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    rc, err_lines = _cli(["--resume", str(run), "--epochs", "3"], RealValuedConfig)
     assert rc == 2 and len(err_lines) == 1, err_lines
     assert "holds a spiking network, not a realvalued one" in err_lines[0]
     assert f"continue it with python RSNN_bfd_SpikingBased.py --resume {run}" in err_lines[0]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
+from conftest import run_main
 import neuron
 import utils
 from model import ModelConfig, build_model
@@ -293,17 +294,7 @@ def test_an_unwritable_out_fails_before_the_analyses(tmp_path, capsys):
 # ----------------------------------------------------------------------------- nothing lost
 def _cli(argv, main=None):
     """rc and stderr lines of ``utils.py argv`` (or of ``main``), run in this process."""
-    import contextlib
-    import io
-
-    from cli import run_cli
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            rc = run_cli(main or utils.main, argv)
-        except SystemExit as exit_:       # argparse's usage errors
-            rc = exit_.code
-    return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    return run_main(main or utils.main, argv)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_main
 import whisker_dataset as wd
 import whisker_sim as ws
 import whisker_statistics as wst
@@ -296,16 +297,7 @@ def test_killed_generation_leaves_no_workers_and_its_temp_file_is_cleaned(tmp_pa
 # ----------------------------------------------------------------------------- command line
 def _cli(argv):
     """rc and stderr lines of ``whisker_sim.py argv``, run in this process."""
-    import contextlib
-    import io
-    from cli import run_cli
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            rc = run_cli(ws.main, argv)
-        except SystemExit as exit_:       # argparse's usage errors
-            rc = exit_.code
-    return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    return run_main(ws.main, argv)
 
 
 def _md5(folder):
