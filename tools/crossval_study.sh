@@ -16,6 +16,7 @@ OUT=${2:?usage: tools/crossval_study.sh DATA OUT [JOBS]}
 JOBS=${3:-2}
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+mkdir -p "$OUT" "${OUT}182" "${OUT}364"
 
 RECIPE="--loss log-mean-prob --lr 0.001 --batch-size 32 --epochs 60 --patience 20"
 # model changes (issue 23 item 4), each the recipe plus one opt-in: name|flags
@@ -53,7 +54,7 @@ done
 for n in 182 364; do
   for m in cnn rnn lstm; do
     python crossval.py --model $m --data-dir "$DATA$n" --out "$OUT$n/$m" --threads 1 \
-      --no-progress -- --encoder spiking >> "$OUT$n/$m.log" 2>&1
+      --no-progress -- --encoder spiking >> "${OUT}$n/$m.log" 2>&1
   done
 done
 for d in "$OUT"/*/ "$OUT"182/*/ "$OUT"364/*/; do
