@@ -322,8 +322,13 @@ class BarrelCortexRSNN(nn.Module):
         return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None, logits)
 
     def readout_sum(self, spikes: torch.Tensor) -> torch.Tensor:
-        """Summed readout softmax. spikes: (T', batch, 4218) of steps 1..T-1 -> (batch, 3)."""
-        return engines.readout_sum(self.network(), spikes)
+        """Summed readout softmax, as :meth:`forward` forms ``output`` (with the leaky
+        readout when ``readout_tau`` > 0). spikes: (T', batch, 4218) of steps 1..T-1 ->
+        (batch, 3)."""
+        logits = engines.readout_logits(self.network(), spikes)
+        if self.config.readout_tau > 0:
+            logits = leaky_integrate(logits, self.config.readout_tau)
+        return torch.softmax(logits, dim=-1).sum(0)
 
 
 def _linear(n_in: int, n_out: int, generator, xavier: bool) -> nn.Linear:

@@ -99,8 +99,9 @@ class TrainConfig:
     val_fraction: float = flag(0.0, "hold out this fraction of the training set (stratified, "
                                     "drawn with --val-seed) as a validation set: best.pth is "
                                     "then the epoch of the best validation accuracy (ties: the "
-                                    "lower validation loss) and the test set is only reported; 0 (published): "
-                                    "no validation set, best.pth by test accuracy")
+                                    "lower validation loss) and the test set is only "
+                                    "reported; 0 (published): no validation set, best.pth by "
+                                    "test accuracy")
     val_seed: int = flag(0, "seed of the --val-fraction split (apart from --seed, so that "
                             "runs of several seeds share one validation set)")
     patience: int = flag(0, "stop after this many epochs without a better validation "

@@ -74,11 +74,6 @@ def readout_logits(net: Network, spikes: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.linear(hidden, w2, b2)
 
 
-def readout_sum(net: Network, spikes: torch.Tensor) -> torch.Tensor:
-    """Summed readout softmax. spikes: (T', batch, N) of steps 1..T-1 -> (batch, n_classes)."""
-    return torch.softmax(readout_logits(net, spikes), dim=-1).sum(0)
-
-
 # how the numba engine forms the recurrent input (EngineOptions.recurrent_input)
 RECURRENT_INPUT_MODES = ("auto", "scatter", "gather")
 

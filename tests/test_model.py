@@ -163,9 +163,10 @@ def test_leaky_readout_integrates_the_published_logits():
     for t in range(logits.shape[0]):
         mem = alpha * mem + (1 - alpha) * logits[t]
         expected.append(mem)
-    res = leaky(x)
+    res = leaky(x, record_spikes=True)
     torch.testing.assert_close(res.logits, torch.stack(expected))
     torch.testing.assert_close(res.output, torch.softmax(res.logits, -1).sum(0))
+    torch.testing.assert_close(leaky.readout_sum(res.spikes[1:]), res.output)
     grads = {}
     for engine in ("reference", "numba"):
         leaky.zero_grad()
