@@ -506,16 +506,17 @@ def _make_bwd_chunk(width):
         """BPTT through the steps of one chunk, in reverse, parallel over batch blocks of at
         most ``width`` lanes.
 
-        Shared (k, N, B) arrays of the chunk: sg surrogate derivatives, s_c spikes (uint8),
-        vbuf / bbuf recomputed membrane and adaptation, i_c input currents; s_prev0, vck, bck
-        (N, B) the state before the chunk; thal_c (k, 200, B) thalamic spikes; gl_c (k, B, 3)
+        Shared (k, N, B) arrays of the chunk: sg surrogate derivatives, s_c spikes (uint8), vbuf
+        / bbuf recomputed membrane and adaptation, i_c input currents; s_prev0, vck, bck (N, B)
+        the state before the chunk; thal_c (k, 200, B) thalamic spikes; gl_c (k, B, 3)
         dL/dlogits; gsp_c (k, N, B) the loss's own gradient of the spikes (a firing-rate
-        regulariser reads them), used when ``has_gsp``. Connections in CSC order (``_Structure``): colptr, crow, cval, csplit;
-        tcolptr, trow, tval the thalamic ones. Per block b, its own lanes (so no two threads
-        write the same memory): gs_b, gv_b, gb_b (blocks, N, width) the carried gradients
-        (dL/ds, alpha dL/dv, rho dL/db), gi_b, gt_b scratch; gw (blocks, nnz) and gwth
-        (blocks, tnnz) weight gradients in CSC order, g_ro (blocks, 3606, 3), galpha_b,
-        grho_b (blocks, N) accumulate. gthal_c (k, 200, B) receives dL/d(thalamic spikes).
+        regulariser reads them), used when ``has_gsp``. Connections in CSC order
+        (``_Structure``): colptr, crow, cval, csplit; tcolptr, trow, tval the thalamic ones. Per
+        block b, its own lanes (so no two threads write the same memory): gs_b, gv_b, gb_b
+        (blocks, N, width) the carried gradients (dL/ds, alpha dL/dv, rho dL/db), gi_b, gt_b
+        scratch; gw (blocks, nnz) and gwth (blocks, tnnz) weight gradients in CSC order, g_ro
+        (blocks, 3606, 3), galpha_b, grho_b (blocks, N) accumulate. gthal_c (k, 200, B) receives
+        dL/d(thalamic spikes).
 
         Per step: the readout's gradient reaches the readout neurons' spikes; populations in
         reverse order: each neuron's this-step spike gradient through its connections to later
