@@ -549,17 +549,17 @@ def parse_folds(text: str) -> list[int] | None:
                          f"got {text!r}") from None
 
 
-def load_results(out, only_folds: str = "") -> tuple[dict, dict, list[dict]]:
-    """(settings, folds record, results of the folds ``only_folds`` (default: all)) of a
+def load_results(out, wanted: list[int] | None = None) -> tuple[dict, dict, list[dict]]:
+    """(settings, folds record, results of the folds ``wanted`` (default: all)) of a
     cross-validation whose folds are finished."""
     out = Path(out)
-    wanted = parse_folds(only_folds)
     settings, record = read_json(out / SETTINGS_FILE), read_json(out / FOLDS_FILE)
     if settings is None or record is None:
         raise FileNotFoundError(f"{out} holds no cross-validation ({SETTINGS_FILE}, {FOLDS_FILE})")
     k = record["k"]
     if wanted is not None and (wanted[0] < 0 or wanted[-1] >= k):
-        raise ValueError(f"--only-folds {only_folds!r}: the folds of {out} are 0..{k - 1}")
+        raise ValueError(f"--only-folds {','.join(map(str, wanted))}: the folds of {out} are "
+                         f"0..{k - 1}")
     results = {K: read_json(fold_dir(out, K) / RESULT_FILE) for K in (wanted or range(k))}
     missing = [K for K, r in results.items() if r is None]
     if missing:
@@ -582,8 +582,8 @@ def summarize(dirs, out, overwrite: bool = False, log=print, only_folds: str = "
     """
     if not dirs:
         raise ValueError("give at least one cross-validation folder")
-    parse_folds(only_folds)        # a typo is reported before any folder is read
-    loaded = [load_results(d, only_folds) for d in dirs]
+    wanted = parse_folds(only_folds)        # a typo is reported before any folder is read
+    loaded = [load_results(d, wanted) for d in dirs]
     labels = [Path(d).name or str(d) for d in dirs]
     if len(set(labels)) < len(labels):
         labels = [str(d) for d in dirs]

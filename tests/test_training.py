@@ -757,7 +757,6 @@ def test_leaky_readout_is_stored_in_the_model_config(data_dir, tmp_path):
     train(cfg, log=lambda *a: None)
     ckpt = torch.load(tmp_path / "leaky" / "best.pth", weights_only=True)
     assert ckpt["model_config"]["readout_tau"] == 20.0
-    from checkpoint import load_checkpoint
     assert load_checkpoint(tmp_path / "leaky" / "best.pth")[0].config.readout_tau == 20.0
 
 
