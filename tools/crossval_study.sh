@@ -6,10 +6,13 @@
 #   tools/crossval_study.sh DATA OUT [JOBS]     e.g. tools/crossval_study.sh data runs/cv 2
 #
 # DATA holds the default dataset (python whisker_sim.py --out DATA); DATA182 / DATA364 are
-# generated beside it when missing. Runs every RSNN fold as its own process, JOBS (2) at a
-# time at one thread each, in the order below (the recipe first), then the baselines. Rerun
-# the same line after a kill: finished folds are skipped and a stopped RSNN fold continues
-# from its checkpoint (exact). `python crossval.py status OUT/*` shows where each stands.
+# generated beside it when missing. Runs each baseline (its 5 folds) and each RSNN fold as its
+# own process, JOBS (2) at a time at one thread each, in the order below (the baselines, then
+# the recipe first). Rerun the same line after a kill: finished folds are skipped and a
+# stopped RSNN fold continues from its checkpoint (exact). `python crossval.py status OUT/*` shows where each stands.
+# Every finished fold is copied into docs/cv (tools/crossval_records.sh), and the folds
+# recorded there are taken from it rather than run again, so the study can be carried on
+# over several machines: commit docs/cv, clone, rerun the same line.
 set -euo pipefail
 DATA=${1:?usage: tools/crossval_study.sh DATA OUT [JOBS]}
 OUT=${2:?usage: tools/crossval_study.sh DATA OUT [JOBS]}
@@ -17,6 +20,7 @@ JOBS=${3:-2}
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 mkdir -p "$OUT" "${OUT}182" "${OUT}364"
+tools/crossval_records.sh load "$OUT"
 
 RECIPE="--loss log-mean-prob --lr 0.001 --batch-size 32 --epochs 60 --patience 20"
 # model changes (issue 23 item 4), each the recipe plus an opt-in: name|flags (a later flag
@@ -36,30 +40,34 @@ for n in 182 364; do
     --objects-per-class "$n" --workers "$JOBS" --no-progress
 done
 
-# one line per RSNN fold: data, out, fold, model flags
+# one line per process: model | data | out | fold (-1: all) | model flags. The baselines
+# (minutes) first, then one RSNN fold per process; the baselines of the larger datasets
+# before their RSNN point.
 {
-  for K in 0 1 2 3 4; do echo "$DATA|$OUT/rsnn-spiking|$K|$RECIPE"; done
+  for m in cnn rnn lstm gru; do echo "$m|$DATA|$OUT/$m|-1|--encoder spiking"; done
+  for K in 0 1 2 3 4; do echo "rsnn-spiking|$DATA|$OUT/rsnn-spiking|$K|$RECIPE"; done
   for c in "${CHANGES[@]}"; do
-    for K in $SCREEN_FOLDS; do echo "$DATA|$OUT/rsnn-${c%%|*}|$K|$RECIPE ${c#*|}"; done
+    for K in $SCREEN_FOLDS; do
+      echo "rsnn-spiking|$DATA|$OUT/rsnn-${c%%|*}|$K|$RECIPE ${c#*|}"
+    done
   done
-  # the learning curve: one split (fold 0) per size for the RSNN
-  for n in 182 364; do echo "$DATA$n|$OUT$n/rsnn-spiking|0|$RECIPE"; done
+  # the learning curve: the baselines on all folds, the RSNN on one split (fold 0) per size,
+  # its schedule scaled to the recipe's number of training steps (60 epochs of 174 objects:
+  # epochs, StepLR step and patience x 91/n), so that a point costs what a fold of the
+  # default dataset does (an hour and a half on one thread) and more data is not more steps
+  for n in 182 364; do
+    for m in cnn rnn lstm; do echo "$m|$DATA$n|$OUT$n/$m|-1|--encoder spiking"; done
+    s=$((91 * 1000 / n))   # 91/n in thousandths
+    echo "rsnn-spiking|$DATA$n|$OUT$n/rsnn-spiking|0|$RECIPE --epochs $((60 * s / 1000))" \
+      "--step-size $((20 * s / 1000)) --patience $((20 * s / 1000))"
+  done
 } | xargs -P "$JOBS" -I{} bash -c '
-  IFS="|" read -r data out fold flags <<< "{}"
+  IFS="|" read -r model data out fold flags <<< "{}"
   mkdir -p "$(dirname "$out")"
-  python crossval.py --model rsnn-spiking --data-dir "$data" --out "$out" --fold "$fold" \
-    --threads 1 --no-progress -- $flags >> "$out.log" 2>&1 || echo "failed: {} (see $out.log)"'
+  python crossval.py --model "$model" --data-dir "$data" --out "$out" --fold "$fold" \
+    --threads 1 --no-progress -- $flags >> "$out.log" 2>&1 || echo "failed: {} (see $out.log)"
+  tools/crossval_records.sh save "'"$OUT"'"'
 
-for m in cnn rnn lstm gru; do
-  python crossval.py --model $m --data-dir "$DATA" --out "$OUT/$m" --threads 1 --no-progress \
-    -- --encoder spiking >> "$OUT/$m.log" 2>&1
-done
-for n in 182 364; do
-  for m in cnn rnn lstm; do
-    python crossval.py --model $m --data-dir "$DATA$n" --out "$OUT$n/$m" --threads 1 \
-      --no-progress -- --encoder spiking >> "${OUT}$n/$m.log" 2>&1
-  done
-done
 for d in "$OUT"/*/ "$OUT"182/*/ "$OUT"364/*/; do
-  [ -f "$d/crossval.json" ] && python crossval.py status "$d"
+  if [ -f "$d/crossval.json" ]; then python crossval.py status "$d"; fi
 done
