@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -278,3 +279,39 @@ def test_learning_curve_reads_summaries(finished, tmp_path):
     assert (tmp_path / "curve" / "learning_curve.png").is_file()
     with pytest.raises(ValueError, match="--overwrite"):
         crossval.main(["curve", str(finished / "summary"), "--out", str(tmp_path / "curve")])
+
+
+def test_study_records_are_saved_and_seed_a_fresh_run(finished, data_dir, tmp_path, capsys):
+    """tools/crossval_records.sh: the finished folds go into the records (docs/cv in the
+    study) and back into a fresh run folder, whose run then skips them."""
+    script = ["bash", str(ROOT / "tools" / "crossval_records.sh")]
+    records = tmp_path / "records"
+    subprocess.run([*script, "save", str(finished), str(records)], check=True,
+                   capture_output=True)
+    rec = records / "91"
+    assert sorted(p.name for p in (rec / "rsnn" / "fold_0").iterdir()) == ["metrics.csv",
+                                                                          "result.json"]
+    assert sorted(p.name for p in rec.iterdir()) == ["cnn", "rsnn"]    # not the summary
+    quiet = dict(log=lambda *a: None)
+    runs = cv.summarize([finished / "rsnn", finished / "cnn"], tmp_path / "s1", **quiet)
+    kept = cv.summarize([rec / "rsnn", rec / "cnn"], tmp_path / "s2", **quiet)
+    assert kept["models"]["rsnn"]["test_acc"] == runs["models"]["rsnn"]["test_acc"]
+    assert kept["paired"] == runs["paired"]
+
+    # nothing in the records is overwritten, and other settings are left alone
+    result = rec / "cnn" / "fold_1" / "result.json"
+    result.write_text(result.read_text().replace('"fold": 1', '"fold": 1, "mark": 1'))
+    settings = json.loads((rec / "rsnn" / "crossval.json").read_text())
+    (rec / "rsnn" / "crossval.json").write_text(json.dumps({**settings, "seed": 7}))
+    shutil.rmtree(rec / "rsnn" / "fold_1")
+    done = subprocess.run([*script, "save", str(finished), str(records)], check=True,
+                          capture_output=True, text=True)
+    assert '"mark": 1' in result.read_text() and not (rec / "rsnn" / "fold_1").exists()
+    assert "other settings" in done.stderr
+
+    out = tmp_path / "fresh"
+    subprocess.run([*script, "load", str(out), str(records)], check=True, capture_output=True)
+    assert (out / "cnn" / "fold_0" / "result.json").is_file()
+    capsys.readouterr()
+    run_cv(data_dir, out / "cnn", "cnn", model_args=["--epochs", "2", "--hidden", "8"])
+    assert capsys.readouterr().out.count("done before") == 2
