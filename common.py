@@ -181,6 +181,29 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
+def machine() -> dict:
+    """What a result was computed on: the CPU, the instruction set torch's kernels use and the
+    library versions. Float results can differ between machines (another CPU takes other
+    kernels, whose rounding can change an epoch's accuracy and so the chosen epoch), so a
+    result recorded for later comparison carries this."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(), "torch": torch.__version__}
+    for name in ("numpy", "numba"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return info
+
+
 def sha256_of(path) -> str:
     """Hex sha256 of a file, read in blocks (recorded to identify datasets and sources)."""
     h = hashlib.sha256()

@@ -10,7 +10,8 @@ The output folder of one model's cross-validation:
     folds.json          the folds: pooled object indices of each fold and of each fold's
                         validation split, the labels, the data files and their identity
     fold_K/result.json  fold K's result (K = 0..k-1): the chosen epoch, its validation, test
-                        and training accuracy, sample counts, seconds
+                        and training accuracy, sample counts, seconds, the machine
+                        (``common.machine``)
     fold_K/...          an RSNN fold's run folder (checkpoint.pth, best.pth, metrics.csv, ...)
 
 A fold with a ``result.json`` is done and skipped on a rerun; an RSNN fold that was stopped
@@ -38,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from cli import flag, parse_config, require
-from common import DirectoryLock, atomic_write_json, atomic_write_text, check_writable_dir
+from common import (DirectoryLock, atomic_write_json, atomic_write_text, check_writable_dir,
+                    machine)
 from folds import check_partition, stratified_folds, stratified_holdout
 
 RSNN_MODELS = {"rsnn-spiking": "SpikingConfig", "rsnn-realvalued": "RealValuedConfig"}
@@ -302,7 +304,8 @@ def run_fold(cfg: CrossValConfig, settings: dict, record: dict, K: int, log=prin
     result.update(fold=K, model=settings["model"], n_train=len(train_idx), n_val=len(val_idx),
                   n_test=len(test_idx), wall_seconds=time.time() - t0, n_correct=n_correct,
                   test_acc=n_correct / len(test_idx),
-                  val_acc=round(result["val_acc"] * len(val_idx)) / len(val_idx))
+                  val_acc=round(result["val_acc"] * len(val_idx)) / len(val_idx),
+                  machine=machine())
     atomic_write_json(result, d / RESULT_FILE)
     log(f"fold {K}: epoch {result['best_epoch']} chosen on validation (acc "
         f"{result['val_acc']:.3f}), test acc {result['test_acc']:.3f} on {len(test_idx)} objects")

@@ -80,3 +80,13 @@ def test_directory_lock_is_exclusive_and_released(tmp_path):
     first.release()
     with DirectoryLock(tmp_path):
         pass
+
+
+def test_machine_names_the_cpu_and_the_libraries():
+    import json
+
+    from common import machine
+    info = machine()
+    assert info["cpu"] and info["torch"] == torch.__version__
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    json.dumps(info)   # goes into result.json

@@ -108,6 +108,7 @@ def test_crossval_writes_per_fold_and_aggregate_files(finished):
             r = json.loads((root / name / f"fold_{K}" / "result.json").read_text())
             assert r["fold"] == K and (r["n_train"], r["n_val"], r["n_test"]) == (3, 3, 6)
             assert 0 <= r["test_acc"] <= 1 and r["best_epoch"] >= 1
+            assert r["machine"]["torch"] == torch.__version__
     # the RSNN fold is a training run folder chosen on validation
     ckpt = torch.load(root / "rsnn" / "fold_0" / "best.pth", weights_only=True)
     assert ckpt["selected_on"] == "validation"
