@@ -26,6 +26,7 @@ print(json.dumps(s, sort_keys=True))' "$1"
 copy_cv() {   # src dst: one model's cross-validation, finished folds only
   local src=$1 dst=$2 f K
   [ -f "$src/crossval.json" ] && [ -f "$src/folds.json" ] || return 0
+  compgen -G "$src/fold_*/result.json" > /dev/null || return 0   # no finished fold yet
   if [ -f "$dst/crossval.json" ] && ! cmp -s <(settings "$src/crossval.json") \
                                              <(settings "$dst/crossval.json"); then
     echo "skipped $src: $dst holds a cross-validation with other settings" >&2
