@@ -30,9 +30,10 @@ RECIPE="--loss log-mean-prob --lr 0.001 --batch-size 32 --epochs 60 --patience 2
 CHANGES=(
   "rate-reg-lr3|--rate-reg 100 --target-rate 0.02 --lr 0.003"
   "leaky-readout|--readout-tau 20"
-  "readout-dropout|--readout-dropout 0.2"
   "readout-decay|--readout-weight-decay 1.0"
 )
+# after the learning curve: a second readout regulariser (item 4c asks for one of the two)
+LATE_CHANGES=("readout-dropout|--readout-dropout 0.2")
 SCREEN_FOLDS="0 1 2"      # the changes are screened on 3 folds, the recipe runs all 5
 
 for n in 182 364; do
@@ -60,6 +61,11 @@ done
     s=$((91 * 1000 / n))   # 91/n in thousandths
     echo "rsnn-spiking|$DATA$n|$OUT$n/rsnn-spiking|0|$RECIPE --epochs $((60 * s / 1000))" \
       "--step-size $((20 * s / 1000)) --patience $((20 * s / 1000))"
+  done
+  for c in "${LATE_CHANGES[@]}"; do
+    for K in $SCREEN_FOLDS; do
+      echo "rsnn-spiking|$DATA|$OUT/rsnn-${c%%|*}|$K|$RECIPE ${c#*|}"
+    done
   done
 } | xargs -P "$JOBS" -I{} bash -c '
   IFS="|" read -r model data out fold flags <<< "{}"
