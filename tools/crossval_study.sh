@@ -9,7 +9,8 @@
 # generated beside it when missing. Runs each baseline (its 5 folds) and each RSNN fold as its
 # own process, JOBS (2) at a time at one thread each, in the order below (the baselines, then
 # the recipe first). Rerun the same line after a kill: finished folds are skipped and a
-# stopped RSNN fold continues from its checkpoint (exact). `python crossval.py status OUT/*` shows where each stands.
+# stopped RSNN fold continues from its checkpoint (exact). `python crossval.py status OUT/*`
+# shows where each stands.
 # Every finished fold is copied into docs/cv (tools/crossval_records.sh), and the folds
 # recorded there are taken from it rather than run again, so the study can be carried on
 # over several machines: commit docs/cv, clone, rerun the same line.
@@ -35,6 +36,14 @@ CHANGES=(
 # after the learning curve: a second readout regulariser (item 4c asks for one of the two)
 LATE_CHANGES=("readout-dropout|--readout-dropout 0.2")
 SCREEN_FOLDS="0 1 2"      # the changes are screened on 3 folds, the recipe runs all 5
+screen() {   # the queue lines of the changes "$@" on the screening folds
+  local c K
+  for c in "$@"; do
+    for K in $SCREEN_FOLDS; do
+      echo "rsnn-spiking|$DATA|$OUT/rsnn-${c%%|*}|$K|$RECIPE ${c#*|}"
+    done
+  done
+}
 
 for n in 182 364; do
   [ -f "$DATA$n/snn_test3.h5" ] || python whisker_sim.py --out "$DATA$n" \
@@ -47,26 +56,17 @@ done
 {
   for m in cnn rnn lstm gru; do echo "$m|$DATA|$OUT/$m|-1|--encoder spiking"; done
   for K in 0 1 2 3 4; do echo "rsnn-spiking|$DATA|$OUT/rsnn-spiking|$K|$RECIPE"; done
-  for c in "${CHANGES[@]}"; do
-    for K in $SCREEN_FOLDS; do
-      echo "rsnn-spiking|$DATA|$OUT/rsnn-${c%%|*}|$K|$RECIPE ${c#*|}"
-    done
-  done
+  screen "${CHANGES[@]}"
   # the learning curve: the baselines on all folds, the RSNN on one split (fold 0) per size,
   # its schedule scaled to the recipe's number of training steps (60 epochs of 174 objects:
   # epochs, StepLR step and patience x 91/n), so that a point costs what a fold of the
   # default dataset does (an hour and a half on one thread) and more data is not more steps
   for n in 182 364; do
     for m in cnn rnn lstm; do echo "$m|$DATA$n|$OUT$n/$m|-1|--encoder spiking"; done
-    s=$((91 * 1000 / n))   # 91/n in thousandths
-    echo "rsnn-spiking|$DATA$n|$OUT$n/rsnn-spiking|0|$RECIPE --epochs $((60 * s / 1000))" \
-      "--step-size $((20 * s / 1000)) --patience $((20 * s / 1000))"
+    echo "rsnn-spiking|$DATA$n|$OUT$n/rsnn-spiking|0|$RECIPE --epochs $((60 * 91 / n))" \
+      "--step-size $((20 * 91 / n)) --patience $((20 * 91 / n))"
   done
-  for c in "${LATE_CHANGES[@]}"; do
-    for K in $SCREEN_FOLDS; do
-      echo "rsnn-spiking|$DATA|$OUT/rsnn-${c%%|*}|$K|$RECIPE ${c#*|}"
-    done
-  done
+  screen "${LATE_CHANGES[@]}"
 } | xargs -P "$JOBS" -I{} bash -c '
   IFS="|" read -r model data out fold flags <<< "{}"
   mkdir -p "$(dirname "$out")"
