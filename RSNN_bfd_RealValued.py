@@ -5,16 +5,17 @@
     python RSNN_bfd_RealValued.py --resume runs/realvalued
     torchrun --nproc_per_node 4 RSNN_bfd_RealValued.py
 
-Input (batch, 1, 12, 110, 558): force and torque normalised over the 12 sweeps. Every setting is
-a flag of :class:`training.RealValuedConfig` (``--help``); outputs as for the spiking script.
-Importing this module has no side effects.
+Input (batch, 1, 12, 110, 558): force and torque normalised over the 12 sweeps. Every setting
+is a flag of :class:`rsnn_bfd.config.RealValuedConfig` (``--help``); outputs as for the spiking
+script. Importing this module has no side effects.
 """
 from __future__ import annotations
 
 import sys
 
-from cli import run_cli
-from training import RealValuedConfig, training_main
+from rsnn_bfd.cli import run_cli
+from rsnn_bfd.config import RealValuedConfig
+from rsnn_bfd.training.run import training_main
 
 DESCRIPTION = "Train the barrel-cortex RSNN on real-valued whisker input."
 
@@ -25,7 +26,7 @@ def main(argv=None, defaults: RealValuedConfig | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # The paper's set-up is RealValuedConfig's default (training.py): Adam, StepLR(10, 0.5),
+    # The paper's set-up is RealValuedConfig's default (rsnn_bfd/config.py): Adam, StepLR(10,0.5),
     # 100 epochs, batch 128, T = 110, cross-entropy on output / T. Edit a field here, e.g.
     # RealValuedConfig(epochs=50), or give it as a flag. On the generated data the published
     # loss stops learning, and the published normalisation over the 12 sweeps removes how

@@ -7,18 +7,19 @@
 
 Input (batch, 2, 12, 550, 93) force / torque spikes; the data files are generated with
 ``whisker_sim.py`` if ``--data-dir`` lacks them. Every setting is a flag of
-:class:`training.SpikingConfig` (``--help``). Writes ``checkpoint.pth``, ``best.pth``,
+:class:`rsnn_bfd.config.SpikingConfig` (``--help``). Writes ``checkpoint.pth``, ``best.pth``,
 ``metrics.csv`` and ``learning_curves.png`` to ``--out``.
 
-Analysis mode: ``--anova ...`` is handed to ``utils.anova_main(argv)`` (see :func:`run_anova`).
+Analysis mode: ``--anova ...`` runs ``utils.py``'s selectivity analysis (see :func:`run_anova`).
 Importing this module has no side effects.
 """
 from __future__ import annotations
 
 import sys
 
-from cli import run_cli
-from training import SpikingConfig, training_main
+from rsnn_bfd.cli import run_cli
+from rsnn_bfd.config import SpikingConfig
+from rsnn_bfd.training.run import training_main
 
 DESCRIPTION = "Train the barrel-cortex RSNN on spike-encoded whisker input."
 
@@ -26,17 +27,12 @@ DESCRIPTION = "Train the barrel-cortex RSNN on spike-encoded whisker input."
 def run_anova(argv: list[str]) -> int:
     """Analysis mode (``--anova``, with e.g. ``--checkpoint RUN_DIR/best.pth``).
 
-    The analyses live in ``utils.py`` (``utils.anova_main(argv)`` gets the full argument list);
-    a real-valued network is refused (``python utils.py --analysis anova`` takes either).
+    The analyses are ``utils.py``'s (:func:`rsnn_bfd.analyses.command.anova_main` gets the
+    full argument list); a real-valued network is refused (``python utils.py --analysis
+    anova`` takes either).
     """
-    try:
-        import utils
-    except ImportError:
-        raise ValueError("--anova needs the analysis module utils.py, which is not in this "
-                         "checkout") from None
-    if not hasattr(utils, "anova_main"):
-        raise ValueError("--anova: utils.py has no anova_main(argv)")
-    return utils.anova_main(argv, encoder="spiking")   # this script's networks
+    from rsnn_bfd.analyses.command import anova_main
+    return anova_main(argv, encoder="spiking")   # this script's networks
 
 
 def main(argv=None, defaults: SpikingConfig | None = None) -> int:
@@ -48,7 +44,7 @@ def main(argv=None, defaults: SpikingConfig | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # The paper's set-up is SpikingConfig's default (training.py): Adam, StepLR(20, 0.8),
+    # The paper's set-up is SpikingConfig's default (rsnn_bfd/config.py): Adam, StepLR(20, 0.8),
     # 100 epochs, batch 128, T = 550, cross-entropy on output / T. Edit a field here, e.g.
     # SpikingConfig(epochs=50), or give it as a flag. On the generated data the published
     # loss stops learning within a few steps; the set-up of docs/RESULTS.md that learns is

@@ -5,15 +5,16 @@
 
 Accepts checkpoints of either training script; any other file is refused with a one-line
 ``error:`` and exit code 2 (nothing in it is executed). Writes ``deprivation.csv``,
-``deprivation.json`` and ``deprivation.png`` (see :mod:`deprivation`). Every flag is a field of
-:class:`deprivation.DeprivationConfig`. Importing this module has no side effects.
+``deprivation.json`` and ``deprivation.png`` (see :mod:`rsnn_bfd.analyses.deprivation`). Every
+flag is a field of :class:`rsnn_bfd.analyses.deprivation.DeprivationConfig`. Importing this
+module has no side effects.
 """
 from __future__ import annotations
 
 import sys
 
-from deprivation import DeprivationConfig, run_deprivation
-from cli import build_parser, run_cli
+from rsnn_bfd.analyses.deprivation import DeprivationConfig, run_deprivation
+from rsnn_bfd.cli import build_parser, run_cli
 
 DESCRIPTION = "Test accuracy of a trained barrel-cortex RSNN with whiskers removed."
 

@@ -16,14 +16,14 @@ so folds can run in parallel processes (one thread each: ``--threads 1``); a rer
 finished folds and continues a stopped RSNN fold from its checkpoint. ``summarize`` writes
 the mean test accuracy of each model with a 95 % interval and the paired differences (the
 first model minus each other) with a paired t-test; ``curve`` plots the summaries of
-datasets of several sizes against objects per class. Library: :mod:`crossvalidation`.
+datasets of several sizes against objects per class. Library: :mod:`rsnn_bfd.study`.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
 
-from cli import build_parser, flag, run_cli
+from rsnn_bfd.cli import build_parser, flag, run_cli
 
 
 @dataclass
@@ -41,8 +41,9 @@ class SummaryConfig:
 
 
 def main(argv=None) -> int:
-    import crossvalidation as cv
     from pathlib import Path
+
+    from rsnn_bfd.study import crossvalidation, cv_setup, summary
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("summarize", "status", "curve"):
         command, rest = argv[0], argv[1:]
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
                                   description="progress of cross-validations")
             parser.add_argument("dirs", nargs="+", help="cross-validation folders")
             for d in parser.parse_args(rest).dirs:
-                print(cv.describe_status(d, cv.status(d)))
+                print(crossvalidation.describe_status(d, crossvalidation.status(d)))
             return 0
         if command == "curve":
             parser = build_parser(SummaryConfig, prog="crossval.py curve",
@@ -71,14 +72,14 @@ def main(argv=None) -> int:
         if command == "curve":
             if cfg.only_folds:
                 parser.error("--only-folds is a flag of summarize (curve reads summaries)")
-            cv.learning_curve(dirs, out, cfg.overwrite)
+            summary.learning_curve(dirs, out, cfg.overwrite)
         else:
-            cv.summarize(dirs, out, cfg.overwrite, only_folds=cfg.only_folds)
+            summary.summarize(dirs, out, cfg.overwrite, only_folds=cfg.only_folds)
         return 0
     own, model_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
         else (argv, [])
-    ns = build_parser(cv.CrossValConfig, description=__doc__.split("\n")[0]).parse_args(own)
-    cv.run(cv.CrossValConfig(**vars(ns)), model_args)
+    ns = build_parser(cv_setup.CrossValConfig, description=__doc__.split("\n")[0]).parse_args(own)
+    crossvalidation.run(cv_setup.CrossValConfig(**vars(ns)), model_args)
     return 0
 
 

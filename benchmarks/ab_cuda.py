@@ -23,12 +23,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
-from engines import EngineOptions  # noqa: E402
-from engines import reference as engine_reference  # noqa: E402
-from engines import torch_dense as engine_torch  # noqa: E402
 from bench_step import make_input, sync  # noqa: E402
-from model import ModelConfig, build_model  # noqa: E402
+
+from rsnn_bfd.network.engines import EngineOptions  # noqa: E402
+from rsnn_bfd.network.engines import reference as engine_reference  # noqa: E402
+from rsnn_bfd.network.engines import torch_dense as engine_torch  # noqa: E402
+from rsnn_bfd.network.model import ModelConfig, build_model  # noqa: E402
 
 TORCH_VPM = engine_torch.run_thalamus
 VARIANTS = {  # name: (options, VPM layer)

@@ -28,10 +28,13 @@ if str(ROOT) not in sys.path:
 import numba  # noqa: E402
 import torch  # noqa: E402
 
-from common import atomic_write_json  # noqa: E402
-from engines import RECURRENT_INPUT_MODES, EngineOptions  # noqa: E402
-from engines import numba_cpu  # noqa: E402
-from model import ModelConfig, build_model  # noqa: E402
+from rsnn_bfd.common import atomic_write_json  # noqa: E402
+from rsnn_bfd.network.engines import (  # noqa: E402
+    RECURRENT_INPUT_MODES,
+    EngineOptions,
+    numba_cpu,  # noqa: E402
+)
+from rsnn_bfd.network.model import ModelConfig, build_model  # noqa: E402
 
 
 def int_list(text):

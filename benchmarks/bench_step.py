@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from model import ModelConfig, build_model  # noqa: E402
+from rsnn_bfd.network.model import ModelConfig, build_model  # noqa: E402
 
 
 def make_input(batch, steps, rate, seed=0, device="cpu"):

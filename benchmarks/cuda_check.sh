@@ -26,8 +26,8 @@ run() {
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"
-run pytest.txt $PY -m pytest -q -p no:cacheprovider tests/test_engine_torch.py \
-    tests/test_model.py -k "cuda or torch"
+run pytest.txt $PY -m pytest -q -p no:cacheprovider tests/network/test_engine_torch.py \
+    tests/network/test_model.py -k "cuda or torch"
 run bench_b128.txt $PY benchmarks/bench_step.py --device cuda --batch 128 --steps 100 --memory
 run bench_b16.txt $PY benchmarks/bench_step.py --device cuda --batch 16 --steps 100
 run ab_b128.txt $PY benchmarks/ab_cuda.py --batch 128 --steps 100

@@ -25,10 +25,12 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from engines import numba_cpu as engine_fast  # noqa: E402
-import training  # noqa: E402
-from checkpoint import load_checkpoint  # noqa: E402
-from model import build_model  # noqa: E402
+from rsnn_bfd.config import SpikingConfig  # noqa: E402
+from rsnn_bfd.io.checkpoint import load_checkpoint  # noqa: E402
+from rsnn_bfd.network.engines import numba_cpu as engine_fast  # noqa: E402
+from rsnn_bfd.network.model import build_model  # noqa: E402
+from rsnn_bfd.training.batches import stack_batch  # noqa: E402
+from rsnn_bfd.training.data import load_datasets  # noqa: E402
 
 KERNELS = ("_thalamus_forward", "_fwd_chunk", "_recompute_chunk", "_bwd_chunk",
            "_thalamus_backward")
@@ -55,14 +57,14 @@ def main(argv=None) -> dict:
     if args.batch < 1 or args.repeats < 1:
         p.error("--batch and --repeats must be at least 1")
 
-    cfg = training.SpikingConfig(data_dir=args.data_dir)
-    train_set, _ = training.load_datasets(cfg)
+    cfg = SpikingConfig(data_dir=args.data_dir)
+    train_set, _ = load_datasets(cfg)
     if args.checkpoint:
         model, _ = load_checkpoint(args.checkpoint)
     else:
         model = build_model(cfg.model_config())
     batch = min(args.batch, len(train_set))
-    x, y = training._stack(train_set, list(range(batch)), "cpu")
+    x, y = stack_batch(train_set, list(range(batch)), "cpu")
 
     seconds: dict[str, float] = {}
     for name in KERNELS:

@@ -48,7 +48,7 @@ def run_main(main, argv):
     import contextlib
     import io
 
-    from cli import run_cli
+    from rsnn_bfd.cli import run_cli
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:

@@ -2,7 +2,7 @@
 of an engine against the reference (spikes, outputs, membranes, all gradients)."""
 import torch
 
-from model import InitialState, ModelConfig, build_model
+from rsnn_bfd.network.model import InitialState, ModelConfig, build_model
 
 
 def random_model(dtype=torch.float64):

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from model import InitialState, ModelConfig, build_model
+from rsnn_bfd.network.model import InitialState, ModelConfig, build_model
 
 
 def unpack_bits(packed, n):

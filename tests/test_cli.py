@@ -1,4 +1,4 @@
-"""cli.py: flags from config dataclasses, one-line usage errors, seeds, help text."""
+"""rsnn_bfd/cli.py: flags from config dataclasses, one-line usage errors, seeds, help text."""
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-import cli
-from cli import SEED_MAX, build_parser, flag, seed_check
+from rsnn_bfd.cli import SEED_MAX, build_parser, flag, run_cli, seed_check
 
 
 @dataclass
@@ -60,5 +59,5 @@ def test_run_cli_gives_one_line_and_exit_2():
         raise ValueError("--x is wrong\n  really")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        assert cli.run_cli(main, []) == 2
+        assert run_cli(main, []) == 2
     assert err.getvalue() == "error: --x is wrong really\n"

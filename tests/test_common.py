@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from common import atomic_path, atomic_write_json, make_generator, select_device
+from rsnn_bfd.common import atomic_path, atomic_write_json, make_generator, select_device
 
 
 def test_select_device():
@@ -51,7 +51,7 @@ def test_make_generator_is_independent_of_the_global_rng():
 
 
 def test_remove_stale_temps_deletes_only_interrupted_writes(tmp_path):
-    from common import remove_stale_temps
+    from rsnn_bfd.common import remove_stale_temps
     for name in (".checkpoint.pth.abc123.tmp", ".best.pth.x.tmp", "checkpoint.pth",
                  ".other.pth.y.tmp", "notes.tmp"):
         (tmp_path / name).write_text("x")
@@ -62,7 +62,7 @@ def test_remove_stale_temps_deletes_only_interrupted_writes(tmp_path):
 
 
 def test_check_writable_dir(tmp_path):
-    from common import check_writable_dir
+    from rsnn_bfd.common import check_writable_dir
     assert check_writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
     assert (tmp_path / "a" / "b").is_dir() and not list((tmp_path / "a" / "b").iterdir())
     (tmp_path / "f").write_text("x")
@@ -73,7 +73,7 @@ def test_check_writable_dir(tmp_path):
 
 
 def test_directory_lock_is_exclusive_and_released(tmp_path):
-    from common import DirectoryLock
+    from rsnn_bfd.common import DirectoryLock
     first = DirectoryLock(tmp_path, "test").acquire()
     with pytest.raises(ValueError, match=f"in use by process {os.getpid()} \\(test\\)"):
         DirectoryLock(tmp_path).acquire()
@@ -85,7 +85,7 @@ def test_directory_lock_is_exclusive_and_released(tmp_path):
 def test_machine_names_the_cpu_and_the_libraries():
     import json
 
-    from common import machine
+    from rsnn_bfd.common import machine
     info = machine()
     assert info["cpu"] and info["torch"] == torch.__version__
     assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

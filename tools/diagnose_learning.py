@@ -30,7 +30,6 @@ epoch, the input statistics first), ``diagnostics.csv`` (the scalar columns) and
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import sys
@@ -45,19 +44,30 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import training  # noqa: E402
-from cli import parse_config, run_cli  # noqa: E402
-from common import atomic_path, atomic_write_text, check_writable_dir, select_device  # noqa: E402
-from model import build_model  # noqa: E402
-from readout import predict, readout_loss  # noqa: E402
+from rsnn_bfd.cli import parse_config, run_cli  # noqa: E402
+from rsnn_bfd.common import (  # noqa: E402
+    atomic_path,
+    atomic_write_text,
+    check_writable_dir,
+    select_device,
+)
+from rsnn_bfd.config import SpikingConfig, with_default  # noqa: E402
+from rsnn_bfd.network.model import (
+    DTYPES,  # noqa: E402
+    build_model,  # noqa: E402
+)
+from rsnn_bfd.network.readout import predict, readout_loss  # noqa: E402
+from rsnn_bfd.training.batches import epoch_batches, stack_batch  # noqa: E402
+from rsnn_bfd.training.data import load_datasets  # noqa: E402
+from rsnn_bfd.training.step import make_optimizer  # noqa: E402
 
 
 @dataclass
-class DiagnoseConfig(training.SpikingConfig):
+class DiagnoseConfig(SpikingConfig):
     """The spiking training flags, with a small overfitting set-up as the default."""
-    out: str = training._default("out", "runs/diagnose")
-    epochs: int = training._default("epochs", 30)
-    max_train_samples: int = training._default("max_train_samples", 24)
+    out: str = with_default("out", "runs/diagnose")
+    epochs: int = with_default("epochs", 30)
+    max_train_samples: int = with_default("max_train_samples", 24)
 
 
 def _groups(model) -> dict[str, list[torch.nn.Parameter]]:
@@ -130,13 +140,13 @@ def diagnose(cfg: DiagnoseConfig, log=print) -> list[dict]:
     cfg.validate()
     out = check_writable_dir(cfg.out)
     device = select_device(cfg.device)
-    train_set, _ = training.load_datasets(cfg, log=log)
+    train_set, _ = load_datasets(cfg, log=log)
     n = cfg.max_train_samples or len(train_set)
     idx = list(range(min(n, len(train_set))))
-    x, y = training._stack(train_set, idx, device)
-    model = build_model(cfg.model_config(), device=device, dtype=training.DTYPES[cfg.dtype],
+    x, y = stack_batch(train_set, idx, device)
+    model = build_model(cfg.model_config(), device=device, dtype=DTYPES[cfg.dtype],
                         engine=cfg.engine)
-    optimizer, scheduler = training.make_optimizer(model, cfg)
+    optimizer, scheduler = make_optimizer(model, cfg)
     T = x.shape[3]
 
     # keep the gradient that reaches the thalamic spikes
@@ -156,7 +166,7 @@ def diagnose(cfg: DiagnoseConfig, log=print) -> list[dict]:
     for epoch in range(cfg.epochs):
         t0 = time.time()
         norms, loss_sum, correct = [], 0.0, 0.0
-        for batch in training.epoch_batches(list(range(len(idx))), cfg.batch_size, cfg.seed, epoch):
+        for batch in epoch_batches(list(range(len(idx))), cfg.batch_size, cfg.seed, epoch):
             xb, yb = x[batch], y[batch]
             result = model(xb)
             loss = readout_loss(result, yb, cfg.loss)

@@ -1,0 +1,194 @@
+"""The training configurations: every setting of a run, each a command-line flag.
+
+:class:`TrainConfig` holds the paper's set-up as its defaults; :class:`SpikingConfig` and
+:class:`RealValuedConfig` are the two published scripts' (``RSNN_bfd_SpikingBased.py``,
+``RSNN_bfd_RealValued.py``). They sit below everything that reads them: the training loop,
+the published-network reader, deprivation, the analyses and cross-validation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from rsnn_bfd.cli import flag, require, seed_check
+from rsnn_bfd.data.encoding import REALVALUED_FEATURES, parse_sweeps
+from rsnn_bfd.network.model import DTYPES, ENGINES, PAPER_INIT, ModelConfig
+from rsnn_bfd.network.readout import LOSSES
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; each field is also a command-line flag (``--snake-case``)."""
+    encoder: str = flag("spiking", "input encoding", ("spiking", "realvalued"))
+    data_dir: str = flag("data", "folder with snn_train3.h5 / snn_test3.h5 (generated if missing)")
+    out: str = flag("runs/spiking", "run directory (checkpoints, metrics, plot)")
+    epochs: int = flag(100, "number of epochs")
+    batch_size: int = flag(128, "global batch size (split across processes under torchrun)")
+    lr: float = flag(0.008, "Adam learning rate")
+    lr_tau_adp_factor: float = flag(5.0, "learning-rate factor for tau_adp (thalamic and cortical)")
+    lr_tau_m_factor: float = flag(2.0, "learning-rate factor for tau_m (thalamic and cortical)")
+    step_size: int = flag(20, "StepLR step in epochs (published: 20 spiking, 10 real-valued)")
+    gamma: float = flag(0.8, "StepLR factor (published: 0.8 spiking, 0.5 real-valued)")
+    loss: str = flag("published", "readout loss (and decision): 'published' = cross-entropy "
+                      "with the mean readout probability output/T as logits; 'log-mean-prob' "
+                      "= -log of the true class's mean readout probability; 'mean-logit' = "
+                      "cross-entropy of the time-averaged readout logits (see readout.py)",
+                      LOSSES)
+    init_b: float = flag(PAPER_INIT["spiking"][0], "baseline threshold b0")
+    init_w: float = flag(PAPER_INIT["spiking"][1], "recurrent / thalamic weights start in "
+                                                   "U[0, init_w]")
+    tau_scale: float = flag(1.0, "multiply the initial tau_m and tau_adp (about 10 and 5 "
+                             "steps) by this; 5 gives the spiking network, which sees each "
+                             "frame for 5 steps, the real-valued network's time constants "
+                             "in frames")
+    seed: int = flag(0, "model initialisation and data order")
+    spike_seed: int = flag(0, "seed of the Bernoulli spike encoding (spiking only)")
+    features: str = flag("published", "real-valued input: 'published' = each node normalised "
+                          "over the 12 sweeps; 'signed-log' = sign(v) log(1 + |v|) per "
+                          "component (real-valued only; see whisker_dataset.py)",
+                          REALVALUED_FEATURES)
+    resample_each_epoch: bool = flag(False, "draw new input spikes every epoch (published: no)")
+    train_sweeps: str = flag("0", "sweeps a training sample is read from, one drawn anew per "
+                                  "sample and epoch: '0' (published: sweep 0 only), a range "
+                                  "'0-3' (the 4 object rotations on the central path), a list "
+                                  "'0,4,8' or 'all'; the test set always reads sweep 0")
+    whisker_dropout: float = flag(0.0, "training augmentation: silence each whisker of each "
+                                       "training sample with this probability, anew every "
+                                       "epoch (published: 0)")
+    val_fraction: float = flag(0.0, "hold out this fraction of the training set (stratified, "
+                                    "drawn with --val-seed) as a validation set: best.pth is "
+                                    "then the epoch of the best validation accuracy (ties: the "
+                                    "lower validation loss) and the test set is only "
+                                    "reported; 0 (published): no validation set, best.pth by "
+                                    "test accuracy")
+    val_seed: int = flag(0, "seed of the --val-fraction split (apart from --seed, so that "
+                            "runs of several seeds share one validation set)")
+    patience: int = flag(0, "stop after this many epochs without a better validation "
+                            "accuracy (needs --val-fraction; 0: run every epoch)")
+    rate_reg: float = flag(0.0, "firing-rate regulariser: add rate_reg x the mean over samples "
+                                "of (the sample's mean cortical rate - --target-rate)^2 to the "
+                                "loss (as LSNN / e-prop); 0 (published): off")
+    target_rate: float = flag(0.02, "target of --rate-reg: spikes per neuron per step")
+    readout_tau: float = flag(0.0, "leaky readout: the logits become the membranes of 3 "
+                                   "non-spiking leaky output neurons with this tau_m (steps) "
+                                   "driven by the readout, as the adaptive SRNN of Yin et al. "
+                                   "2021 reads out; 0 (published): the readout itself")
+    readout_weight_decay: float = flag(0.0, "decoupled weight decay of the two readout layers' "
+                                            "weights: each step multiplies them by 1 - lr x "
+                                            "this (AdamW-style); 0 (published): none")
+    readout_dropout: float = flag(0.0, "drop each readout neuron (the 3,606 excitatory neurons "
+                                       "the readout reads) with this probability for a whole "
+                                       "training batch, the others scaled by 1 / (1 - p); 0 "
+                                       "(published): none")
+    device: str = flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    dtype: str = flag("float32", "parameter dtype", tuple(DTYPES))
+    engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
+                               "reference, numba or torch", ENGINES)
+    resume: str = flag("", "continue the run in this directory from its checkpoint.pth")
+    max_train_samples: int = flag(0, "use only the first N training samples (0: all)")
+    max_test_samples: int = flag(0, "use only the first N test samples (0: all)")
+    n_steps: int = flag(0, "truncate the sequences to T steps (0: full, 550 / 110)")
+    objects_per_class: int = flag(91, "objects per class when the dataset is generated")
+    data_seed: int = flag(0, "simulator seed when the dataset is generated")
+    workers: int = flag(0, "simulator processes when the dataset is generated (0: all cores)")
+    loader_workers: int = flag(-1, "DataLoader worker processes (-1: 4 on CUDA, 0 on the CPU)")
+    progress: bool = flag(True, "tqdm progress bars")
+    overwrite: bool = flag(False, "replace the run already in --out (its files are replaced "
+                                   "when this run's first epoch ends; until then it is kept)")
+
+    def __post_init__(self):
+        if self.engine == "fast":   # the name of older versions (stored in their checkpoints)
+            self.engine = "auto"
+
+    def model_config(self) -> ModelConfig:
+        base = ModelConfig()
+        scale = lambda r: tuple(self.tau_scale * v for v in r)  # noqa: E731
+        return ModelConfig(encoder=self.encoder, init_b=self.init_b, init_w=self.init_w,
+                           seed=self.seed, readout_tau=self.readout_tau,
+                           tau_m_range=scale(base.tau_m_range),
+                           tau_adp_range=scale(base.tau_adp_range))
+
+    def validate(self) -> "TrainConfig":
+        positive = lambda v: math.isfinite(v) and v > 0  # noqa: E731
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (positive(self.lr), f"--lr must be a positive number, got {self.lr}"),
+            (positive(self.lr_tau_adp_factor),
+             f"--lr-tau-adp-factor must be a positive number, got {self.lr_tau_adp_factor}"),
+            (positive(self.lr_tau_m_factor),
+             f"--lr-tau-m-factor must be a positive number, got {self.lr_tau_m_factor}"),
+            (positive(self.tau_scale), f"--tau-scale must be a positive number, got {self.tau_scale}"),
+            (self.step_size >= 1, f"--step-size must be >= 1, got {self.step_size}"),
+            (positive(self.gamma) and self.gamma <= 1,
+             f"--gamma must be in (0, 1] (the StepLR factor), got {self.gamma}"),
+            (positive(self.init_b), f"--init-b must be a positive number, got {self.init_b}"),
+            (positive(self.init_w), f"--init-w must be a positive number, got {self.init_w}"),
+            (math.isfinite(self.whisker_dropout) and 0 <= self.whisker_dropout < 1,
+             f"--whisker-dropout must be in [0, 1), got {self.whisker_dropout}"),
+            (self.n_steps == 0 or self.n_steps >= 2, f"--n-steps must be 0 (full) or >= 2, got {self.n_steps}"),
+            (math.isfinite(self.val_fraction) and 0 <= self.val_fraction < 1,
+             f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.patience >= 0, f"--patience must be >= 0 (0: no early stopping), got {self.patience}"),
+            (self.patience == 0 or self.val_fraction > 0,
+             f"--patience {self.patience} needs a validation set: give --val-fraction (e.g. 0.2)"),
+            (math.isfinite(self.rate_reg) and self.rate_reg >= 0,
+             f"--rate-reg must be >= 0, got {self.rate_reg}"),
+            (math.isfinite(self.target_rate) and 0 <= self.target_rate <= 1,
+             f"--target-rate must be in [0, 1] (spikes per neuron per step), got {self.target_rate}"),
+            (math.isfinite(self.readout_weight_decay) and self.readout_weight_decay >= 0
+             and self.lr * self.readout_weight_decay < 1,
+             f"--readout-weight-decay must be >= 0 with --lr x it below 1, got "
+             f"{self.readout_weight_decay}"),
+            (math.isfinite(self.readout_tau) and self.readout_tau >= 0,
+             f"--readout-tau must be >= 0 (0: no leaky readout), got {self.readout_tau}"),
+            (math.isfinite(self.readout_dropout) and 0 <= self.readout_dropout < 1,
+             f"--readout-dropout must be in [0, 1), got {self.readout_dropout}"),
+            (self.max_train_samples >= 0, f"--max-train-samples must be >= 0, got {self.max_train_samples}"),
+            (self.max_test_samples >= 0, f"--max-test-samples must be >= 0, got {self.max_test_samples}"),
+            (self.objects_per_class >= 1, f"--objects-per-class must be >= 1, got {self.objects_per_class}"),
+            (self.workers >= 0, f"--workers must be >= 0 (0: all cores), got {self.workers}"),
+            (self.loader_workers >= -1, f"--loader-workers must be >= -1, got {self.loader_workers}"),
+            (bool(str(self.out).strip()), "--out must name the run folder, got ''"),
+        ] + [seed_check(getattr(self, name), f"--{name.replace('_', '-')}")
+             for name in ("seed", "spike_seed", "data_seed", "val_seed")]
+        require(checks)
+        if self.encoder == "spiking" and self.features != "published":
+            raise ValueError(f"--features {self.features} applies to the real-valued input "
+                             "only (RSNN_bfd_RealValued.py)")
+        try:
+            parse_sweeps(self.train_sweeps)
+        except ValueError as err:
+            raise ValueError(f"--train-sweeps: {err}") from None
+        for name in ("encoder", "dtype", "engine", "loss", "features"):
+            choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")
+        return self
+
+
+def with_default(name: str, default):
+    """A field of :class:`TrainConfig` with another default (same flag help and choices)."""
+    return field(default=default, metadata=TrainConfig.__dataclass_fields__[name].metadata)
+
+
+@dataclass
+class SpikingConfig(TrainConfig):
+    """``RSNN_bfd_SpikingBased.py``: spike-encoded input, T = 550, the spiking PAPER_INIT,
+    StepLR(20, 0.8) (the defaults of :class:`TrainConfig`)."""
+
+
+@dataclass
+class RealValuedConfig(TrainConfig):
+    """``RSNN_bfd_RealValued.py``: real-valued input, T = 110, the real-valued PAPER_INIT,
+    StepLR(10, 0.5)."""
+    encoder: str = with_default("encoder", "realvalued")
+    step_size: int = with_default("step_size", 10)
+    gamma: float = with_default("gamma", 0.5)
+    out: str = with_default("out", "runs/realvalued")
+    init_b: float = with_default("init_b", PAPER_INIT["realvalued"][0])
+    init_w: float = with_default("init_w", PAPER_INIT["realvalued"][1])
+
+
+SCRIPTS = {"spiking": "RSNN_bfd_SpikingBased.py", "realvalued": "RSNN_bfd_RealValued.py"}

@@ -1,0 +1,187 @@
+"""One epoch of training and one evaluation pass: the optimiser, the loss with its opt-in
+regularisers, the constraint after every step, and the divergence check.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rsnn_bfd.config import TrainConfig
+from rsnn_bfd.data.encoding import drive_with_sweeps, drop_whiskers
+from rsnn_bfd.network.model import BarrelCortexRSNN
+from rsnn_bfd.network.readout import predict, readout_loss
+from rsnn_bfd.training.batches import (batch_sweeps, iterate_batches, progress_bar, readout_keep,
+                                       stack_batch, whisker_keep)
+from rsnn_bfd.training.distributed import Dist, shard, shard_bounds, shard_state
+
+
+class TrainingDiverged(ValueError):
+    """The loss or a parameter became NaN or infinite; the run stopped (one-line message)."""
+
+
+def make_optimizer(model: BarrelCortexRSNN, cfg: TrainConfig):
+    """Adam with param groups: tau_adp x lr_tau_adp_factor, tau_m x lr_tau_m_factor, rest x1."""
+    tau_adp = [model.tau_adp, model.thal_tau_adp]
+    tau_m = [model.tau_m, model.thal_tau_m]
+    special = {id(p) for p in tau_adp + tau_m}
+    rest = [p for p in model.parameters() if id(p) not in special]
+    optimizer = torch.optim.Adam([
+        {"params": rest, "lr": cfg.lr},
+        {"params": tau_adp, "lr": cfg.lr * cfg.lr_tau_adp_factor},
+        {"params": tau_m, "lr": cfg.lr * cfg.lr_tau_m_factor},
+    ], lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size,
+                                                gamma=cfg.gamma)
+    return optimizer, scheduler
+
+
+@torch.no_grad()
+def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: int, device,
+             dist: Dist | None = None, progress: bool = False, workers: int = 0,
+             desc: str = "test", loss_kind: str = "published") -> dict:
+    """Accuracy, mean loss and mean cortical firing rate over ``indices``.
+
+    ``eval()`` and ``no_grad``; every batch starts from the model's deterministic initial
+    state. Under torchrun each rank evaluates its shard of every batch and the sums are
+    all-reduced. Returns ``{"loss", "acc", "firing_rate", "n"}`` (firing rate in spikes per
+    neuron per step).
+    """
+    dist = dist or Dist()
+    was_training = model.training
+    model.eval()
+    global_batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    batches = [shard(b, dist) for b in global_batches]
+    loss_sum = correct = spikes = spike_count = 0.0
+    n = 0
+    for (x, y), gb in zip(progress_bar(iterate_batches(dataset, batches, workers), len(batches), desc,
+                                    progress and dist.main), global_batches):
+        if x is None:
+            continue
+        x, y = x.to(device), y.to(device)
+        state = None
+        if dist.world > 1:
+            state = shard_state(model, len(gb), *shard_bounds(len(gb), dist), device)
+        out = model(x, state=state, record_spikes=True)
+        loss_sum += float(readout_loss(out, y, loss_kind, reduction="sum"))
+        correct += float((predict(out, loss_kind) == y).sum())
+        spikes += float(out.spikes.sum(dtype=torch.float64))
+        spike_count += out.spikes.numel()
+        n += len(y)
+    loss_sum, correct, spikes, spike_count, n = dist.all_sum(
+        [loss_sum, correct, spikes, spike_count, n], device)
+    model.train(was_training)
+    n = int(round(n))
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1),
+            "firing_rate": spikes / max(spike_count, 1), "n": n}
+
+
+@dataclass(frozen=True)
+class Regularisers:
+    """The opt-in regularisers of a training step (all off by default: the published step).
+
+    ``rate_reg`` x mean over samples of (sample's mean cortical rate - ``target_rate``)^2 is
+    added to the loss (:func:`rate_penalty`); ``readout_dropout``: the readout neurons of a
+    global batch are dropped with this probability (:func:`readout_keep`);
+    ``readout_weight_decay``: decoupled decay of the readout weights after each step
+    (:func:`decay_readout_`).
+    """
+    rate_reg: float = 0.0
+    target_rate: float = 0.02
+    readout_dropout: float = 0.0
+    readout_weight_decay: float = 0.0
+
+    @classmethod
+    def of(cls, cfg: "TrainConfig") -> "Regularisers":
+        return cls(cfg.rate_reg, cfg.target_rate, cfg.readout_dropout, cfg.readout_weight_decay)
+
+
+def rate_penalty(spikes: torch.Tensor, target: float) -> torch.Tensor:
+    """Sum over samples of (the sample's mean cortical rate - ``target``)^2.
+
+    spikes: (T, batch, 4218) with a gradient (torch and reference engines). Summed, not
+    averaged, so that it is scaled like the readout loss (``reduction="sum"``)."""
+    return ((spikes.mean(dim=(0, 2)) - target) ** 2).sum()
+
+
+@torch.no_grad()
+def decay_readout_(model, decay: float, lr: float) -> None:
+    """``--readout-weight-decay``: multiply both readout weights by ``1 - lr * decay``."""
+    for layer in (model.readout[0], model.readout[1]):
+        layer.weight.mul_(1 - lr * decay)
+
+
+def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist: Dist,
+                    progress: bool, workers: int, desc: str, loss_kind: str = "published",
+                    whisker_dropout: float = 0.0, seed: int = 0, epoch: int = 0,
+                    sweeps: tuple[int, ...] = (0,), reg: Regularisers = Regularisers()) -> dict:
+    """One pass over ``batches`` (lists of global indices). Returns mean loss and accuracy, and
+    the largest gradient norm of its batches (``grad_norm``, for the stall notice,
+    :class:`rsnn_bfd.training.selection.LearningStall`).
+
+    Augmentations (off by default), drawn per global batch from ``seed`` and ``epoch``:
+    ``sweeps`` other than ``(0,)`` drive the network with one of these sweeps per sample
+    (:func:`batch_sweeps`, :func:`rsnn_bfd.data.encoding.drive_with_sweeps`);
+    ``whisker_dropout`` > 0 silences whiskers (:func:`whisker_keep`,
+    :func:`rsnn_bfd.data.encoding.drop_whiskers`).
+    Regularisers (off by default): ``reg`` (:class:`Regularisers`).
+    """
+    model.train()
+    loss_sum = correct = n = grad_norm = 0.0
+    bar = progress_bar(iterate_batches(dataset, [shard(b, dist) for b in batches], workers),
+                    len(batches), desc, progress and dist.main)
+    for k, ((x, y), batch) in enumerate(zip(bar, batches)):
+        global_n = len(batch)
+        dummy = x is None
+        lo, hi = shard_bounds(global_n, dist)
+        if dummy:  # this rank got no sample of a tiny last batch: contribute a zero gradient
+            x, y = stack_batch(dataset, batch[:1], "cpu")
+            lo, hi = 0, 1
+        if tuple(sweeps) != (model.config.sweep,):
+            x = drive_with_sweeps(x, batch_sweeps(global_n, sweeps, seed, epoch, k)[lo:hi],
+                                  model.config.sweep)
+        if whisker_dropout > 0:
+            x = drop_whiskers(x, whisker_keep(global_n, whisker_dropout, seed, epoch, k)[lo:hi])
+        x, y = x.to(device), y.to(device)
+        state = shard_state(model, global_n, lo, hi, device) if dist.world > 1 else None
+        if reg.readout_dropout > 0:
+            model.readout_keep = readout_keep(len(model.readout_index), reg.readout_dropout,
+                                              seed, epoch, k).to(device, model.tau_m.dtype)
+        try:
+            out = ddp_model(x, state=state, record_spikes=reg.rate_reg > 0)
+        finally:
+            model.readout_keep = None
+        ce = readout_loss(out, y, loss_kind, reduction="sum")
+        loss = ce * (dist.world / global_n)
+        if reg.rate_reg > 0:
+            loss = loss + reg.rate_reg * rate_penalty(out.spikes, reg.target_rate) * (
+                dist.world / global_n)
+        if dummy:
+            loss = loss * 0.0
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = max(grad_norm, _grad_norm(model))
+        optimizer.step()
+        if reg.readout_weight_decay > 0:
+            decay_readout_(model, reg.readout_weight_decay, optimizer.param_groups[0]["lr"])
+        model.constrain_()
+        # after the step the parameters are the same on every rank, so all ranks stop together
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingDiverged(f"a parameter became NaN or infinite at batch {k + 1} of "
+                                   f"{len(batches)} (batch loss {float(ce.detach()) / max(len(y), 1):.4g})")
+        if not dummy:
+            loss_sum += float(ce.detach())
+            correct += float((predict(out, loss_kind).detach() == y).sum())
+            n += len(y)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{float(ce.detach()) / len(y):.4f}")
+    loss_sum, correct, n = dist.all_sum([loss_sum, correct, n], device)
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "grad_norm": grad_norm}
+
+
+@torch.no_grad()
+def _grad_norm(model) -> float:
+    """The L2 norm of all parameter gradients (after DDP's averaging: the same on every rank)."""
+    norms = [p.grad.detach().norm(dtype=torch.float64) for p in model.parameters()
+             if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
