@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from rsnn_bfd.cli import build_parser, flag, require, run_cli, seed_check
 from rsnn_bfd.data.simulator.generate import generate_dataset
-from rsnn_bfd.data.simulator.params import GENERATOR_VERSION, PARAMS  # noqa: F401  (the published names)
+from rsnn_bfd.data.simulator.params import GENERATOR_VERSION, PARAMS  # noqa: F401  (as before)
 from rsnn_bfd.data.simulator.statistics import write_statistics
 
-DESCRIPTION = "Whisker sweep simulator: makes a dataset with the layout and character of the original files."
+DESCRIPTION = ("Whisker sweep simulator: makes a dataset with the layout and character of the "
+               "original files.")
 
 
 @dataclass

@@ -41,7 +41,7 @@ def ensure_dataset(data_dir, objects_per_class: int = 91, seed: int = 0, workers
         log(f"whisker data not found in {data_dir}: generating a simulated dataset "
             f"({objects_per_class} objects per class, seed {seed}) with whisker_sim ...")
         generate_dataset(data_dir, objects_per_class=objects_per_class, seed=seed,
-                                     workers=workers, progress=progress)
+                         workers=workers, progress=progress)
         log(f"wrote {train} and {test}")
     return train, test
 

@@ -35,7 +35,10 @@ import torch
 
 from rsnn_bfd.common import atomic_torch_save
 from rsnn_bfd.io.errors import CheckpointError
-from rsnn_bfd.network.model import DTYPES
+from rsnn_bfd.io.published import load_published
+from rsnn_bfd.io.unpickler import is_xz
+from rsnn_bfd.network.model import DTYPES, ModelConfig, build_model
+from rsnn_bfd.network.sparse import SparseLinear
 
 FORMAT = "barrel-rsnn-checkpoint"
 VERSION = 2
@@ -57,7 +60,6 @@ def _plain(obj):
 
 def _sparse_layers(model) -> dict:
     """{state_dict prefix: layer} of the model's SparseLinear layers."""
-    from rsnn_bfd.network.sparse import SparseLinear
     return {name: m for name, m in model.named_modules() if isinstance(m, SparseLinear)}
 
 
@@ -189,7 +191,6 @@ def read_checkpoint(path, device="cpu") -> dict:
 def model_config_of(ckpt: dict, path):
     """The ModelConfig stored in ``ckpt``; keys that are no longer part of the architecture
     (``engine``, now a run-time choice) are dropped."""
-    from rsnn_bfd.network.model import ModelConfig
     try:
         return ModelConfig.from_dict(ckpt["model_config"])
     except (TypeError, ValueError) as err:
@@ -209,9 +210,6 @@ def load_checkpoint(path, device="cpu"):
     that would run code (refused by ``weights_only=True``; nothing is executed), or
     parameters that are NaN or infinite.
     """
-    from rsnn_bfd.io.published import load_published
-    from rsnn_bfd.io.unpickler import is_xz
-    from rsnn_bfd.network.model import build_model
     if Path(path).is_file() and is_xz(path):
         return load_published(path, device)
     try:

@@ -42,7 +42,8 @@ class _Batches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, k):
-        return stack_batch(self.dataset, self.batches[k], "cpu") if self.batches[k] else (None, None)
+        batch = self.batches[k]
+        return stack_batch(self.dataset, batch, "cpu") if batch else (None, None)
 
 
 def _identity(x):

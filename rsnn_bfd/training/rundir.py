@@ -4,7 +4,8 @@
     metrics.csv                one row per epoch (:data:`METRIC_FIELDS`)
     learning_curves.png        loss and accuracy against epoch
     config.json                the training config
-    .lock                      held while a process trains here (:class:`rsnn_bfd.common.DirectoryLock`)
+    .lock                      held while a process trains here
+                               (:class:`rsnn_bfd.common.DirectoryLock`)
 
 Result folders of the other commands (deprivation, analyses, baselines) follow the same
 rules: :func:`claim_results_dir` refuses to replace results of the same kind without

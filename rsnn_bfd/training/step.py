@@ -54,8 +54,9 @@ def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: i
     batches = [shard(b, dist) for b in global_batches]
     loss_sum = correct = spikes = spike_count = 0.0
     n = 0
-    for (x, y), gb in zip(progress_bar(iterate_batches(dataset, batches, workers), len(batches), desc,
-                                    progress and dist.main), global_batches):
+    bar = progress_bar(iterate_batches(dataset, batches, workers), len(batches), desc,
+                       progress and dist.main)
+    for (x, y), gb in zip(bar, global_batches):
         if x is None:
             continue
         x, y = x.to(device), y.to(device)
@@ -129,7 +130,7 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
     model.train()
     loss_sum = correct = n = grad_norm = 0.0
     bar = progress_bar(iterate_batches(dataset, [shard(b, dist) for b in batches], workers),
-                    len(batches), desc, progress and dist.main)
+                       len(batches), desc, progress and dist.main)
     for k, ((x, y), batch) in enumerate(zip(bar, batches)):
         global_n = len(batch)
         dummy = x is None

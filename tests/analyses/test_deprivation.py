@@ -39,7 +39,7 @@ def ckpt_path(tmp_path_factory, data_dir):
     path = tmp_path_factory.mktemp("ckpt") / "best.pth"
     model = build_model(ModelConfig(), engine=ENGINE)
     save_checkpoint(path, model, epoch=0, train_config={"data_dir": str(data_dir), "n_steps": 6,
-                                                         "spike_seed": 0},
+                                                        "spike_seed": 0},
                     extra={"best_test_acc": 0.0})
     return path
 

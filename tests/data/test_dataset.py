@@ -109,7 +109,7 @@ def test_datasets_of_run_reads_what_the_run_read(small_file):
     train, test = datasets_of_run("realvalued", tc)
     assert train.features == "signed-log" and train.n_steps == 30
     test, = datasets_of_run("spiking", {**tc, "features": "published"}, n_steps=0,
-                               spike_seed=2, splits=("test",))
+                            spike_seed=2, splits=("test",))
     assert (test.n_steps, test.seed) == (550, 2)
     with pytest.raises(WhiskerDataError, match="nowhere"):
         datasets_of_run("spiking", {}, data_dir=folder / "nowhere", splits=("test",))
@@ -223,7 +223,7 @@ def test_spikes_drawn_once_are_kept_and_not_pickled(small_file):
     dep = ds.deprived([0, 5])                              # new probabilities: drawn anew
     assert dep[2][0] is not x
     assert torch.equal(dep[2][0], SpikingWhiskerDataset(small_file, seed=3, n_steps=40,
-                                                           deprived_whiskers=[0, 5])[2][0])
+                                                        deprived_whiskers=[0, 5])[2][0])
     r = SpikingWhiskerDataset(small_file, seed=3, n_steps=40, resample_each_epoch=True)
     r0 = r[2][0]
     r.set_epoch(1)

@@ -262,7 +262,7 @@ def test_full_default_dataset(tmp_path):
     acc = nearest_class_mean_accuracy(contact_features(ftr), ytr, contact_features(fte), yte)
     assert 0.6 <= acc < 1.0, acc  # measured 0.73 (generator 2.0)
     acc0 = nearest_class_mean_accuracy(contact_features(ftr[:, :1]), ytr,
-                                          contact_features(fte[:, :1]), yte)
+                                       contact_features(fte[:, :1]), yte)
     assert 0.5 <= acc0 < 1.0, acc0  # measured 0.60 (generator 2.0); chance is 1/3
     ds = SpikingWhiskerDataset(train)
     assert ds.spiking_shape == (218, 2, 12, 550, 31, 3)

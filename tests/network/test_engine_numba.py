@@ -148,8 +148,8 @@ def test_backward_drops_gradients_below_the_floor():
     gi, gs_prev = np.empty_like(gs), np.empty_like(gs)
     gv, gb = zeros.copy(), zeros.copy()
     numba_backward._neurons_backward(0, n, 0, batch, gs, ones, zeros, zeros, zeros, zeros, zeros,
-                                  alpha, 1 - alpha, rho, 1 - rho, consts, gv, gb, gi, gs_prev,
-                                  np.zeros(n, dtype), np.zeros(n, dtype))
+                                     alpha, 1 - alpha, rho, 1 - rho, consts, gv, gb, gi, gs_prev,
+                                     np.zeros(n, dtype), np.zeros(n, dtype))
     np.testing.assert_array_equal(gi, np.where(np.abs(gs) < floor, 0, gs))
 
 
@@ -180,7 +180,7 @@ def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
         expected[e] += sum(xs[q] * g[rows[e], lanes[q]] for q in range(cnt))
     grad_s = np.full(n_lanes, np.nan)
     numba_backward._edges_backward(e0, e1, rows, vals, g, lanes[None], xs[None], 0, cnt, gw,
-                                grad_s, n_lanes)
+                                   grad_s, n_lanes)
     np.testing.assert_allclose(gw, expected, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(grad_s, vals[e0:e1] @ g[rows[e0:e1]], rtol=1e-14, atol=1e-15)
 

@@ -429,8 +429,8 @@ def test_resume_from_an_older_checkpoint_keeps_the_newer_one(run2, data_dir, tmp
     model, ckpt = load_checkpoint(run / "checkpoint.pth")
     rows = read_metrics(run / "metrics.csv")
     save_checkpoint(run / "epoch1.pth", model, epoch=1,
-                             train_config=ckpt["train_config"],
-                             extra={"best_test_acc": rows[0]["test_acc"]})
+                    train_config=ckpt["train_config"],
+                    extra={"best_test_acc": rows[0]["test_acc"]})
     before = _digests(run)
     rc, lines = _cli(["--resume", str(run / "epoch1.pth"), "--epochs", "3"])
     assert rc == 2 and "holds a later one" in lines[0] and "--out NEW_DIR" in lines[0], lines
@@ -703,7 +703,7 @@ def test_patience_stops_early_and_resume_keeps_the_choice(data_dir, tmp_path, mo
     assert [r["val_acc"] for r in read_metrics(out / "metrics.csv")] == [0.25, 0.5, 0.5, 0.25]
     assert torch.load(out / "best.pth", weights_only=True)["epoch"] == 2
     again = train(resolve_resume(tiny(data_dir, out, epochs=6, resume=str(out)),
-                                          {"resume", "epochs"}), log=lambda *a: None)
+                                 {"resume", "epochs"}), log=lambda *a: None)
     assert again["stopped_early"] and again["epoch"] == 4
     for flags, word in ((dict(patience=2), "--patience 2 needs a validation set"),
                         (dict(val_fraction=1.0), "--val-fraction"),
@@ -717,7 +717,7 @@ def test_resume_with_a_validation_set_equals_uninterrupted(data_dir, tmp_path):
     train(tiny(data_dir, full, epochs=2, val_fraction=0.4, max_train_samples=0), log=lambda *a: None)
     train(tiny(data_dir, part, epochs=1, val_fraction=0.4, max_train_samples=0), log=lambda *a: None)
     cfg = resolve_resume(tiny(data_dir, part, epochs=2, resume=str(part)),
-                                  {"resume", "epochs"}, log=lambda *a: None)
+                         {"resume", "epochs"}, log=lambda *a: None)
     train(cfg, log=lambda *a: None)
     a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (full, part))
     for k in a["model_state"]:
@@ -726,7 +726,7 @@ def test_resume_with_a_validation_set_equals_uninterrupted(data_dir, tmp_path):
     assert strip(read_metrics(full / "metrics.csv")) == strip(read_metrics(part / "metrics.csv"))
     # resuming with another split is refused
     cfg = resolve_resume(tiny(data_dir, part, epochs=3, resume=str(part), val_seed=5),
-                                  {"resume", "epochs", "val_seed"}, log=lambda *a: None)
+                         {"resume", "epochs", "val_seed"}, log=lambda *a: None)
     with pytest.raises(ValueError, match="another validation split"):
         train(cfg, log=lambda *a: None)
 
