@@ -26,6 +26,13 @@ from dataclasses import dataclass
 from rsnn_bfd.cli import build_parser, flag, run_cli
 
 
+USAGE = ("Stratified k-fold cross-validation of the RSNN and the baselines over all objects: "
+         "crossval.py [flags] [-- MODEL FLAGS] runs folds; the other commands are "
+         "'crossval.py status DIR...' (progress), 'crossval.py summarize DIR... --out S' "
+         "(mean test accuracies and paired differences) and 'crossval.py curve S... --out C' "
+         "(accuracy against dataset size); each has its own --help.")
+
+
 @dataclass
 class StatusConfig:
     """``crossval.py status DIR [DIR ...]`` (no flags)."""
@@ -78,7 +85,7 @@ def main(argv=None) -> int:
         return 0
     own, model_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
         else (argv, [])
-    ns = build_parser(cv_setup.CrossValConfig, description=__doc__.split("\n")[0]).parse_args(own)
+    ns = build_parser(cv_setup.CrossValConfig, description=USAGE).parse_args(own)
     crossvalidation.run(cv_setup.CrossValConfig(**vars(ns)), model_args)
     return 0
 

@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 import numba  # noqa: E402
 import torch  # noqa: E402
 
-from rsnn_bfd.common import atomic_write_json  # noqa: E402
+from rsnn_bfd.writing import atomic_write_json  # noqa: E402
 from rsnn_bfd.network.engines import (  # noqa: E402
     RECURRENT_INPUT_MODES,
     EngineOptions,

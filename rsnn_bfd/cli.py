@@ -85,9 +85,12 @@ def parse_config(config_cls, argv=None, defaults=None, description=None, prog=No
     """Parse ``argv`` into ``(config, names of the fields given explicitly)``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     ns = build_parser(config_cls, defaults, description, prog=prog).parse_args(argv)
-    given = vars(build_parser(config_cls, defaults, description, suppress_defaults=True,
-                              prog=prog).parse_args(argv))
-    return config_cls(**vars(ns)), set(given)
+    given = set(vars(build_parser(config_cls, defaults, description, suppress_defaults=True,
+                                  prog=prog).parse_args(argv)))
+    cfg = config_cls(**vars(ns))
+    if hasattr(cfg, "with_preset"):   # a named set of defaults; the flags given still win
+        cfg = cfg.with_preset(given)
+    return cfg, given
 
 
 def require(checks) -> None:

@@ -1,17 +1,13 @@
-"""Small helpers shared by every script: device choice, atomic writes, seeding of generators.
+"""Small helpers shared by every script: device choice, seeding of generators, worker
+processes, the machine a result came from (writing files: :mod:`rsnn_bfd.writing`).
 
 Nothing here touches the global RNG.
 """
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
-import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 
@@ -46,102 +42,29 @@ def select_device(name: str | None = "auto") -> torch.device:
     return device
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success rename it over ``path``.
-
-    A run killed half-way leaves the previous file intact (the rename is atomic on POSIX).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files; give the usual permissions
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system says)."""
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
-def remove_stale_temps(folder, names) -> list[Path]:
-    """Delete the temporary files that :func:`atomic_path` left beside ``folder/name`` when a
-    process was killed mid-write (``.NAME.*.tmp``). Call it only while no other process can
-    be writing there (under the run's lock, or before generating data). Returns the removed
-    paths."""
-    removed = []
-    for name in names:
-        for tmp in glob.glob(os.path.join(glob.escape(str(folder)), f".{glob.escape(name)}.*.tmp")):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-                removed.append(Path(tmp))
-    return removed
-
-
-def check_writable_dir(path, flag: str = "--out") -> Path:
-    """Create ``path`` if needed and check that files can be written there, so that a command
-    fails before its long computation rather than after it. Raises ``ValueError`` naming the
-    flag."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path} is a file, not a folder; give a folder for the results")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise ValueError(f"{flag} {path} cannot be written ({err.strerror or err}); "
-                         "choose another folder") from None
-    return path
-
-
-class DirectoryLock:
-    """An exclusive lock on a folder (``folder/.lock``, ``fcntl.flock``) while a process works
-    in it. The kernel releases it when the process ends, however it ends, so a lock left by a
-    killed process never blocks the next one. The file holds the holder's process id and
-    ``what`` it does, for the message a second process gets."""
-
-    def __init__(self, folder, what: str = "a run"):
-        self.folder, self.what, self._fh = Path(folder), what, None
-
-    def acquire(self) -> "DirectoryLock":
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, as before
-            return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fh = open(self.folder / ".lock", "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            pid, _, what = (fh.read().strip() or "unknown").partition(" ")
-            fh.close()
-            raise ValueError(f"{self.folder} is in use by process {pid}"
-                             + (f" ({what})" if what else "")
-                             + "; wait for it to finish or choose another --out") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()} {self.what}\n")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()   # closing releases the flock
-            self._fh = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
+def cap_workers(n: int | None, flag: str, log=None) -> int:
+    """A count of threads or processes for ``flag``: ``None`` or 0 gives every core; more than
+    the machine's cores is capped to them, with a notice to ``log`` (default: stderr), since
+    more only slow the work down (and thousands of processes can exhaust the memory). Below 0
+    is a ``ValueError`` naming the flag."""
+    cores = machine_cores()
+    if n is None or n == 0:
+        return cores
+    if n < 0:
+        raise ValueError(f"{flag} must be >= 1 (0: all {cores} cores), got {n}")
+    if n > cores:
+        msg = f"note: {flag} {n} is more than this machine's {cores} cores; using {cores}"
+        (log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
+        return cores
+    return int(n)
 
 
 def end_with_parent(parent_pid: int) -> None:
@@ -157,23 +80,6 @@ def end_with_parent(parent_pid: int) -> None:
             pass
     if os.getppid() != parent_pid:   # the parent died before the request took effect
         os._exit(1)
-
-
-def atomic_torch_save(obj, path) -> None:
-    """``torch.save`` through a temporary file and an atomic rename."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def atomic_write_text(text: str, path) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def atomic_write_json(obj, path) -> None:
-    """Write JSON atomically (indented, for people to read)."""
-    atomic_write_text(json.dumps(obj, indent=2) + "\n", path)
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:

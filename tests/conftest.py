@@ -56,3 +56,17 @@ def run_main(main, argv):
         except SystemExit as exit_:
             rc = exit_.code
     return rc, [ln for ln in err.getvalue().splitlines() if ln.strip()]
+
+
+_HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from rsnn_bfd.writing import "
+         "DirectoryLock; lock = DirectoryLock({d!r}, 'holding').acquire(); "
+         "print('locked', flush=True); time.sleep(120)")
+
+
+def hold_lock(folder):
+    """Another process that takes ``folder``'s writer's lock and keeps it (kill it to end it)."""
+    import subprocess
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD.format(root=str(ROOT), d=str(folder))],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc

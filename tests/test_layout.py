@@ -14,7 +14,7 @@ MAX_FACE_LINES = 120     # a root file parses its arguments and calls the packag
 # The layers, lowest first: a module may import its own layer and those below it. Within a
 # layer the files may import each other as long as no circle forms (checked below).
 LAYERS = [
-    ("helpers", ("rsnn_bfd.common", "rsnn_bfd.cli")),
+    ("helpers", ("rsnn_bfd.common", "rsnn_bfd.cli", "rsnn_bfd.writing")),
     ("network", ("rsnn_bfd.network",)),
     ("data", ("rsnn_bfd.data",)),
     ("configurations", ("rsnn_bfd.config",)),

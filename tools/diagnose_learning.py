@@ -45,12 +45,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from rsnn_bfd.cli import parse_config, run_cli  # noqa: E402
-from rsnn_bfd.common import (  # noqa: E402
-    atomic_path,
-    atomic_write_text,
-    check_writable_dir,
-    select_device,
-)
+from rsnn_bfd.common import select_device  # noqa: E402
+from rsnn_bfd.writing import atomic_path, atomic_write_text, check_writable_dir  # noqa: E402
 from rsnn_bfd.config import SpikingConfig, with_default  # noqa: E402
 from rsnn_bfd.network.model import (
     DTYPES,  # noqa: E402

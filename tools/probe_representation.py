@@ -35,13 +35,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from rsnn_bfd.cli import flag, parse_config, require, run_cli  # noqa: E402
-from rsnn_bfd.common import (
-    atomic_write_json,
-    atomic_write_text,
-    check_writable_dir,
-    make_generator,  # noqa: E402
-    select_device,
-)
+from rsnn_bfd.common import make_generator, select_device  # noqa: E402
+from rsnn_bfd.writing import atomic_write_json, atomic_write_text, check_writable_dir  # noqa: E402
 from rsnn_bfd.data.datasets import datasets_of_run  # noqa: E402
 from rsnn_bfd.io.checkpoint import load_checkpoint  # noqa: E402
 from rsnn_bfd.network.model import RSNNOutput  # noqa: E402

@@ -14,9 +14,9 @@ from rsnn_bfd import cli
 from rsnn_bfd.analyses import (ANALYSES, ANALYSIS_FILES, _Concat, parse_floats, run_anova, run_cv,
                                run_degree, run_dynamics, run_raster, untrained_like)
 from rsnn_bfd.cli import flag, seed_check
-from rsnn_bfd.common import select_device
+from rsnn_bfd.common import cap_workers, select_device
 from rsnn_bfd.network.model import ENGINES
-from rsnn_bfd.training.rundir import claim_results_dir, removed_if_unused
+from rsnn_bfd.writing import claim_results_dir, removed_if_unused, together
 
 DESCRIPTION = "The paper's analyses of a trained barrel-cortex RSNN, as functions and as a command."
 
@@ -78,13 +78,19 @@ def parse_config(argv=None) -> AnalysisConfig:
     for ok, msg in checks:
         if not ok:
             ap.error(msg)
-    for flag in ("cv_w", "cv_b"):
+    # the grid's values are initial weight bounds U[0, init_w] in (0, 1] and thresholds b0 > 0
+    for name, ok, what in (("cv_w", lambda v: 0 < v <= 1, "init_w values in (0, 1]"),
+                           ("cv_b", lambda v: 0 < v < math.inf, "positive init_b values")):
         try:
-            if not parse_floats(getattr(args, flag)):
+            values = parse_floats(getattr(args, name))
+            if not values:
                 raise ValueError
         except ValueError:
-            ap.error(f"--{flag.replace('_', '-')}: give numbers 'a,b,c' or 'start:stop:count', "
-                     f"got {getattr(args, flag)!r}")
+            ap.error(f"--{name.replace('_', '-')}: give numbers 'a,b,c' or 'start:stop:count', "
+                     f"got {getattr(args, name)!r}")
+        if not all(ok(v) for v in values):
+            ap.error(f"--{name.replace('_', '-')}: give {what}, got {getattr(args, name)!r}")
+    args.workers = cap_workers(args.workers, "--workers")
     return AnalysisConfig(**vars(args))
 
 
@@ -123,10 +129,10 @@ def run(cfg: AnalysisConfig, encoder: str | None = None, fix: str = "") -> dict:
     todo = ANALYSES if cfg.analysis == "all" else (cfg.analysis,)
     out = Path(cfg.out)
     model, ckpt = _load(cfg, device, encoder, fix)
-    with removed_if_unused(out):
-        # before the long work, not after it
-        claim_results_dir(out, [f for a in todo for f in ANALYSIS_FILES[a]], cfg.overwrite,
-                          "results of these analyses")
+    # locked before the long work and to its end
+    with removed_if_unused(out), claim_results_dir(
+            out, [f for a in todo for f in ANALYSIS_FILES[a]], cfg.overwrite,
+            "results of these analyses", f"utils.py {cfg.analysis}"):
         return _run(cfg, todo, out, device, model, ckpt)
 
 
@@ -142,24 +148,29 @@ def _run(cfg: AnalysisConfig, todo, out: Path, device, model, ckpt) -> dict:
     print(f"[utils] {model.engine} engine on {device}", file=sys.stderr, flush=True)
     for a in todo:
         print(f"[utils] {a} ...", file=sys.stderr, flush=True)
-        if a == "anova":
-            results[a] = run_anova(model, _Concat(*data), out, cfg.alpha, cfg.batch_size,
-                                   device, cfg.max_samples, cfg.engine, initial, progress)
-        elif a == "raster":
-            results[a] = run_raster(model, data[1], out, cfg.sample, device, cfg.engine,
-                                    progress)
-        elif a == "dynamics":
-            results[a] = run_dynamics(model, out, initial, cfg.const_steps, cfg.const_current)
-        elif a == "degree":
-            results[a] = run_degree(model, out, initial)
-        elif a == "cv":
-            mc = model.config.to_dict()
-            results[a] = run_cv(mc, data[1], out, parse_floats(cfg.cv_w),
-                                parse_floats(cfg.cv_b), cfg.cv_samples, cfg.batch_size,
-                                cfg.engine, cfg.workers, progress)
+        with together():   # each analysis's files appear together; finished ones are kept
+            results[a] = _one(a, cfg, out, device, model, data, initial, progress)
         for f in results[a]["files"]:
             print(f"  wrote {f}", file=sys.stderr)
     return results
+
+
+def _one(a: str, cfg: AnalysisConfig, out: Path, device, model, data, initial, progress) -> dict:
+    """Run analysis ``a``; returns its result (with ``files``)."""
+    if a == "anova":
+        return run_anova(model, _Concat(*data), out, cfg.alpha, cfg.batch_size, device,
+                         cfg.max_samples, cfg.engine, initial, progress)
+    if a == "raster":
+        return run_raster(model, data[1], out, cfg.sample, device, cfg.engine, progress)
+    if a == "dynamics":
+        return run_dynamics(model, out, initial, cfg.const_steps, cfg.const_current)
+    if a == "degree":
+        return run_degree(model, out, initial)
+    if a == "cv":
+        mc = model.config.to_dict()
+        return run_cv(mc, data[1], out, parse_floats(cfg.cv_w), parse_floats(cfg.cv_b),
+                      cfg.cv_samples, cfg.batch_size, cfg.engine, cfg.workers, progress)
+    raise ValueError(f"unknown analysis {a!r}")
 
 
 def anova_main(argv_or_args=None, encoder: str | None = None) -> int:

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from rsnn_bfd.cli import flag, require, seed_check
-from rsnn_bfd.common import atomic_path, atomic_write_json, atomic_write_text, select_device
+from rsnn_bfd.common import select_device
+from rsnn_bfd.writing import (atomic_path, atomic_write_json, atomic_write_text, claim_results_dir,
+                              removed_if_unused, together)
 from rsnn_bfd.data.files import N_WHISKERS
 from rsnn_bfd.io.checkpoint import load_checkpoint
 from rsnn_bfd.network.model import ENGINES, InitialState
 from rsnn_bfd.network.readout import class_scores
-from rsnn_bfd.training.rundir import claim_results_dir, removed_if_unused
 
 OUTPUT_FILES = ("deprivation.csv", "deprivation.json", "deprivation.png")
 
@@ -170,10 +171,11 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     tc = stored_train_config(ckpt, cfg.checkpoint)
     model.use_engine(cfg.engine)
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent
-    with removed_if_unused(out):
-        # before the long evaluation: fail now, not after it, if the results cannot be
-        # written or would replace earlier ones
-        claim_results_dir(out, OUTPUT_FILES, cfg.overwrite, "deprivation results")
+    # locked before the long evaluation and to its end: fail now, not after it, if the
+    # results cannot be written, would replace earlier ones or another writer works there
+    with removed_if_unused(out), claim_results_dir(out, OUTPUT_FILES, cfg.overwrite,
+                                                   "deprivation results", "deprivation"), \
+            together():   # the three files appear together, or none of them
         return _run(cfg, model, tc, out, device, log, ckpt.get("dataset"))
 
 
@@ -186,9 +188,10 @@ def _run(cfg: DeprivationConfig, model, tc: dict, out: Path, device, log,
     if cfg.data_dir:
         check_data_folder(cfg.data_dir)
     # a network trained on generated data (the one shipped in data/) brings its dataset
-    ensure_run_dataset(trained_on, data_dir_of_run(tc, cfg.data_dir), log)
+    data_dir = data_dir_of_run(tc, cfg.data_dir, cfg.checkpoint)
+    ensure_run_dataset(trained_on, data_dir, log)
     # --n-steps -1: the run's (None); 0: the full sequence
-    base, = datasets_of_run(model.config.encoder, tc, data_dir=cfg.data_dir or None,
+    base, = datasets_of_run(model.config.encoder, tc, data_dir=data_dir,
                             n_steps=None if cfg.n_steps < 0 else cfg.n_steps, splits=("test",))
     spike_seed = base.seed if model.config.encoder == "spiking" else None
     n = len(base) if not cfg.max_test_samples else min(len(base), cfg.max_test_samples)

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from rsnn_bfd.common import atomic_path  # noqa: E402
+from rsnn_bfd.writing import atomic_path  # noqa: E402
 
 from .recording import (  # noqa: E402
     balanced_indices,

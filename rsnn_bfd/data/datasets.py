@@ -326,9 +326,28 @@ def datasets_for(encoder: str, data_dir, *, spike_seed: int = 0, n_steps: int | 
     return tuple(make(Path(data_dir) / files[s]) for s in splits)
 
 
-def data_dir_of_run(train_config: dict | None, data_dir=None) -> Path:
-    """``data_dir`` when given, else the training run's ``--data-dir`` (default ``data``)."""
-    return Path(data_dir or (train_config or {}).get("data_dir") or "data")
+def data_dir_of_run(train_config: dict | None, data_dir=None, checkpoint=None) -> Path:
+    """``data_dir`` when given, else the training run's ``--data-dir`` (default ``data``).
+
+    A recorded relative folder is relative to where the run was started, which need not be
+    here: when it holds no dataset here, the folder of that name beside the ``checkpoint`` or
+    beside one of its parent folders that holds one is taken (the shipped network,
+    ``data/RSNN_bfd_spiking_generated.pth``, records ``data``: the folder it lies in)."""
+    if data_dir:
+        return Path(data_dir)
+    recorded = Path((train_config or {}).get("data_dir") or "data")
+    if recorded.is_absolute() or checkpoint is None or _holds_data(recorded):
+        return recorded
+    for folder in Path(checkpoint).resolve().parents:
+        if _holds_data(folder / recorded):
+            return folder / recorded
+        if folder.name == recorded.name and _holds_data(folder):
+            return folder
+    return recorded
+
+
+def _holds_data(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (TRAIN_FILE, TEST_FILE))
 
 
 def datasets_of_run(encoder: str, train_config: dict | None, *, data_dir=None,

@@ -12,6 +12,7 @@ whisker).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -34,7 +35,7 @@ TRAIN_FILE = "snn_train3.h5"
 TEST_FILE = "snn_test3.h5"
 SAMPLE_SHAPE = (N_SWEEPS, N_STEPS, N_WHISKERS, N_NODES, 3)
 HOW_TO_GET = ("get the original snn_train3.h5/snn_test3.h5 files, or generate a compatible "
-              "dataset with `python whisker_sim.py --out data`")
+              "dataset with `python whisker_sim.py --out DIR`")   # see how_to_get(folder)
 _CHUNK = 16  # samples read from disk at a time
 
 
@@ -42,8 +43,19 @@ class WhiskerDataError(ValueError):
     """A whisker data file is missing or malformed (the message says how to get good data)."""
 
 
+def how_to_get(folder) -> str:
+    """What to do about a missing or malformed file in the data folder ``folder``."""
+    if any((Path(folder) / f).exists() for f in (TRAIN_FILE, TEST_FILE)):
+        where = ("into a new folder with `python whisker_sim.py --out NEW_DIR` (then --data-dir "
+                 "NEW_DIR)")
+    else:
+        where = f"with `python whisker_sim.py --out {folder}`"
+    return ("get the original snn_train3.h5/snn_test3.h5 files, or generate a compatible "
+            f"dataset {where}")
+
+
 def _fail(path, what: str):
-    raise WhiskerDataError(f"{path}: {what}; {HOW_TO_GET}")
+    raise WhiskerDataError(f"{path}: {what}; {how_to_get(Path(path).parent)}")
 
 
 def parse_deprived(deprived_whiskers: Iterable[int]) -> np.ndarray:
@@ -154,8 +166,15 @@ def load_whisker_file(path, deprived_whiskers=()) -> tuple[np.ndarray, np.ndarra
 
 def check_data_folder(data_dir, flag: str = "--data-dir") -> Path:
     """``data_dir`` as a Path; a path naming a file (not the folder of the two files) is a
-    ``ValueError`` naming ``flag``."""
+    ``ValueError`` naming ``flag``, a link (the folder or one of its two files) to nothing a
+    ``FileNotFoundError`` naming the link and its target."""
     data_dir = Path(data_dir)
+    for path in (data_dir, data_dir / TRAIN_FILE, data_dir / TEST_FILE):
+        if path.is_symlink() and not path.exists():   # the user's data, on a disk not there
+            raise FileNotFoundError(
+                f"{path} is a link to {os.readlink(path)}, which does not exist (an unmounted "
+                f"disk?); mount it or fix the link ({flag} {data_dir}). Nothing is generated "
+                "over a link")
     if data_dir.is_file():
         raise ValueError(f"{flag} {data_dir} is a file; give the folder that holds "
                          f"{TRAIN_FILE} and {TEST_FILE}"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsnn_bfd.common import atomic_torch_save
+from rsnn_bfd.writing import DirectoryLock, atomic_torch_save, check_writable_dir
 from rsnn_bfd.io.errors import CheckpointError
 from rsnn_bfd.io.published import load_published
 from rsnn_bfd.io.unpickler import is_xz
@@ -258,16 +258,25 @@ def convert_network(src, out, data_dir: str | None = None, overwrite: bool = Fal
                     log=print) -> dict:
     """Write ``src`` (published pickle or checkpoint) to ``out`` as a weights-only checkpoint;
     returns what was recorded (``source``, ``dataset``) with the sizes and seconds."""
+    src, out = Path(src), Path(out)
+    if out.is_dir():
+        raise ValueError(f"OUT {out} is a folder; give a file name, e.g. {out / 'network.pth'}")
+    if out.is_symlink():
+        raise ValueError(f"OUT {out} is a symbolic link; it is not replaced: give another path")
+    check_writable_dir(out.parent, "OUT's folder")
+    # the writer's lock of OUT's folder, before the first look at OUT, to the end
+    with DirectoryLock(out.parent, "checkpoint.py convert", "OUT"):
+        return _convert(src, out, data_dir, overwrite, log)
+
+
+def _convert(src: Path, out: Path, data_dir, overwrite: bool, log) -> dict:
     import time
 
     from rsnn_bfd.common import sha256_of
     from rsnn_bfd.data.files import dataset_identity
 
-    src, out = Path(src), Path(out)
     if out.exists() and out.resolve() == (src.resolve() if src.exists() else None):
         raise ValueError(f"OUT {out} is the source file; give another path")
-    if out.is_dir():
-        raise ValueError(f"OUT {out} is a folder; give a file name, e.g. {out / 'network.pth'}")
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists; give another OUT, or --overwrite to replace it")
     t0 = time.time()

@@ -24,7 +24,7 @@ from torch import nn
 from rsnn_bfd.network import engines
 from rsnn_bfd.network.anatomy import Anatomy, load_anatomy
 from rsnn_bfd.network.engines import EngineOptions, Network
-from rsnn_bfd.network.neuron import BETA, leaky_integrate
+from rsnn_bfd.network.neuron import BETA, SURROGATE_SCALE, SURROGATE_SIGMA, leaky_integrate
 from rsnn_bfd.network.sparse import SparseLinear
 
 ENCODERS = ("spiking", "realvalued")
@@ -35,6 +35,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # and the upper end of the initial recurrent / thalamic weights U[0, init_w]. The one place
 # these numbers live; the training scripts' configs take their defaults from here.
 PAPER_INIT = {"spiking": (0.04, 0.06), "realvalued": (0.03, 0.05)}
+INIT_STATES = ("published", "zero")
 
 
 @dataclass
@@ -57,6 +58,22 @@ class ModelConfig:
     # > 0: the logits are the membranes of 3 leaky non-spiking output neurons with this
     # tau_m (steps) driven by the readout (Yin et al. 2021); 0 (published): the readout itself
     readout_tau: float = 0.0
+    # Training levers (docs/RESULTS.md, "Fitting the training set"); each default is the paper's.
+    # The Gaussian pseudo-derivative of the spike, in membrane units (published: sigma 0.5,
+    # scale 0.5, about 12x the threshold b0 wide; sigma ~ b0/2 scales it to the threshold).
+    surrogate_sigma: float = SURROGATE_SIGMA
+    surrogate_scale: float = SURROGATE_SCALE
+    # thalamocortical weights start in U[0, init_w_thalamic] (0: init_w, as published)
+    init_w_thalamic: float = 0.0
+    # scale each neuron's initial inhibitory weights so that they sum to its excitatory ones
+    # (per-target E/I balance, as Cornford et al. 2021; published: no)
+    balance: bool = False
+    # "published": U[0, 1) membranes and "spikes"; "zero": every unit at rest, silent
+    init_state: str = "published"
+    # standardise the readout's input: each read-out neuron's rate is shifted and scaled by
+    # its mean and spread over the training set (buffers ``readout_shift``/``readout_scale``,
+    # set by training before the first step, see rsnn_bfd.training.init); published: no
+    readout_norm: bool = False
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
@@ -66,6 +83,15 @@ class ModelConfig:
         if not (math.isfinite(self.readout_tau) and self.readout_tau >= 0):
             raise ValueError(f"readout_tau must be >= 0 (0: no leaky readout), got "
                              f"{self.readout_tau}")
+        if not (math.isfinite(self.surrogate_sigma) and self.surrogate_sigma > 0
+                and math.isfinite(self.surrogate_scale) and self.surrogate_scale > 0):
+            raise ValueError("surrogate_sigma and surrogate_scale must be positive, got "
+                             f"{self.surrogate_sigma} and {self.surrogate_scale}")
+        if not 0 <= self.init_w_thalamic <= 1:
+            raise ValueError(f"init_w_thalamic must lie in [0, 1] (0: init_w), got "
+                             f"{self.init_w_thalamic}")
+        if self.init_state not in INIT_STATES:
+            raise ValueError(f"init_state must be one of {INIT_STATES}, got {self.init_state!r}")
         self.tau_m_range = tuple(self.tau_m_range)
         self.tau_adp_range = tuple(self.tau_adp_range)
 
@@ -168,9 +194,12 @@ class BarrelCortexRSNN(nn.Module):
         self.thal_tau_m = nn.Parameter(_uniform(n_thal, config.tau_m_range, g))
         self.thal_tau_adp = nn.Parameter(_uniform(n_thal, config.tau_adp_range, g))
         self.thalamocortical = SparseLinear(n_thal, n, anatomy.thalamic_probabilities(),
-                                            config.init_w, generator=g)
+                                            config.init_w_thalamic or config.init_w,
+                                            generator=g)
         self.recurrent = SparseLinear(n, n, anatomy.neuron_probabilities(), config.init_w,
                                       generator=g)
+        if config.balance:
+            _balance_inhibition_(self.recurrent, torch.as_tensor(anatomy.pre_sign))
         self.tau_m = nn.Parameter(_uniform(n, config.tau_m_range, g))
         self.tau_adp = nn.Parameter(_uniform(n, config.tau_adp_range, g))
         n_readout = len(anatomy.readout_neurons)
@@ -180,6 +209,9 @@ class BarrelCortexRSNN(nn.Module):
 
         self.register_buffer("pre_sign", torch.as_tensor(anatomy.pre_sign, dtype=torch.float32))
         self.register_buffer("readout_index", torch.as_tensor(anatomy.readout_neurons))
+        if config.readout_norm:   # identity until training sets them from its data
+            self.register_buffer("readout_shift", torch.zeros(n_readout))
+            self.register_buffer("readout_scale", torch.ones(n_readout))
         self.population_offsets = [int(o) for o in anatomy.offsets]
         # (3606,) multipliers of the readout's inputs, set by training for one batch
         # (``--readout-dropout``); None: the published readout. Not part of the state.
@@ -201,7 +233,8 @@ class BarrelCortexRSNN(nn.Module):
         self.thalamocortical.constrain_()
 
     def initial_state(self, batch: int, dtype=None, device=None) -> InitialState:
-        """The published initial state: uniform in [0, 1) from a generator seeded with 515.
+        """The published initial state: uniform in [0, 1) from a generator seeded with 515
+        (with ``init_state="zero"``: all zeros).
 
         The draw order matches the published code (thalamic membrane, thalamic "spikes",
         then the cortical membranes population by population, then the cortical "spikes"),
@@ -212,6 +245,9 @@ class BarrelCortexRSNN(nn.Module):
         device = device or self.tau_m.device
         g = torch.Generator().manual_seed(self.config.init_state_seed)
         n_thal, sizes = self.config.n_thalamus, self.anatomy.sizes
+        if self.config.init_state == "zero":
+            z = lambda n: torch.zeros(batch, n, dtype=dtype, device=device)  # noqa: E731
+            return InitialState(z(n_thal), z(n_thal), z(self.n_neurons), z(self.n_neurons))
 
         def draw(n):
             return torch.rand(batch, int(n), generator=g, dtype=dtype)
@@ -265,14 +301,20 @@ class BarrelCortexRSNN(nn.Module):
         ``readout_keep`` set, the first readout layer's weight columns are multiplied by it
         (dropout of readout neurons for a training batch; the gradient reaches the weight)."""
         ro1, ro2 = self.readout[0], self.readout[1]
-        w1 = ro1.weight if self.readout_keep is None else ro1.weight * self.readout_keep
+        w1, b1 = ro1.weight, ro1.bias
+        if self.config.readout_norm:   # (s - shift) * scale, folded into the first layer
+            w1 = w1 * self.readout_scale
+            b1 = b1 - w1 @ self.readout_shift
+        if self.readout_keep is not None:
+            w1 = w1 * self.readout_keep
         return Network(tuple(self.population_offsets), self.recurrent.weight,
                        self.recurrent.mask, self.pre_sign, self.thalamocortical.weight,
                        self.thalamocortical.mask, self.tau_m, self.tau_adp, self.thal_tau_m,
                        self.thal_tau_adp, self.readout_index,
-                       (w1, ro1.bias, ro2.weight, ro2.bias),
+                       (w1, b1, ro2.weight, ro2.bias),
                        float(self.config.init_b), float(self.config.beta),
-                       int(self.config.n_classes))
+                       int(self.config.n_classes),
+                       (float(self.config.surrogate_sigma), float(self.config.surrogate_scale)))
 
     def use_engine(self, engine: str = "auto", options: EngineOptions | None = None) -> str:
         """Run with ``engine`` from now on, resolved for this model's device (``auto`` becomes
@@ -347,6 +389,20 @@ def _linear(n_in: int, n_out: int, generator, xavier: bool) -> nn.Linear:
         layer.weight.copy_((torch.rand(n_out, n_in, generator=generator) * 2 - 1) * bound)
         layer.bias.copy_((torch.rand(n_out, generator=generator) * 2 - 1) * n_in ** -0.5)
     return layer
+
+
+@torch.no_grad()
+def _balance_inhibition_(layer: SparseLinear, pre_sign: torch.Tensor) -> None:
+    """Scale each row's inhibitory weights (columns with ``pre_sign`` < 0) so that they sum to
+    the row's excitatory weights: every neuron starts with zero net recurrent input at equal
+    E and I rates. Rows without inhibitory or excitatory input are left alone; the [0, 1]
+    bound is kept."""
+    inhibitory = (pre_sign < 0).to(layer.weight.dtype)
+    w = layer.effective_weight()
+    exc, inh = w @ (1 - inhibitory), w @ inhibitory
+    factor = torch.where((inh > 0) & (exc > 0), exc / inh.clamp_min(1e-30), torch.ones_like(inh))
+    layer.weight.mul_(1 + inhibitory * (factor[:, None] - 1))
+    layer.constrain_()
 
 
 def _uniform(n: int, bounds, generator) -> torch.Tensor:

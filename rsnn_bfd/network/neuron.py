@@ -11,7 +11,8 @@ Per unit, with ``b0 = init_b``, ``beta = 1.8``, ``R_m = 1`` and ``dt = 1`` (pape
     mem   = mem * alpha + (1 - alpha) * R_m * I - Bth * spike_prev * dt
     spike = H(mem - Bth)
 
-The Heaviside step has a Gaussian surrogate derivative (sigma 0.5, scale 0.5).
+The Heaviside step has a Gaussian surrogate derivative (published: sigma 0.5, scale 0.5;
+a :class:`Surrogate` sets another width and height, e.g. one scaled to the threshold).
 :func:`leaky_integrate` is the same membrane without threshold: the opt-in leaky readout.
 The expressions keep the published order of floating-point operations, so float64
 results match the published implementation bit for bit.
@@ -30,27 +31,40 @@ SURROGATE_SIGMA = 0.5    # width of the Gaussian surrogate
 SURROGATE_SCALE = 0.5    # height factor of the surrogate
 
 
-def surrogate_derivative(x: torch.Tensor) -> torch.Tensor:
+class Surrogate(NamedTuple):
+    """The Gaussian pseudo-derivative of the spike: ``scale * N(x; 0, sigma)`` at
+    ``x = mem - threshold``, in membrane units (its peak is ``scale / (sqrt(2 pi) sigma)``)."""
+    sigma: float = SURROGATE_SIGMA
+    scale: float = SURROGATE_SCALE
+
+
+PUBLISHED_SURROGATE = Surrogate()
+
+
+def surrogate_derivative(x: torch.Tensor, sigma: float = SURROGATE_SIGMA,
+                         scale: float = SURROGATE_SCALE) -> torch.Tensor:
     """d spike / d x of the Gaussian surrogate at ``x = mem - threshold``."""
-    sigma = SURROGATE_SIGMA
-    return torch.exp(-(x ** 2) / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma) * SURROGATE_SCALE
+    return torch.exp(-(x ** 2) / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma) * scale
 
 
 class SpikeFunction(torch.autograd.Function):
     """Heaviside forward, Gaussian surrogate backward."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, sigma=SURROGATE_SIGMA, scale=SURROGATE_SCALE):
         ctx.save_for_backward(x)
+        ctx.surrogate = (sigma, scale)
         return x.gt(0).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        return grad_output * surrogate_derivative(x)
+        return grad_output * surrogate_derivative(x, *ctx.surrogate), None, None
 
 
-spike_fn = SpikeFunction.apply
+def spike_fn(x: torch.Tensor, surrogate: Surrogate = PUBLISHED_SURROGATE) -> torch.Tensor:
+    """Heaviside step of ``x = mem - threshold`` with the ``surrogate`` derivative."""
+    return SpikeFunction.apply(x, float(surrogate[0]), float(surrogate[1]))
 
 
 class ALIFState(NamedTuple):
@@ -67,7 +81,7 @@ def decay_factors(tau_m: torch.Tensor, tau_adp: torch.Tensor, dt: float = DT):
 
 def alif_step(current: torch.Tensor, state: ALIFState, tau_m: torch.Tensor,
               tau_adp: torch.Tensor, b0: float, beta: float = BETA,
-              dt: float = DT) -> ALIFState:
+              dt: float = DT, surrogate: Surrogate = PUBLISHED_SURROGATE) -> ALIFState:
     """One time step of ALIF units.
 
     current: (batch, n) input current; tau_m, tau_adp: (n,); returns the new state.
@@ -77,7 +91,7 @@ def alif_step(current: torch.Tensor, state: ALIFState, tau_m: torch.Tensor,
     b = rho * state.b + (1 - rho) * state.spike
     threshold = b0 + beta * b
     mem = state.mem * alpha + (1 - alpha) * R_M * current - threshold * state.spike * dt
-    spike = spike_fn(mem - threshold)
+    spike = spike_fn(mem - threshold, surrogate)
     return ALIFState(mem, spike, b)
 
 

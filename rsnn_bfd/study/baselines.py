@@ -48,12 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsnn_bfd.cli import SEED_MAX, flag
-from rsnn_bfd.common import atomic_write_json, atomic_write_text, make_generator
+from rsnn_bfd.cli import SEED_MAX, flag, seed_check
+from rsnn_bfd.common import cap_workers, make_generator
+from rsnn_bfd.writing import (atomic_write_json, atomic_write_text, claim_results_dir,
+                              removed_if_unused, together)
 from rsnn_bfd.data.datasets import datasets_for
 from rsnn_bfd.data.encoding import REALVALUED_FEATURES, parse_sweeps
 from rsnn_bfd.data.files import DT_REPEAT, TEST_FILE, TRAIN_FILE, check_data_folder
-from rsnn_bfd.training.rundir import claim_results_dir, removed_if_unused
 
 MODELS = ("cnn", "rnn", "lstm", "gru", "vote", "rate")
 ENCODERS = ("spiking", "realvalued")
@@ -107,6 +108,11 @@ class BaselineConfig:
         if not str(self.out).strip():
             raise ValueError("--out must name a folder, got ''")
         parse_seeds(self.seeds)
+        ok, message = seed_check(self.spike_seed, "--spike-seed")
+        if not ok:
+            raise ValueError(message)
+        if self.threads < 0:
+            raise ValueError(f"--threads must be >= 0 (0: torch's default), got {self.threads}")
         return self
 
 
@@ -312,6 +318,10 @@ def parse_seeds(text: str) -> list[int]:
         raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
     if not seeds or min(seeds) < 0 or max(seeds) > SEED_MAX:
         raise ValueError(f"--seeds must list integers in 0..{SEED_MAX}, got {text!r}")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"--seeds lists {', '.join(map(str, twice))} more than once ({text!r}); "
+                         "each seed counts once in the mean")
     return seeds
 
 
@@ -333,11 +343,11 @@ def run_baselines(cfg: BaselineConfig, log=print) -> dict:
     seeds = parse_seeds(cfg.seeds)
     out, tag = Path(cfg.out), output_tag(cfg)
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    with removed_if_unused(out):
-        # before the training, not after it
-        claim_results_dir(out, (f"baselines_{tag}.csv", f"baselines_{tag}.json"),
-                          cfg.overwrite, "baseline results of this input")
+        torch.set_num_threads(cap_workers(cfg.threads, "--threads", log))
+    # locked before the training and to its end
+    with removed_if_unused(out), claim_results_dir(
+            out, (f"baselines_{tag}.csv", f"baselines_{tag}.json"), cfg.overwrite,
+            "baseline results of this input", "baselines"), together():
         return _train_all(cfg, kinds, seeds, out, tag, log)
 
 

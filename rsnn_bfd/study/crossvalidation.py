@@ -30,11 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rsnn_bfd.common import DirectoryLock, atomic_write_json, check_writable_dir, machine
+from rsnn_bfd.common import cap_workers, machine
 from rsnn_bfd.study.cv_setup import (FOLDS_FILE, FORMAT, RESULT_FILE, RUNTIME, SETTINGS_FILE,
                                      CrossValConfig, comparable, fold_dir, fold_split, is_rsnn,
                                      make_folds, model_config, read_json, same_config, same_folds,
                                      validation_seed)
+from rsnn_bfd.writing import (DirectoryLock, atomic_write_json, check_writable_dir,
+                              removed_if_unused)
 
 
 def _acquire(folder, what: str, wait: float = 60.0) -> DirectoryLock:
@@ -234,7 +236,8 @@ def run(cfg: CrossValConfig, model_args: list[str], log=print) -> list[dict]:
     cfg.validate()
     if cfg.threads:
         set_threads(cfg.threads)
-    settings, record = prepare(cfg, model_args, log)
+    with removed_if_unused(cfg.out):   # a folder made for a set-up that fails is taken away
+        settings, record = prepare(cfg, model_args, log)
     todo = [cfg.fold] if cfg.fold >= 0 else list(range(cfg.folds))
     log(f"cross-validation of {cfg.model} in {cfg.out}: {record['n_objects']} objects "
         f"{record['class_counts']} in {cfg.folds} folds (seed {cfg.seed}), "
@@ -271,8 +274,9 @@ def run(cfg: CrossValConfig, model_args: list[str], log=print) -> list[dict]:
 
 
 def set_threads(n: int) -> None:
-    """torch's and numba's thread counts of this process."""
+    """torch's and numba's thread counts of this process (at most the machine's cores)."""
     import torch
+    n = cap_workers(n, "--threads")
     torch.set_num_threads(n)
     try:
         import numba

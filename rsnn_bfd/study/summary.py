@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rsnn_bfd.common import atomic_write_json, atomic_write_text, check_writable_dir
+from rsnn_bfd.writing import (atomic_write_json, atomic_write_text, claim_results_dir,
+                              removed_if_unused, together)
 from rsnn_bfd.study.cv_setup import (FOLDS_FILE, FORMAT, RESULT_FILE, SETTINGS_FILE, fold_dir,
                                      read_json, same_folds)
 
@@ -111,58 +112,58 @@ def summarize(dirs, out, overwrite: bool = False, log=print, only_folds: str = "
             raise ValueError(f"{d} was run on other folds or data than {dirs[0]} (folds seed "
                              f"{record['seed']} / {first['seed']}, k {record['k']} / "
                              f"{first['k']}); paired results need the same folds")
-    out = check_writable_dir(out)
+    out = Path(out)
     names = ("crossval_folds.csv", "crossval_paired.csv", "crossval_summary.json",
              "crossval_summary.png")
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{out} already holds {', '.join(existing)}; use --overwrite or "
-                         "another --out")
-    k = first["k"]
-    correction = 1 / (k - 1)     # n_test / n_train of k-fold cross-validation
-    models, fold_rows = {}, []
-    for label, (settings, record, results), d in zip(labels, loaded, dirs):
-        accs = [r["test_acc"] for r in results]
-        n_test = sum(r["n_test"] for r in results)
-        models[label] = {
-            "dir": str(d), "model": settings["model"], "model_args": settings["model_args"],
-            "test_acc": accs, "ci95": t_interval(accs),
-            "ci95_corrected": t_interval(accs, correction=correction),
-            "pooled_acc": sum(r["n_correct"] for r in results) / n_test,
-            "val_acc": [r["val_acc"] for r in results],
-            "best_epoch": [r["best_epoch"] for r in results],
-            "train_acc": [r["train_acc"] for r in results]}
-        for r in results:
-            fold_rows.append({"model": label, "fold": r["fold"], "n_train": r["n_train"],
-                              "n_val": r["n_val"], "n_test": r["n_test"],
-                              "best_epoch": r["best_epoch"], "val_acc": r["val_acc"],
-                              "test_acc": r["test_acc"], "train_acc": r["train_acc"]})
-    ref = labels[0]
-    paired, paired_rows = {}, []
-    for label in labels[1:]:
-        p = paired_test(models[ref]["test_acc"], models[label]["test_acc"], correction)
-        paired[f"{ref} - {label}"] = p
-        for K, dk in enumerate(p["differences"]):
-            paired_rows.append({"comparison": f"{ref} - {label}", "fold": K, "difference": dk})
-    summary = {"format": FORMAT + "-summary", "k": k, "seed": first["seed"],
-               "folds": [r["fold"] for r in loaded[0][2]],
-               "n_objects": first["n_objects"], "dataset": first.get("dataset"),
-               "reference": ref, "models": models, "paired": paired,
-               "note": "t-intervals over folds; folds share training data, so the corrected "
-                       "(Nadeau-Bengio, variance x (1/k + 1/(k-1))) intervals are the fairer ones"}
-    _write_csv(out / "crossval_folds.csv", fold_rows)
-    _write_csv(out / "crossval_paired.csv", paired_rows,
-               ["comparison", "fold", "difference"])
-    atomic_write_json(_finite(summary), out / "crossval_summary.json")
-    _plot(models, out / "crossval_summary.png")
-    for label, m in models.items():
-        ci = m["ci95"]
-        log(f"{label}: test acc {ci['mean']:.3f} (95 % CI {ci['low']:.3f} to {ci['high']:.3f}) "
-            f"over {ci['n']} of {k} folds")
-    for name, p in paired.items():
-        log(f"{name}: {p['mean']:+.3f} (95 % CI {p['low']:+.3f} to {p['high']:+.3f}), paired t "
-            f"p = {p['p']:.3g} (corrected p = {p['p_corrected']:.3g})")
-    return summary
+    # the writer's lock, before the first look at --out, to the end
+    with removed_if_unused(out), claim_results_dir(out, names, overwrite,
+                                                   "a cross-validation summary",
+                                                   "crossval.py summarize"), together():
+        k = first["k"]
+        correction = 1 / (k - 1)     # n_test / n_train of k-fold cross-validation
+        models, fold_rows = {}, []
+        for label, (settings, record, results), d in zip(labels, loaded, dirs):
+            accs = [r["test_acc"] for r in results]
+            n_test = sum(r["n_test"] for r in results)
+            models[label] = {
+                "dir": str(d), "model": settings["model"], "model_args": settings["model_args"],
+                "test_acc": accs, "ci95": t_interval(accs),
+                "ci95_corrected": t_interval(accs, correction=correction),
+                "pooled_acc": sum(r["n_correct"] for r in results) / n_test,
+                "val_acc": [r["val_acc"] for r in results],
+                "best_epoch": [r["best_epoch"] for r in results],
+                "train_acc": [r["train_acc"] for r in results]}
+            for r in results:
+                fold_rows.append({"model": label, "fold": r["fold"], "n_train": r["n_train"],
+                                  "n_val": r["n_val"], "n_test": r["n_test"],
+                                  "best_epoch": r["best_epoch"], "val_acc": r["val_acc"],
+                                  "test_acc": r["test_acc"], "train_acc": r["train_acc"]})
+        ref = labels[0]
+        paired, paired_rows = {}, []
+        for label in labels[1:]:
+            p = paired_test(models[ref]["test_acc"], models[label]["test_acc"], correction)
+            paired[f"{ref} - {label}"] = p
+            for K, dk in enumerate(p["differences"]):
+                paired_rows.append({"comparison": f"{ref} - {label}", "fold": K, "difference": dk})
+        summary = {"format": FORMAT + "-summary", "k": k, "seed": first["seed"],
+                   "folds": [r["fold"] for r in loaded[0][2]],
+                   "n_objects": first["n_objects"], "dataset": first.get("dataset"),
+                   "reference": ref, "models": models, "paired": paired,
+                   "note": "t-intervals over folds; folds share training data, so the corrected "
+                           "(Nadeau-Bengio, variance x (1/k + 1/(k-1))) intervals are the fairer ones"}
+        _write_csv(out / "crossval_folds.csv", fold_rows)
+        _write_csv(out / "crossval_paired.csv", paired_rows,
+                   ["comparison", "fold", "difference"])
+        atomic_write_json(_finite(summary), out / "crossval_summary.json")
+        _plot(models, out / "crossval_summary.png")
+        for label, m in models.items():
+            ci = m["ci95"]
+            log(f"{label}: test acc {ci['mean']:.3f} (95 % CI {ci['low']:.3f} to {ci['high']:.3f}) "
+                f"over {ci['n']} of {k} folds")
+        for name, p in paired.items():
+            log(f"{name}: {p['mean']:+.3f} (95 % CI {p['low']:+.3f} to {p['high']:+.3f}), paired t "
+                f"p = {p['p']:.3g} (corrected p = {p['p_corrected']:.3g})")
+        return summary
 
 
 def _finite(obj):
@@ -190,7 +191,7 @@ def _plot(models: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rsnn_bfd.common import atomic_path
+    from rsnn_bfd.writing import atomic_path
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(models), 3.5))
     for i, (label, m) in enumerate(models.items()):
         accs = m["test_acc"]
@@ -230,41 +231,40 @@ def learning_curve(summaries, out, overwrite: bool = False, log=print) -> dict:
                            "n_objects": s["n_objects"], "mean": ci["mean"], "low": ci["low"],
                            "high": ci["high"], "low_corrected": cc["low"],
                            "high_corrected": cc["high"], "k": s["k"], "summary": str(d)})
-    out = check_writable_dir(out)
+    out = Path(out)
     names = ("learning_curve.csv", "learning_curve.json", "learning_curve.png")
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{out} already holds {', '.join(existing)}; use --overwrite or "
-                         "another --out")
-    points.sort(key=lambda p: (p["model"], p["objects_per_class"]))
-    _write_csv(out / "learning_curve.csv", points)
-    atomic_write_json({"format": FORMAT + "-learning-curve", "points": points},
-                      out / "learning_curve.json")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the writer's lock, before the first look at --out, to the end
+    with removed_if_unused(out), claim_results_dir(out, names, overwrite, "a learning curve",
+                                                   "crossval.py curve"), together():
+        points.sort(key=lambda p: (p["model"], p["objects_per_class"]))
+        _write_csv(out / "learning_curve.csv", points)
+        atomic_write_json({"format": FORMAT + "-learning-curve", "points": points},
+                          out / "learning_curve.json")
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-    from rsnn_bfd.common import atomic_path
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for i, model in enumerate(dict.fromkeys(p["model"] for p in points)):
-        ps = [p for p in points if p["model"] == model]
-        x = np.array([p["objects_per_class"] for p in ps]) * (1 + 0.015 * i)   # no overlap
-        mean = np.array([p["mean"] for p in ps])
-        err = np.array([[p["mean"] - (p["low"] if p["low"] is not None else p["mean"]),
-                         (p["high"] if p["high"] is not None else p["mean"]) - p["mean"]]
-                        for p in ps]).T
-        ax.errorbar(x, mean, yerr=err, fmt="o-", capsize=3, label=model)
-    ax.set_xscale("log", base=2)
-    sizes = sorted({p["objects_per_class"] for p in points})
-    ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
-    ax.set(xlabel="objects per class", ylabel="cross-validated test accuracy",
-           title="learning curve (mean, 95 % CI over folds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out / "learning_curve.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    for p in points:
-        log(f"{p['model']} at {p['objects_per_class']:g} objects per class: {p['mean']:.3f}")
-    return {"points": points}
+        from rsnn_bfd.writing import atomic_path
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for i, model in enumerate(dict.fromkeys(p["model"] for p in points)):
+            ps = [p for p in points if p["model"] == model]
+            x = np.array([p["objects_per_class"] for p in ps]) * (1 + 0.015 * i)   # no overlap
+            mean = np.array([p["mean"] for p in ps])
+            err = np.array([[p["mean"] - (p["low"] if p["low"] is not None else p["mean"]),
+                             (p["high"] if p["high"] is not None else p["mean"]) - p["mean"]]
+                            for p in ps]).T
+            ax.errorbar(x, mean, yerr=err, fmt="o-", capsize=3, label=model)
+        ax.set_xscale("log", base=2)
+        sizes = sorted({p["objects_per_class"] for p in points})
+        ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
+        ax.set(xlabel="objects per class", ylabel="cross-validated test accuracy",
+               title="learning curve (mean, 95 % CI over folds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_path(out / "learning_curve.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        for p in points:
+            log(f"{p['model']} at {p['objects_per_class']:g} objects per class: {p['mean']:.3f}")
+        return {"points": points}

@@ -11,6 +11,16 @@ from rsnn_bfd.io.checkpoint import CheckpointError, read_checkpoint
 from rsnn_bfd.training.rundir import same_dir
 
 
+# Settings a run cannot change when it resumes: the network is the checkpoint's, and the data
+# it trains on must stay the data it was trained on so far.
+_NETWORK = ("encoder", "init_b", "init_w", "tau_scale", "seed", "readout_tau", "surrogate_sigma",
+            "surrogate_scale", "init_w_thalamic", "balance", "init_state", "readout_norm")
+_DATA = ("features", "n_steps", "spike_seed", "val_fraction", "val_seed", "max_train_samples")
+FIXED_ON_RESUME = {**{k: "the network (stored in the checkpoint)" for k in _NETWORK},
+                   **{k: "the data it trains on" for k in _DATA},
+                   "preset": "the recipe (its settings are stored with the run)"}
+
+
 def stored_train_config(ckpt: dict, path, encoder: str | None = None, fix: str = "") -> dict:
     """The training configuration stored in the checkpoint ``ckpt`` (read from ``path``),
     checked before it is used: it must be one that training accepts (``validate``, its
@@ -67,6 +77,13 @@ def resolve_resume(cfg: TrainConfig, given: set[str], log=print) -> TrainConfig:
     merged["resume"] = str(ckpt_path)
     merged["out"] = str(out)
     changed = sorted(k for k in given - {"resume", "out"} if stored.get(k, getattr(cfg, k)) != getattr(cfg, k))
+    fixed = [k for k in changed if k in FIXED_ON_RESUME]
+    if fixed:
+        k = fixed[0]
+        raise ValueError(f"--{k.replace('_', '-')} {getattr(cfg, k)} differs from the run's "
+                         f"{stored.get(k)!r}: {FIXED_ON_RESUME[k]} cannot change when a run "
+                         f"resumes; continue {run_dir} without it, or start a new run with "
+                         "--out NEW_DIR")
     if changed:
         log(f"resuming {run_dir} with changed settings: {', '.join(changed)}")
     return type(cfg)(**merged)

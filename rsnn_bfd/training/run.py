@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -38,18 +37,20 @@ from pathlib import Path
 import torch
 
 from rsnn_bfd.cli import parse_config
-from rsnn_bfd.common import atomic_write_json
-from rsnn_bfd.config import TrainConfig
+from rsnn_bfd.common import cap_workers
+from rsnn_bfd.writing import DiskFullError, atomic_write_json, removed_if_unused
+from rsnn_bfd.config import SCRIPTS, TrainConfig
 from rsnn_bfd.data.encoding import parse_sweeps
-from rsnn_bfd.data.files import dataset_identity
+from rsnn_bfd.data.files import dataset_identity, describe_identity
 from rsnn_bfd.io.checkpoint import load_checkpoint, save_checkpoint
 from rsnn_bfd.network.model import DTYPES, build_model
 from rsnn_bfd.training.batches import epoch_batches
 from rsnn_bfd.training.data import RunData, require_classes, run_data
 from rsnn_bfd.training.distributed import Dist, setup_distributed
+from rsnn_bfd.training.init import fit_readout_norm_
 from rsnn_bfd.training.resume import resolve_resume
-from rsnn_bfd.training.rundir import (claim_run_dir, plot_learning_curves, read_metrics,
-                                      removed_if_unused, write_metrics)
+from rsnn_bfd.training.rundir import (claim_run_dir, plot_learning_curves, read_metrics, same_dir,
+                                      write_metrics)
 from rsnn_bfd.training.selection import LearningStall, selection
 from rsnn_bfd.training.step import (Regularisers, TrainingDiverged, evaluate, make_optimizer,
                                     train_one_epoch)
@@ -89,6 +90,7 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
     data = data or run_data(cfg, dist, log)
     require_classes(data)
     workers = cfg.loader_workers if cfg.loader_workers >= 0 else (4 if device.type == "cuda" else 0)
+    workers = cap_workers(workers, "--loader-workers", log) if workers else 0
 
     start_epoch, best, rows = 0, -1.0, []
     if cfg.resume:
@@ -112,6 +114,11 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
                                 "samples)" if stored_split else "no validation set")
                              + "; resume it with the settings it was started with (--val-fraction, "
                              "--val-seed, --max-train-samples)")
+        trained_on, here = ckpt.get("dataset") or {}, dataset_identity(cfg.data_dir)
+        if trained_on and here and trained_on != here:
+            raise ValueError(f"{cfg.resume} was trained on {describe_identity(trained_on)}, but "
+                             f"--data-dir {cfg.data_dir} holds {describe_identity(here)}; resume "
+                             "it with its own data, or start a new run with --out NEW_DIR")
         # the history up to this checkpoint, from the run it belongs to
         rows = [r for r in read_metrics(Path(cfg.resume).parent / "metrics.csv")
                 if r["epoch"] <= start_epoch]
@@ -119,6 +126,12 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
     else:
         model = build_model(cfg.model_config(), device=device, dtype=dtype)
         optimizer, scheduler = make_optimizer(model, cfg)
+        if model.config.readout_norm:
+            model.use_engine(cfg.engine)
+            norm = fit_readout_norm_(model, data.train_set, data.train_idx, cfg.batch_size,
+                                     device, cfg.progress and dist.main)
+            log(f"readout norm: mean rate {norm['mean_rate']:.4f} of the read-out neurons over "
+                f"{norm['n']} training samples")
     model.train()
     model.use_engine(cfg.engine)   # a named engine is never swapped; options from ENGINE_*
 
@@ -141,22 +154,27 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
             f"{start_epoch + 1}..{cfg.epochs}, best.pth by "
             f"{'validation' if data.val_idx else 'test'} accuracy; run dir {out}")
 
+    saved = {"epoch": start_epoch if cfg.resume and same_dir(Path(cfg.resume).parent, out)
+             else 0}   # the epoch checkpoint.pth holds, as _epochs writes it
     try:
         stopped = _epochs(cfg, model, ddp_model, optimizer, scheduler, data, workers,
-                          start_epoch, best, rows, config_dict, dist, device, log)
-    except (TrainingDiverged, KeyboardInterrupt) as err:
+                          start_epoch, best, rows, config_dict, dist, device, log, saved)
+    except (TrainingDiverged, KeyboardInterrupt, DiskFullError) as err:
         if not dist.main:
             raise
-        done = rows[-1]["epoch"] if rows else 0
-        saved = out / "checkpoint.pth"
-        kept = (f"kept {saved} (epoch {done})" if done and saved.is_file()
-                else "nothing was saved")
+        done = saved["epoch"]
+        kept = (f"kept {out / 'checkpoint.pth'} (epoch {done})"
+                if done and (out / "checkpoint.pth").is_file() else "nothing was saved")
         if isinstance(err, TrainingDiverged):
-            raise TrainingDiverged(f"training diverged in epoch {done + 1}: {err}; {kept}, and "
+            failed = (rows[-1]["epoch"] if rows else start_epoch) + 1
+            raise TrainingDiverged(f"training diverged in epoch {failed}: {err}; {kept}, and "
                                    "best.pth holds no diverged state. Try a smaller --lr") from None
-        script = Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "RSNN_bfd_SpikingBased.py"
-        resume = f"; continue with: python {script} --resume {out}" if "kept" in kept else ""
-        raise KeyboardInterrupt(f"{kept}{resume}") from None
+        resume = (f"continue with: python {SCRIPTS.get(cfg.encoder, SCRIPTS['spiking'])} "
+                  f"--resume {out}" if "kept" in kept else "start it again")
+        if isinstance(err, DiskFullError):
+            raise DiskFullError(err.path, message=f"{err}; {kept}: free some space, then "
+                                f"{resume}") from None
+        raise KeyboardInterrupt(f"{kept}; {resume}") from None
     key = "val_acc" if data.val_idx else "test_acc"
     best_epoch, best_value, _ = selection(rows, key)
     return {"rows": rows, "best_test_acc": max([r["test_acc"] for r in rows], default=best),
@@ -166,7 +184,7 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
 
 
 def _epochs(cfg, model, ddp_model, optimizer, scheduler, data: RunData, workers, start_epoch,
-            best, rows, config_dict, dist, device, log) -> bool:
+            best, rows, config_dict, dist, device, log, saved: dict | None = None) -> bool:
     """The epoch loop of :func:`_train`; appends to ``rows`` as epochs finish. Returns whether
     it stopped early (``patience`` epochs without a better validation accuracy).
 
@@ -233,6 +251,8 @@ def _epochs(cfg, model, ddp_model, optimizer, scheduler, data: RunData, workers,
                                 config_dict, extra)
             save_checkpoint(out / "checkpoint.pth", model, optimizer, scheduler, epoch + 1,
                             config_dict, extra)
+            if saved is not None:
+                saved["epoch"] = epoch + 1
             if epoch == start_epoch:   # with the first checkpoint: a failed start changes nothing
                 atomic_write_json(config_dict, out / "config.json")
             write_metrics(rows, out / "metrics.csv")

@@ -5,29 +5,24 @@
     learning_curves.png        loss and accuracy against epoch
     config.json                the training config
     .lock                      held while a process trains here
-                               (:class:`rsnn_bfd.common.DirectoryLock`)
+                               (:class:`rsnn_bfd.writing.DirectoryLock`)
 
-Result folders of the other commands (deprivation, analyses, baselines) follow the same
-rules: :func:`claim_results_dir` refuses to replace results of the same kind without
-``--overwrite``, and :func:`removed_if_unused` takes away again a folder that a command
-created and then failed in before writing anything.
+The other commands' result folders follow the same rules (:mod:`rsnn_bfd.writing`).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 from pathlib import Path
 
-from rsnn_bfd.common import (DirectoryLock, atomic_path, atomic_write_text, check_writable_dir,
-                             remove_stale_temps)
+from rsnn_bfd.writing import (DirectoryLock, atomic_path, atomic_write_text, check_writable_dir,
+                              remove_stale_temps)
 
 METRIC_FIELDS = ("epoch", "loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate",
                  "seconds")
 # appended to METRIC_FIELDS in runs with a validation set (``--val-fraction``)
 VAL_FIELDS = ("val_loss", "val_acc")
 RUN_FILES = ("config.json", "checkpoint.pth", "best.pth", "metrics.csv", "learning_curves.png")
-LOCK_FILE = ".lock"
 
 
 def read_metrics(path) -> list[dict]:
@@ -99,7 +94,7 @@ def claim_run_dir(out, resume: str = "", overwrite: bool = False) -> DirectoryLo
     ``ValueError`` (one line); returns the held :class:`DirectoryLock`.
     """
     out = check_writable_dir(out)
-    lock = DirectoryLock(out, "training").acquire()
+    lock = DirectoryLock(out, "training").acquire()   # before looking at what is there
     try:
         remove_stale_temps(out, RUN_FILES)
         existing = [n for n in RUN_FILES if (out / n).exists()]
@@ -112,42 +107,3 @@ def claim_run_dir(out, resume: str = "", overwrite: bool = False) -> DirectoryLo
         lock.release()
         raise
     return lock
-
-
-def claim_results_dir(out, names, overwrite: bool = False, what: str = "results") -> Path:
-    """The results folder ``out`` of a command that writes the files ``names``, checked before
-    its work starts: created if needed and writable
-    (:func:`rsnn_bfd.common.check_writable_dir`), and holding none of ``names`` unless
-    ``overwrite`` is set (they are then replaced atomically as the new ones are written).
-    Raises ``ValueError`` (one line, with the ways forward)."""
-    out = check_writable_dir(out)
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{out} already holds {what} ({', '.join(existing)}); replace them "
-                         "with --overwrite, or choose another --out")
-    return out
-
-
-@contextlib.contextmanager
-def removed_if_unused(folder, ours=(LOCK_FILE,)):
-    """Run the block; when it raises, a ``folder`` that did not exist before it (and the parent
-    folders created with it) is removed again if it holds nothing but the bookkeeping files
-    ``ours``. A folder that existed, or one that now holds anything else (a checkpoint, a
-    result), is kept as it is."""
-    folder = Path(folder)
-    new = [p for p in (folder, *folder.parents) if not p.exists()]   # the deepest first
-    try:
-        yield
-    except BaseException:
-        if new and folder.is_dir():
-            for name in ours:
-                with contextlib.suppress(FileNotFoundError):
-                    (folder / name).unlink()
-        for p in new:
-            try:
-                p.rmdir()          # only an empty folder
-            except FileNotFoundError:
-                continue
-            except OSError:
-                break
-        raise

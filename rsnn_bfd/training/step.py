@@ -21,16 +21,24 @@ class TrainingDiverged(ValueError):
 
 
 def make_optimizer(model: BarrelCortexRSNN, cfg: TrainConfig):
-    """Adam with param groups: tau_adp x lr_tau_adp_factor, tau_m x lr_tau_m_factor, rest x1."""
+    """Adam with param groups: tau_adp x lr_tau_adp_factor, tau_m x lr_tau_m_factor, rest x1
+    (the published three); with ``lr_readout_factor`` or ``lr_recurrent_factor`` other than 1,
+    two more groups after them: the readout, and the recurrent plus thalamocortical weights."""
     tau_adp = [model.tau_adp, model.thal_tau_adp]
     tau_m = [model.tau_m, model.thal_tau_m]
-    special = {id(p) for p in tau_adp + tau_m}
+    extra = []
+    if cfg.lr_readout_factor != 1 or cfg.lr_recurrent_factor != 1:
+        extra = [{"params": list(model.readout.parameters()),
+                  "lr": cfg.lr * cfg.lr_readout_factor},
+                 {"params": [model.recurrent.weight, model.thalamocortical.weight],
+                  "lr": cfg.lr * cfg.lr_recurrent_factor}]
+    special = {id(p) for p in tau_adp + tau_m} | {id(p) for g in extra for p in g["params"]}
     rest = [p for p in model.parameters() if id(p) not in special]
     optimizer = torch.optim.Adam([
         {"params": rest, "lr": cfg.lr},
         {"params": tau_adp, "lr": cfg.lr * cfg.lr_tau_adp_factor},
         {"params": tau_m, "lr": cfg.lr * cfg.lr_tau_m_factor},
-    ], lr=cfg.lr)
+    ] + extra, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size,
                                                 gamma=cfg.gamma)
     return optimizer, scheduler
@@ -85,16 +93,18 @@ class Regularisers:
     added to the loss (:func:`rate_penalty`); ``readout_dropout``: the readout neurons of a
     global batch are dropped with this probability (:func:`readout_keep`);
     ``readout_weight_decay``: decoupled decay of the readout weights after each step
-    (:func:`decay_readout_`).
+    (:func:`decay_readout_`); ``grad_clip`` > 0: the gradient's global norm is clipped to it.
     """
     rate_reg: float = 0.0
     target_rate: float = 0.02
     readout_dropout: float = 0.0
     readout_weight_decay: float = 0.0
+    grad_clip: float = 0.0
 
     @classmethod
     def of(cls, cfg: "TrainConfig") -> "Regularisers":
-        return cls(cfg.rate_reg, cfg.target_rate, cfg.readout_dropout, cfg.readout_weight_decay)
+        return cls(cfg.rate_reg, cfg.target_rate, cfg.readout_dropout, cfg.readout_weight_decay,
+                   cfg.grad_clip)
 
 
 def rate_penalty(spikes: torch.Tensor, target: float) -> torch.Tensor:
@@ -162,6 +172,8 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = max(grad_norm, _grad_norm(model))
+        if reg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), reg.grad_clip)
         optimizer.step()
         if reg.readout_weight_decay > 0:
             decay_readout_(model, reg.readout_weight_decay, optimizer.param_groups[0]["lr"])

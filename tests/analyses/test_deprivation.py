@@ -280,6 +280,64 @@ def test_a_repeated_deprivation_keeps_the_earlier_results(ckpt_path, tmp_path):
     assert (out / "deprivation.csv").read_bytes() != before["deprivation.csv"]
 
 
+def test_a_folder_another_writer_holds_is_refused_and_untouched(ckpt_path, tmp_path):
+    from conftest import hold_lock
+    out = tmp_path / "held"
+    out.mkdir()
+    (out / "metrics.csv").write_text("a live training's\n")
+    holder = hold_lock(out)            # e.g. a training run writing there
+    try:
+        rc, lines = _in_process(["--checkpoint", str(ckpt_path), "--out", str(out),
+                                 "--trials", "1", "--device", "cpu", "--no-progress"])
+        assert rc == 2 and len(lines) == 1, lines
+        assert f"{out} is in use by process {holder.pid} (holding" in lines[0]
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "metrics.csv"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_full_disk_leaves_the_earlier_results_whole(ckpt_path, tmp_path, monkeypatch):
+    import errno
+
+    from rsnn_bfd import writing
+    out = tmp_path / "dep"
+    argv = ["--checkpoint", str(ckpt_path), "--out", str(out), "--trials", "1", "--device", "cpu",
+            "--no-progress"]
+    assert _in_process(argv)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_open = open
+
+    def full_at_the_json(path, mode="r", *args, **kwargs):   # the second of the three files
+        if "w" in mode and Path(path).name.startswith(".deprivation.json."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(writing, "open", full_at_the_json, raising=False)
+    rc, lines = _in_process(argv + ["--seed", "7", "--overwrite"])
+    assert rc == 2 and len(lines) == 1, lines
+    assert f"no space left to write {out / 'deprivation.json'}" in lines[0], lines
+    assert "free on its disk" in lines[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # all three as they were
+
+
+def test_a_relative_data_folder_is_found_beside_the_checkpoint(data_dir, tmp_path, monkeypatch):
+    """The shipped network records ``data``, the folder it lies in: found from elsewhere too."""
+    import shutil
+
+    from rsnn_bfd.data.datasets import data_dir_of_run
+    repo = tmp_path / "repo"
+    shutil.copytree(data_dir, repo / "data")
+    ckpt = repo / "data" / "network.pth"
+    monkeypatch.chdir(tmp_path)
+    assert data_dir_of_run({"data_dir": "data"}, None, ckpt) == repo / "data"
+    (repo / "runs" / "a").mkdir(parents=True)
+    assert data_dir_of_run({"data_dir": "data"}, None, repo / "runs" / "a" / "best.pth") == \
+        repo / "data"
+    assert data_dir_of_run({"data_dir": "data"}, "given", ckpt) == Path("given")
+    assert data_dir_of_run({"data_dir": "nowhere"}, None, ckpt) == Path("nowhere")
+
+
 def test_the_default_out_is_the_checkpoints_folder_and_is_refused_too(data_dir, tmp_path):
     from rsnn_bfd.network.model import ModelConfig, build_model
     run = tmp_path / "run"

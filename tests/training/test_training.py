@@ -423,6 +423,25 @@ def test_a_finished_run_is_never_overwritten(run2, data_dir, tmp_path):
     assert torch.load(copy / "best.pth", weights_only=True)["epoch"] == 1
 
 
+def test_resume_checks_what_it_resumes(run2, data_dir, tmp_path):
+    """Another dataset, or a setting of the network or of its data, is refused with what
+    differs and how to start a new run; the run is untouched."""
+    from rsnn_bfd.data.simulator.generate import generate_dataset
+    run = _copy_run(run2[0], tmp_path / "run")
+    before = _digests(run)
+    other = tmp_path / "other_data"
+    generate_dataset(other, objects_per_class=5, seed=1, workers=1)
+    cases = [(["--data-dir", str(other)], "(seed 0, 5 objects per class), but --data-dir"),
+             (["--init-w", "0.1"], "--init-w 0.1 differs from the run's 0.06: the network"),
+             (["--n-steps", "6"], "--n-steps 6 differs from the run's 8: the data it trains on"),
+             (["--preset", "fit"], "the recipe")]
+    for flags, words in cases:
+        rc, lines = _cli(["--resume", str(run), "--epochs", "3", "--no-progress", *flags])
+        assert rc == 2 and len(lines) == 1 and words in lines[0], (flags, lines)
+        assert "--out NEW_DIR" in lines[0], lines
+        assert _digests(run) == before
+
+
 def test_resume_from_an_older_checkpoint_keeps_the_newer_one(run2, data_dir, tmp_path):
     out, _ = run2
     run = _copy_run(out, tmp_path / "run")
@@ -446,7 +465,7 @@ def test_resume_from_an_older_checkpoint_keeps_the_newer_one(run2, data_dir, tmp
     assert rc == 2 and "already trained 2 epochs" in lines[0], lines
 
 
-_HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from rsnn_bfd.common import DirectoryLock; "
+_HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from rsnn_bfd.writing import DirectoryLock; "
          "lock = DirectoryLock({d!r}).acquire(); print('locked', flush=True); time.sleep(60)")
 
 
@@ -611,6 +630,35 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(data_dir, tmp_path, monkeyp
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
 
 
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_resume_works(data_dir, tmp_path,
+                                                                   monkeypatch):
+    import errno
+
+    from rsnn_bfd import writing
+    from rsnn_bfd.writing import DiskFullError
+    real_open, writes = open, []
+
+    def full_at_the_second_checkpoint(path, mode="r", *args, **kwargs):
+        if "w" in mode and Path(path).name.startswith(".checkpoint.pth."):
+            writes.append(path)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(writing, "open", full_at_the_second_checkpoint, raising=False)
+    out = tmp_path / "full"
+    with pytest.raises(DiskFullError, match=r"no space left to write \S*checkpoint.pth .*free on "
+                                            r"its disk.*; kept \S*checkpoint.pth \(epoch 1\): free "
+                                            r"some space, then continue with: python "
+                                            r"RSNN_bfd_SpikingBased.py --resume "):
+        train(tiny(data_dir, out, epochs=3))
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    summary = train(tiny(data_dir, out, epochs=3, resume=str(out / "checkpoint.pth")))
+    assert summary["epoch"] == 3
+
+
 # ----------------------------------------------------------------------------- validation
 def _with_test_labels(src, dst, labels):
     """A copy of the dataset in ``src`` whose test file has the label values ``labels``."""
@@ -724,9 +772,12 @@ def test_resume_with_a_validation_set_equals_uninterrupted(data_dir, tmp_path):
         assert torch.equal(a["model_state"][k], b["model_state"][k]), k
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(read_metrics(full / "metrics.csv")) == strip(read_metrics(part / "metrics.csv"))
-    # resuming with another split is refused
-    cfg = resolve_resume(tiny(data_dir, part, epochs=3, resume=str(part), val_seed=5),
-                         {"resume", "epochs", "val_seed"}, log=lambda *a: None)
+    # resuming with another split is refused: by the flags' check, and by the run's own
+    with pytest.raises(ValueError, match="--val-seed 5 differs from the run's 0: the data"):
+        resolve_resume(tiny(data_dir, part, epochs=3, resume=str(part), val_seed=5),
+                       {"resume", "epochs", "val_seed"}, log=lambda *a: None)
+    cfg = tiny(data_dir, part, epochs=3, resume=str(part / "checkpoint.pth"), val_seed=5,
+               val_fraction=0.4, max_train_samples=0)
     with pytest.raises(ValueError, match="another validation split"):
         train(cfg, log=lambda *a: None)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rsnn_bfd.common import atomic_path, check_writable_dir, end_with_parent, remove_stale_temps
+from rsnn_bfd.common import cap_workers, end_with_parent
+from rsnn_bfd.writing import DirectoryLock, atomic_path, check_writable_dir, remove_stale_temps
 from rsnn_bfd.data.files import CLASS_LABELS, CLASS_NAMES, TEST_FILE, TRAIN_FILE
 from rsnn_bfd.data.simulator.params import GENERATOR_VERSION, PARAMS
 from rsnn_bfd.data.simulator.sweeps import simulate_task
@@ -62,20 +63,31 @@ def generate_dataset(out, objects_per_class: int = 91, seed: int = 0, workers=No
     ``ValueError``) unless ``overwrite`` is set; both files are written to temporary files
     and renamed into place together at the end, so an interrupted generation leaves what
     was there. Temporary files of an earlier, interrupted generation into ``out`` are
-    deleted first.
+    deleted first. ``workers`` above the machine's cores are capped (a notice to ``log``).
     """
+    out = check_writable_dir(out)
+    # the writer's lock before the first look at what the folder holds, to the end
+    with DirectoryLock(out, "whisker_sim"):
+        links = [out / n for n in (TRAIN_FILE, TEST_FILE) if (out / n).is_symlink()]
+        if links:   # a link stands for the user's data elsewhere: never generated over
+            raise ValueError(f"{links[0]} is a link to {os.readlink(links[0])}; the simulator "
+                             "does not write over a link (even with --overwrite): give "
+                             "another --out, or remove the link")
+        existing = [name for name in (TRAIN_FILE, TEST_FILE) if (out / name).exists()]
+        if existing and not overwrite:
+            raise ValueError(f"{out} already holds {' and '.join(existing)}; the simulator does "
+                             f"not write over a dataset: give another --out, or --overwrite to "
+                             f"replace {'it' if len(existing) == 1 else 'them'}")
+        remove_stale_temps(out, (TRAIN_FILE, TEST_FILE))
+        return _generate(out, objects_per_class, seed, cap_workers(workers, "--workers", log),
+                         log, progress)
+
+
+def _generate(out: Path, objects_per_class: int, seed: int, workers: int, log,
+              progress: bool) -> tuple[Path, Path]:
     import h5py
     from tqdm import tqdm
 
-    out = Path(out)
-    existing = [name for name in (TRAIN_FILE, TEST_FILE) if (out / name).exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{out} already holds {' and '.join(existing)}; the simulator does not "
-                         f"write over a dataset: give another --out, or --overwrite to replace "
-                         f"{'it' if len(existing) == 1 else 'them'}")
-    out = check_writable_dir(out)
-    remove_stale_temps(out, (TRAIN_FILE, TEST_FILE))
-    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     train, test = plan(objects_per_class, seed)
     paths = (out / TRAIN_FILE, out / TEST_FILE)
     t0 = time.time()

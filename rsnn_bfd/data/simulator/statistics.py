@@ -89,7 +89,7 @@ def dataset_statistics(data_dir) -> dict:
 def write_statistics(data_dir) -> dict:
     """``--stats``: :func:`dataset_statistics` of the dataset in
     ``data_dir``, written as ``data_dir/sweep_statistics.json``."""
-    from rsnn_bfd.common import atomic_write_json
+    from rsnn_bfd.writing import atomic_write_json
     from rsnn_bfd.data.files import check_data_folder
     from rsnn_bfd.data.simulator.statistics import dataset_statistics
 

@@ -53,6 +53,7 @@ class Network(NamedTuple):
     init_b: float             # baseline threshold b0
     beta: float               # adaptation strength
     n_classes: int
+    surrogate: tuple = (0.5, 0.5)  # (sigma, scale) of the Gaussian pseudo-derivative
 
 
 def signed_recurrent(net: Network) -> torch.Tensor:

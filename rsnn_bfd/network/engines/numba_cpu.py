@@ -69,7 +69,7 @@ from rsnn_bfd.network.engines.numba_backward import (BWD_LANES, _bwd_chunk, _rec
                                                      _thalamus_backward)
 from rsnn_bfd.network.engines.numba_forward import (GATHER_LANES, _fwd_chunk, _fwd_chunk_gather,
                                                     _thalamus_forward)
-from rsnn_bfd.network.neuron import SURROGATE_SCALE, SURROGATE_SIGMA, decay_factors
+from rsnn_bfd.network.neuron import decay_factors
 
 CHUNK = 32   # default steps per chunk (the backward's checkpoint interval; EngineOptions.chunk)
 # Backward gradients smaller than GRAD_FLOOR times the smallest normal float are dropped
@@ -175,13 +175,13 @@ class _FlushDenormal:
             torch.set_flush_denormal(False)
 
 
-def _backward_consts(b0, beta, dtype, *extra) -> torch.Tensor:
+def _backward_consts(b0, beta, surrogate, dtype, *extra) -> torch.Tensor:
     """The backward kernels' constants: ``[b0, beta, 2 sigma^2, sqrt(2 pi) sigma,
     surrogate scale, *extra]`` (the surrogate derivative is
-    ``exp(-x^2 / (2 sigma^2)) / (sqrt(2 pi) sigma) * scale``)."""
-    sig = SURROGATE_SIGMA
+    ``exp(-x^2 / (2 sigma^2)) / (sqrt(2 pi) sigma) * scale``; ``surrogate``: (sigma, scale))."""
+    sig, scale = surrogate
     return torch.tensor([b0, beta, 2 * sig ** 2, math.sqrt(2 * math.pi) * sig,
-                         SURROGATE_SCALE, *extra], dtype=dtype)
+                         scale, *extra], dtype=dtype)
 
 
 def _gathers(mode: str, rate: float | None, width: int) -> bool:
@@ -213,7 +213,7 @@ class _CortexFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, st, opts, vals, tvals, alpha, rho, w1, b1, w2, b2, thal, v0, s0):
-        record_spikes, record_mem, need_grad, b0, beta, K, mode = opts
+        record_spikes, record_mem, need_grad, b0, beta, K, mode, surrogate = opts
         dtype = vals.dtype
         T, B = thal.shape[0], thal.shape[1]
         n = st.n
@@ -278,6 +278,7 @@ class _CortexFunction(torch.autograd.Function):
         out = logits[1:]
         if need_grad:
             ctx.st, ctx.T, ctx.B, ctx.b0, ctx.beta, ctx.K = st, T, B, b0, beta, K
+            ctx.surrogate = surrogate
             ctx.save_for_backward(vals, tvals, alpha, rho, w1, b1, w2, thal_t, s0, s_all, i_all,
                                   vck, bck)
         spikes = s_all.permute(0, 2, 1).to(dtype, memory_format=torch.contiguous_format) if record_spikes else torch.empty(0, dtype=dtype)
@@ -328,7 +329,8 @@ class _CortexFunction(torch.autograd.Function):
         oma, omr = 1 - alpha, 1 - rho
         a_np, oma_np, r_np, omr_np = (x.contiguous().numpy() for x in (alpha, oma, rho, omr))
         tiny = torch.finfo(dtype).tiny
-        consts = _backward_consts(ctx.b0, ctx.beta, dtype, 1.0, tiny, GRAD_FLOOR * tiny)
+        consts = _backward_consts(ctx.b0, ctx.beta, ctx.surrogate, dtype, 1.0, tiny,
+                                  GRAD_FLOOR * tiny)
         consts_np = consts.numpy()
         cval_np = vals[st.cperm].contiguous().numpy()                  # CSC order
         blocks_np = [x.numpy() for x in (gs_b, gv_b, gb_b, gi_b, gt_b, gw, gwth, g_ro,
@@ -381,7 +383,7 @@ class _ThalamusFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, b0, beta, current, alpha, rho, v0, s0):
+    def forward(ctx, b0, beta, surrogate, current, alpha, rho, v0, s0):
         dtype = current.dtype
         cur = _fresh(current.detach())
         v0, s0 = _fresh(v0.detach()), _fresh(s0.detach())
@@ -392,7 +394,7 @@ class _ThalamusFunction(torch.autograd.Function):
         _thalamus_forward(cur.numpy(), v0.numpy(), s0.numpy(), alpha.numpy(), oma.numpy(),
                           rho.numpy(), omr.numpy(), consts.numpy(), s_out.numpy(),
                           v_out.numpy(), b_out.numpy())
-        ctx.consts = (b0, beta)
+        ctx.consts = (b0, beta, surrogate)
         ctx.save_for_backward(cur, s_out, v_out, b_out, v0, s0, alpha, rho)
         return s_out
 
@@ -400,9 +402,9 @@ class _ThalamusFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_spikes):
         cur, s_out, v_out, b_out, v0, s0, alpha, rho = ctx.saved_tensors
-        b0, beta = ctx.consts
+        b0, beta, surrogate = ctx.consts
         dtype = cur.dtype
-        consts = _backward_consts(b0, beta, dtype)
+        consts = _backward_consts(b0, beta, surrogate, dtype)
         g_cur = torch.empty_like(cur)
         gv0, gs0 = torch.empty_like(v0), torch.empty_like(s0)
         galpha, grho = torch.zeros_like(v0), torch.zeros_like(v0)
@@ -411,7 +413,7 @@ class _ThalamusFunction(torch.autograd.Function):
                            alpha.numpy(), (1 - alpha).numpy(), rho.numpy(),
                            (1 - rho).numpy(), consts.numpy(), g_cur.numpy(), gv0.numpy(),
                            gs0.numpy(), galpha.numpy(), grho.numpy())
-        return None, None, g_cur, galpha.sum(0), grho.sum(0), gv0, gs0
+        return None, None, None, g_cur, galpha.sum(0), grho.sum(0), gv0, gs0
 
 
 # ---------------------------------------------------------------------------- entry points
@@ -450,7 +452,7 @@ def run_thalamus(net: Network, current: torch.Tensor, state, options=None) -> to
     _announce_compilation()
     dtype = current.dtype
     alpha, rho = decay_factors(net.thal_tau_m, net.thal_tau_adp)
-    return _ThalamusFunction.apply(net.init_b, net.beta, current, alpha, rho,
+    return _ThalamusFunction.apply(net.init_b, net.beta, net.surrogate, current, alpha, rho,
                                    state.mem_thal.to(dtype), state.spk_thal.to(dtype))
 
 
@@ -474,7 +476,7 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
               thal_spikes.to(dtype), state.mem.to(dtype), state.spk.to(dtype))
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     opts = (record_spikes, record_mem, need_grad, net.init_b, net.beta, _chunk(options),
-            (options or EngineOptions()).recurrent_input)
+            (options or EngineOptions()).recurrent_input, tuple(net.surrogate))
     if need_grad:
         out, spikes, mem = _CortexFunction.apply(st, opts, *inputs)
     else:

@@ -20,7 +20,8 @@ def run_thalamus(net: Network, current: torch.Tensor, state, options=None) -> to
     # unbind, not current[t]: indexing would accumulate a (T, batch, 200) gradient at
     # every step in the backward, quadratic in T
     for current_t in current.unbind(0):
-        s = alif_step(current_t, s, net.thal_tau_m, net.thal_tau_adp, net.init_b, net.beta)
+        s = alif_step(current_t, s, net.thal_tau_m, net.thal_tau_adp, net.init_b, net.beta,
+                      surrogate=net.surrogate)
         spikes.append(s.spike)
     return torch.stack(spikes)
 
@@ -48,7 +49,8 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
             presyn = torch.cat(new_spk + [spk[:, lo:]], dim=1)
             current = thal_current[:, lo:hi] + presyn @ w_rec[lo:hi].t()
             s = alif_step(current, ALIFState(mem[:, lo:hi], spk[:, lo:hi], b[i]),
-                          net.tau_m[lo:hi], net.tau_adp[lo:hi], net.init_b, net.beta)
+                          net.tau_m[lo:hi], net.tau_adp[lo:hi], net.init_b, net.beta,
+                          surrogate=net.surrogate)
             new_spk.append(s.spike)
             new_mem.append(s.mem)
             b[i] = s.b

@@ -303,7 +303,7 @@ def _forward_saved(sim, thal_current, s0, v0, b0):
     return saved
 
 
-def _backward_through(bwd, g_spikes, saved, s0, v0):
+def _backward_through(bwd, g_spikes, saved, s0, v0, surrogate):
     """BPTT over all steps (``_forward_saved``'s outputs in ``saved``).
 
     Returns dL/dI (T, batch, N) and the carries at t = 0: ``g.s``, ``g.v_r`` (dL/ds0,
@@ -311,7 +311,7 @@ def _backward_through(bwd, g_spikes, saved, s0, v0):
     """
     s_all, i_all, v_all, b_all = saved
     T = s_all.shape[0]
-    sg_all = surrogate_derivative(v_all - (bwd.b0 + bwd.beta * b_all))   # (T, B, N)
+    sg_all = surrogate_derivative(v_all - (bwd.b0 + bwd.beta * b_all), *surrogate)   # (T, B, N)
     g_cur = torch.empty_like(i_all)
     ch = _BackwardChunks(bwd, max(1, min(bwd.run.chunk, T - 1)), tuple(s0.shape),
                          dict(dtype=s0.dtype, device=s0.device))
@@ -338,11 +338,11 @@ class _CortexFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, opts, prev, w, thal_current, alpha, rho, v0, s0):
-        off, b0, beta, record_mem, run = opts
+        off, b0, beta, record_mem, run, surrogate = opts
         w_prev = w * prev
         sim = _Simulation(off, w, w_prev.t(), alpha, rho, b0, beta, run)
         saved = _forward_saved(sim, thal_current, s0, v0, b0)
-        ctx.consts = (off, b0, beta, run)
+        ctx.consts = (off, b0, beta, run, surrogate)
         ctx.save_for_backward(prev, w, w_prev, alpha, rho, v0, s0, *saved)
         v_all = saved[2]
         mem = v_all if record_mem else torch.empty(0, dtype=w.dtype, device=w.device)
@@ -353,9 +353,9 @@ class _CortexFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_spikes, _g_mem):
         prev, w, w_prev, alpha, rho, v0, s0, *saved = ctx.saved_tensors
-        off, b0, beta, run = ctx.consts
+        off, b0, beta, run, surrogate = ctx.consts
         bwd = _Backward(off, w, w_prev, alpha, rho, b0, beta, run)
-        g_cur, g = _backward_through(bwd, g_spikes, saved, s0, v0)
+        g_cur, g = _backward_through(bwd, g_spikes, saved, s0, v0, surrogate)
         s_all = saved[0]
         T, B, n = s_all.shape
         g_w = torch.mm(g_cur.reshape(T * B, n).t(), s_all.reshape(T * B, n)).masked_fill_(prev, 0)
@@ -372,11 +372,11 @@ class _ThalamusFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, consts, current, alpha, rho, v0, s0):
-        b0, beta, run = consts
+        b0, beta, run, surrogate = consts
         off = [0, current.shape[2]]
         sim = _Simulation(off, None, None, alpha, rho, b0, beta, run)
         saved = _forward_saved(sim, current, s0, v0, b0)
-        ctx.consts = (off, b0, beta, run)
+        ctx.consts = (off, b0, beta, run, surrogate)
         ctx.save_for_backward(alpha, rho, v0, s0, *saved)
         return saved[0]
 
@@ -384,9 +384,9 @@ class _ThalamusFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_spikes):
         alpha, rho, v0, s0, *saved = ctx.saved_tensors
-        off, b0, beta, run = ctx.consts
+        off, b0, beta, run, surrogate = ctx.consts
         bwd = _Backward(off, None, None, alpha, rho, b0, beta, run)
-        g_cur, g = _backward_through(bwd, g_spikes, saved, s0, v0)
+        g_cur, g = _backward_through(bwd, g_spikes, saved, s0, v0, surrogate)
         return None, g_cur, g.alpha.sum(0), g.rho.sum(0), g.v_r, g.s
 
 
@@ -402,7 +402,7 @@ def run_thalamus(net: Network, current: torch.Tensor, state, options=None) -> to
     v0, s0 = state.mem_thal.to(dtype), state.spk_thal.to(dtype)
     inputs = (current, alpha, rho, v0, s0)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return _ThalamusFunction.apply((b0, beta, run), *inputs)
+        return _ThalamusFunction.apply((b0, beta, run, net.surrogate), *inputs)
     with torch.no_grad():
         sim = _Simulation([0, current.shape[2]], None, None, alpha, rho, b0, beta, run)
         spikes = torch.empty(current.shape, dtype=dtype, device=current.device)
@@ -433,7 +433,8 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
     prev = _prev_mask(off, w.device)
     inputs = (w, thal_current, alpha, rho, v0, s0)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        spikes, mem = _CortexFunction.apply((off, b0, beta, record_mem, run), prev, *inputs)
+        spikes, mem = _CortexFunction.apply((off, b0, beta, record_mem, run, net.surrogate), prev,
+                                             *inputs)
         logits = readout_logits(net, spikes[1:])    # T = 1: no readout step, (0, B, 3)
         return logits, (spikes if record_spikes else None), (mem if record_mem else None)
     with torch.no_grad():
