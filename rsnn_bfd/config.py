@@ -19,14 +19,15 @@ from rsnn_bfd.network.readout import LOSSES
 
 
 # Named sets of training settings (``--preset NAME``), per input encoding; flags given on
-# the command line win. "fit" is the recipe the fit screen chose on validation (docs/RESULTS.md,
-# "Fitting the training set"): a readout of standardised rates learning at 30x the rest of
-# the network, a stronger thalamocortical start, a silent initial state, batch 16. The
-# paper's set-up is no preset at all.
+# the command line win. "fit" is the only set-up of the fit screen that fits the training set
+# in 15 epochs (docs/RESULTS.md, "Fitting the training set"): a readout of standardised rates
+# (mean-logit) learning at lr 0.003, batch 16, on a network started with a stronger
+# thalamocortical drive and a silent state, which itself moves at lr 1e-8, practically fixed:
+# trained along, the network undid the readout's fit. The paper's set-up is no preset at all.
 PRESETS = {
     "fit": {"spiking": {"loss": "mean-logit", "readout_norm": True, "init_w_thalamic": 0.3,
-                        "init_state": "zero", "batch_size": 16, "lr": 0.0001,
-                        "lr_readout_factor": 30.0}},
+                        "init_state": "zero", "batch_size": 16, "lr": 1e-8,
+                        "lr_readout_factor": 300000.0}},
 }
 
 

@@ -64,3 +64,22 @@ def test_the_readout_standardisation_is_measured_on_the_training_samples():
     torch.testing.assert_close(z[:, varied].std(0, unbiased=False),
                                torch.ones(int(varied.sum())), rtol=1e-3, atol=1e-3)
     assert float(model.readout_scale.max()) <= 199 / len(model.readout_index) ** 0.5 + 1e-6
+
+
+def test_a_run_with_the_preset_stores_it_and_its_network_loads(tmp_path):
+    from rsnn_bfd.data.simulator.generate import generate_dataset
+    from rsnn_bfd.io.checkpoint import load_checkpoint
+    from rsnn_bfd.training.run import training_main
+    data = tmp_path / "data"
+    generate_dataset(data, objects_per_class=5, seed=0, workers=1)
+    out = tmp_path / "run"
+    argv = ["--preset", "fit", "--data-dir", str(data), "--out", str(out), "--epochs", "1",
+            "--n-steps", "8", "--max-train-samples", "8", "--no-progress"]
+    assert training_main(SpikingConfig, argv) == 0
+    model, ckpt = load_checkpoint(out / "checkpoint.pth")
+    stored = ckpt["train_config"]
+    assert stored["preset"] == "fit" and stored["readout_norm"] and stored["batch_size"] == 16
+    assert model.config.readout_norm and model.config.init_state == "zero"
+    assert float(model.readout_scale.min()) > 0 and float(model.readout_shift.max()) > 0
+    assert training_main(SpikingConfig, ["--resume", str(out), "--epochs", "2",
+                                         "--no-progress"]) == 0
