@@ -1,6 +1,6 @@
-"""Every command that writes a folder: a second writer into a folder another process holds is
-refused with one line naming the holder, and nothing there is touched; resource flags are
-checked against the machine (issue: every writer locks)."""
+"""Every command that writes a folder: a second writer (this process) into a folder another
+process holds is refused with one line naming the holder, and nothing there is touched;
+resource flags are checked against the machine (issue: every writer locks)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hold_lock
+from conftest import hold_lock, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CV = ROOT / "docs" / "cv" / "91"
@@ -61,9 +61,11 @@ def test_a_folder_another_process_writes_is_refused_and_untouched(command, netwo
     (held / "metrics.csv").write_text("the other writer's\n")
     holder = hold_lock(held)
     try:
-        args = [ROOT / a if str(a).endswith(".py") else a
-                for a in COMMANDS[command](str(held), str(network))]
-        line = one_line_error(run(args, tmp_path))
+        import importlib
+        name, *argv = [str(a) for a in COMMANDS[command](str(held), str(network))]
+        rc, lines = run_main(importlib.import_module(name[:-3]).main, argv)   # this process
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        line = lines[0]
         assert f"{held} is in use by process {holder.pid} (holding" in line, line
         assert "started" in line and ("--out" in line or "OUT" in line), line
         assert sorted(p.name for p in held.iterdir()) == [".lock", "metrics.csv"]
@@ -85,8 +87,11 @@ def test_a_folder_another_process_writes_is_refused_and_untouched(command, netwo
     (["RSNN_bfd_SpikingBased.py", "--preset", "none"], "--preset must be one of"),
 ])
 def test_bad_resource_and_count_flags_are_one_line(args, word, tmp_path):
-    line = one_line_error(run([ROOT / args[0], *args[1:], "--out", tmp_path / "o"], tmp_path))
-    assert word in line, line
+    import importlib
+    script = importlib.import_module(args[0][:-3])          # in this process: fast
+    rc, lines = run_main(script.main, [*args[1:], "--out", str(tmp_path / "o")])
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert word in lines[0], lines
     assert not (tmp_path / "o").exists()
 
 
