@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 LOCK_FILE = ".lock"
-_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))   # disk full, quota used up
 
 
 class DiskFullError(OSError):
