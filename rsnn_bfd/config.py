@@ -19,15 +19,18 @@ from rsnn_bfd.network.readout import LOSSES
 
 
 # Named sets of training settings (``--preset NAME``), per input encoding; flags given on
-# the command line win. "fit" is the only set-up of the fit screen that fits the training set
-# in 15 epochs (docs/RESULTS.md, "Fitting the training set"): a readout of standardised rates
-# (mean-logit) learning at lr 0.003, batch 16, on a network started with a stronger
-# thalamocortical drive and a silent state, which itself moves at lr 1e-8, practically fixed:
-# trained along, the network undid the readout's fit. The paper's set-up is no preset at all.
+# the command line win, and the paper's set-up is no preset at all. Chosen on the validation
+# fifth of fold 0 of the default dataset and of two datasets of other seeds (docs/RESULTS.md,
+# "The fit recipe"). "fit": the anatomical network as initialised (thalamocortical weights
+# 5x the published scale, at rest at t = 0), only its readout trained, on the standardised
+# and centred rates of its excitatory neurons; trained along, the constrained network undid
+# the readout's fit (the fit screen).
+_FIT = {"loss": "mean-logit", "readout_norm": True, "readout_centre": True,
+        "init_state": "zero", "init_w_thalamic": 0.3, "batch_size": 16, "lr": 0.003,
+        "readout_epochs": -1}
 PRESETS = {
-    "fit": {"spiking": {"loss": "mean-logit", "readout_norm": True, "init_w_thalamic": 0.3,
-                        "init_state": "zero", "batch_size": 16, "lr": 1e-8,
-                        "lr_readout_factor": 300000.0}},
+    # real-valued: the signed-log features (validation 0.77 against 0.59 with the published)
+    "fit": {"spiking": _FIT, "realvalued": {**_FIT, "features": "signed-log"}},
 }
 
 
@@ -35,8 +38,12 @@ def _preset_help() -> str:
     def flags(values):
         return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
                         for k, v in values.items())
-    return "; ".join(f"{name} ({encoder}): {flags(values)}" for name, by_encoder in PRESETS.items()
-                     for encoder, values in by_encoder.items())
+    parts = []
+    for name, by_encoder in PRESETS.items():
+        for values in {flags(v): v for v in by_encoder.values()}.values():   # once per recipe
+            encoders = ", ".join(e for e, v in by_encoder.items() if v == values)
+            parts.append(f"{name} ({encoders}): {flags(values)}")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -111,6 +118,9 @@ class TrainConfig:
                                   "12x b0; b0/2 scales it to the threshold)")
     surrogate_scale: float = flag(SURROGATE_SCALE, "height factor of the pseudo-derivative "
                                   "(its peak is this / (2.507 x --surrogate-sigma))")
+    surrogate_cutoff: float = flag(0.0, "truncate the pseudo-derivative to zero beyond this "
+                                        "many sigmas (the numba backward then skips neurons "
+                                        "far from threshold); 0 (published): untruncated")
     init_w_thalamic: float = flag(0.0, "thalamocortical weights start in U[0, this] (0: "
                                        "--init-w, as published)")
     balance: bool = flag(False, "scale each neuron's initial inhibitory weights to sum to its "
@@ -120,10 +130,18 @@ class TrainConfig:
     readout_norm: bool = flag(False, "standardise each read-out neuron's rate by its mean and "
                                      "spread over the training set before the first step "
                                      "(for --loss mean-logit)")
+    readout_centre: bool = flag(False, "the readout reads each sample's rates minus their mean "
+                                       "over the read-out neurons (the common mode; with "
+                                       "--readout-norm, of the standardised rates)")
     lr_readout_factor: float = flag(1.0, "learning-rate factor of the two readout layers")
     lr_recurrent_factor: float = flag(1.0, "learning-rate factor of the recurrent and "
                                            "thalamocortical weights")
     grad_clip: float = flag(0.0, "clip the gradient's global L2 norm to this (0: no clipping)")
+    readout_epochs: int = flag(0, "train only the readout for the first N epochs (-1: every "
+                                  "epoch): the network (weights, time constants, encoder) "
+                                  "stays as initialised and runs without back-propagation "
+                                  "through time, which is faster; 0 (published): train "
+                                  "everything from the start")
     device: str = flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
     dtype: str = flag("float32", "parameter dtype", tuple(DTYPES))
     engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
@@ -159,6 +177,10 @@ class TrainConfig:
                              f"{' and '.join(PRESETS[self.preset])} input only, not {self.encoder}")
         return dataclasses.replace(self, **{k: v for k, v in values.items() if k not in given})
 
+    def readout_only(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) trains the readout alone (``readout_epochs``)."""
+        return self.readout_epochs == -1 or epoch < self.readout_epochs
+
     def model_config(self) -> ModelConfig:
         base = ModelConfig()
         scale = lambda r: tuple(self.tau_scale * v for v in r)  # noqa: E731
@@ -168,8 +190,10 @@ class TrainConfig:
                            tau_adp_range=scale(base.tau_adp_range),
                            surrogate_sigma=self.surrogate_sigma,
                            surrogate_scale=self.surrogate_scale,
+                           surrogate_cutoff=self.surrogate_cutoff,
                            init_w_thalamic=self.init_w_thalamic, balance=self.balance,
-                           init_state=self.init_state, readout_norm=self.readout_norm)
+                           init_state=self.init_state, readout_norm=self.readout_norm,
+                           readout_centre=self.readout_centre)
 
     def validate(self) -> "TrainConfig":
         positive = lambda v: math.isfinite(v) and v > 0  # noqa: E731
@@ -219,6 +243,8 @@ class TrainConfig:
              f"--surrogate-sigma must be a positive number, got {self.surrogate_sigma}"),
             (positive(self.surrogate_scale),
              f"--surrogate-scale must be a positive number, got {self.surrogate_scale}"),
+            (math.isfinite(self.surrogate_cutoff) and self.surrogate_cutoff >= 0,
+             f"--surrogate-cutoff must be >= 0 (0: untruncated), got {self.surrogate_cutoff}"),
             (math.isfinite(self.init_w_thalamic) and 0 <= self.init_w_thalamic <= 1,
              f"--init-w-thalamic must be in [0, 1] (0: --init-w), got {self.init_w_thalamic}"),
             (math.isfinite(self.lr_readout_factor) and self.lr_readout_factor >= 0,
@@ -227,6 +253,8 @@ class TrainConfig:
              f"--lr-recurrent-factor must be >= 0, got {self.lr_recurrent_factor}"),
             (math.isfinite(self.grad_clip) and self.grad_clip >= 0,
              f"--grad-clip must be >= 0 (0: none), got {self.grad_clip}"),
+            (self.readout_epochs >= -1, f"--readout-epochs must be >= 0, or -1 (the readout "
+                                        f"alone every epoch), got {self.readout_epochs}"),
         ] + [seed_check(getattr(self, name), f"--{name.replace('_', '-')}")
              for name in ("seed", "spike_seed", "data_seed", "val_seed")]
         require(checks)

@@ -10,7 +10,8 @@
 # (OUT/claim_NAME), runs it with one thread and goes on until the queue is done; lines added
 # to QUEUE meanwhile are taken too. A run stopped half-way continues from its checkpoint
 # when its claim is removed and the script started again. OUT/NAME.log has its epochs,
-# OUT/done.txt the exit status and wall clock of each run.
+# OUT/done.txt the exit status and wall clock of each run. MODEL=rsnn-realvalued screens the
+# real-valued network instead (default rsnn-spiking); COMMON replaces the common flags.
 set -uo pipefail
 DATA=${1:?usage: tools/fit_screen.sh DATA OUT QUEUE}
 OUT=${2:?usage: tools/fit_screen.sh DATA OUT QUEUE}
@@ -19,7 +20,8 @@ QUEUE=$(readlink -f "$QUEUE")
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 mkdir -p "$OUT"
-COMMON="--epochs 15 --loss log-mean-prob --lr 0.001 --batch-size 32"   # the earlier recipe
+MODEL=${MODEL:-rsnn-spiking}
+COMMON=${COMMON-"--epochs 15 --loss log-mean-prob --lr 0.001 --batch-size 32"}   # the earlier recipe
 while true; do
   name="" flags=""
   while read -r n f; do
@@ -29,7 +31,7 @@ while true; do
   [ -z "$name" ] && break
   start=$(date +%s)
   # shellcheck disable=SC2086
-  python crossval.py --model rsnn-spiking --data-dir "$DATA" --out "$OUT/$name" --fold 0 \
+  python crossval.py --model "$MODEL" --data-dir "$DATA" --out "$OUT/$name" --fold 0 \
     --threads 1 --no-progress -- $COMMON $flags > "$OUT/$name.log" 2>&1
   echo "$name rc=$? $(( $(date +%s) - start )) s" >> "$OUT/done.txt"
 done

@@ -63,6 +63,9 @@ class ModelConfig:
     # scale 0.5, about 12x the threshold b0 wide; sigma ~ b0/2 scales it to the threshold).
     surrogate_sigma: float = SURROGATE_SIGMA
     surrogate_scale: float = SURROGATE_SCALE
+    # > 0: the pseudo-derivative is zero beyond this many sigmas, so that the numba backward
+    # skips the neurons far from threshold (Perez-Nieves & Goodman 2021); 0: untruncated
+    surrogate_cutoff: float = 0.0
     # thalamocortical weights start in U[0, init_w_thalamic] (0: init_w, as published)
     init_w_thalamic: float = 0.0
     # scale each neuron's initial inhibitory weights so that they sum to its excitatory ones
@@ -74,6 +77,11 @@ class ModelConfig:
     # its mean and spread over the training set (buffers ``readout_shift``/``readout_scale``,
     # set by training before the first step, see rsnn_bfd.training.init); published: no
     readout_norm: bool = False
+    # subtract from the (standardised) rates of a sample their mean over the 3,606 read-out
+    # neurons: the common mode, the sample's overall level of activity, which dominates the
+    # standardised rates (its singular value is about 9x the next on the default data) and
+    # makes the readout's training ill-conditioned; docs/RESULTS.md. Published: no
+    readout_centre: bool = False
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
@@ -87,6 +95,9 @@ class ModelConfig:
                 and math.isfinite(self.surrogate_scale) and self.surrogate_scale > 0):
             raise ValueError("surrogate_sigma and surrogate_scale must be positive, got "
                              f"{self.surrogate_sigma} and {self.surrogate_scale}")
+        if not (math.isfinite(self.surrogate_cutoff) and self.surrogate_cutoff >= 0):
+            raise ValueError(f"surrogate_cutoff must be >= 0 (0: untruncated), got "
+                             f"{self.surrogate_cutoff}")
         if not 0 <= self.init_w_thalamic <= 1:
             raise ValueError(f"init_w_thalamic must lie in [0, 1] (0: init_w), got "
                              f"{self.init_w_thalamic}")
@@ -299,9 +310,13 @@ class BarrelCortexRSNN(nn.Module):
         """The record an engine reads (see :mod:`rsnn_bfd.network.engines`): the parameters
         themselves (so gradients flow), the masks, time constants, readout and constants. With
         ``readout_keep`` set, the first readout layer's weight columns are multiplied by it
-        (dropout of readout neurons for a training batch; the gradient reaches the weight)."""
+        (dropout of readout neurons for a training batch; the gradient reaches the weight).
+        With ``readout_centre`` the first layer reads ``C z``, C = I - 11^T/3606, as ``W C``:
+        the same forward and the same gradient as a readout of centred inputs."""
         ro1, ro2 = self.readout[0], self.readout[1]
         w1, b1 = ro1.weight, ro1.bias
+        if self.config.readout_centre:
+            w1 = w1 - w1.mean(dim=1, keepdim=True)
         if self.config.readout_norm:   # (s - shift) * scale, folded into the first layer
             w1 = w1 * self.readout_scale
             b1 = b1 - w1 @ self.readout_shift
@@ -314,7 +329,8 @@ class BarrelCortexRSNN(nn.Module):
                        (w1, b1, ro2.weight, ro2.bias),
                        float(self.config.init_b), float(self.config.beta),
                        int(self.config.n_classes),
-                       (float(self.config.surrogate_sigma), float(self.config.surrogate_scale)))
+                       (float(self.config.surrogate_sigma), float(self.config.surrogate_scale),
+                        float(self.config.surrogate_cutoff)))
 
     def use_engine(self, engine: str = "auto", options: EngineOptions | None = None) -> str:
         """Run with ``engine`` from now on, resolved for this model's device (``auto`` becomes
@@ -367,14 +383,19 @@ class BarrelCortexRSNN(nn.Module):
         output = torch.softmax(logits, dim=-1).sum(0)     # T = 1: an empty sum, zeros
         return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None, logits)
 
-    def readout_sum(self, spikes: torch.Tensor) -> torch.Tensor:
-        """Summed readout softmax, as :meth:`forward` forms ``output`` (with the leaky
-        readout when ``readout_tau`` > 0). spikes: (T', batch, 4218) of steps 1..T-1 ->
-        (batch, 3)."""
+    def read_out(self, spikes: torch.Tensor) -> RSNNOutput:
+        """The readout of recorded spikes as :meth:`forward` forms it (with the leaky readout
+        when ``readout_tau`` > 0). spikes: (T-1, batch, 4218) of steps 1..T-1 ->
+        :class:`RSNNOutput` with ``output`` (batch, 3) and ``logits`` (T-1, batch, 3). Used by
+        ``--readout-epochs``, which runs the network without gradients and trains this part."""
         logits = engines.readout_logits(self.network(), spikes)
         if self.config.readout_tau > 0:
             logits = leaky_integrate(logits, self.config.readout_tau)
-        return torch.softmax(logits, dim=-1).sum(0)
+        return RSNNOutput(torch.softmax(logits, dim=-1).sum(0), logits=logits)
+
+    def readout_sum(self, spikes: torch.Tensor) -> torch.Tensor:
+        """``read_out(spikes).output``: the summed readout softmax, (batch, 3)."""
+        return self.read_out(spikes).output
 
 
 def _linear(n_in: int, n_out: int, generator, xavier: bool) -> nn.Linear:

@@ -33,38 +33,47 @@ SURROGATE_SCALE = 0.5    # height factor of the surrogate
 
 class Surrogate(NamedTuple):
     """The Gaussian pseudo-derivative of the spike: ``scale * N(x; 0, sigma)`` at
-    ``x = mem - threshold``, in membrane units (its peak is ``scale / (sqrt(2 pi) sigma)``)."""
+    ``x = mem - threshold``, in membrane units (its peak is ``scale / (sqrt(2 pi) sigma)``);
+    with ``cutoff`` > 0 it is zero where ``|x| > cutoff * sigma`` (published: 0, untruncated).
+    A truncated surrogate lets the numba backward skip the neurons it is zero for (Perez-Nieves
+    & Goodman 2021)."""
     sigma: float = SURROGATE_SIGMA
     scale: float = SURROGATE_SCALE
+    cutoff: float = 0.0
 
 
 PUBLISHED_SURROGATE = Surrogate()
 
 
 def surrogate_derivative(x: torch.Tensor, sigma: float = SURROGATE_SIGMA,
-                         scale: float = SURROGATE_SCALE) -> torch.Tensor:
-    """d spike / d x of the Gaussian surrogate at ``x = mem - threshold``."""
-    return torch.exp(-(x ** 2) / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma) * scale
+                         scale: float = SURROGATE_SCALE, cutoff: float = 0.0) -> torch.Tensor:
+    """d spike / d x of the Gaussian surrogate at ``x = mem - threshold`` (zero beyond
+    ``cutoff`` sigmas when ``cutoff`` > 0)."""
+    sg = torch.exp(-(x ** 2) / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma) * scale
+    if cutoff > 0:
+        sg = torch.where(x.abs() <= cutoff * sigma, sg, torch.zeros((), dtype=sg.dtype,
+                                                                      device=sg.device))
+    return sg
 
 
 class SpikeFunction(torch.autograd.Function):
     """Heaviside forward, Gaussian surrogate backward."""
 
     @staticmethod
-    def forward(ctx, x, sigma=SURROGATE_SIGMA, scale=SURROGATE_SCALE):
+    def forward(ctx, x, sigma=SURROGATE_SIGMA, scale=SURROGATE_SCALE, cutoff=0.0):
         ctx.save_for_backward(x)
-        ctx.surrogate = (sigma, scale)
+        ctx.surrogate = (sigma, scale, cutoff)
         return x.gt(0).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        return grad_output * surrogate_derivative(x, *ctx.surrogate), None, None
+        return grad_output * surrogate_derivative(x, *ctx.surrogate), None, None, None
 
 
 def spike_fn(x: torch.Tensor, surrogate: Surrogate = PUBLISHED_SURROGATE) -> torch.Tensor:
     """Heaviside step of ``x = mem - threshold`` with the ``surrogate`` derivative."""
-    return SpikeFunction.apply(x, float(surrogate[0]), float(surrogate[1]))
+    return SpikeFunction.apply(x, *(float(v) for v in surrogate))
 
 
 class ALIFState(NamedTuple):

@@ -38,6 +38,15 @@ class Dist:
             torch.distributed.all_reduce(t)
         return t.tolist()
 
+    def average_grads(self, params) -> None:
+        """Average the gradients of ``params`` over all processes, as DDP does for a forward
+        it ran (for a step whose gradient did not come through DDP)."""
+        if self.active:
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(self.world)
+
 
 def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Start the process group under torchrun (``WORLD_SIZE`` > 1) and choose the device."""

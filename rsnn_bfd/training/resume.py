@@ -14,7 +14,8 @@ from rsnn_bfd.training.rundir import same_dir
 # Settings a run cannot change when it resumes: the network is the checkpoint's, and the data
 # it trains on must stay the data it was trained on so far.
 _NETWORK = ("encoder", "init_b", "init_w", "tau_scale", "seed", "readout_tau", "surrogate_sigma",
-            "surrogate_scale", "init_w_thalamic", "balance", "init_state", "readout_norm")
+            "surrogate_scale", "surrogate_cutoff", "init_w_thalamic", "balance", "init_state",
+            "readout_norm", "readout_centre")
 _DATA = ("features", "n_steps", "spike_seed", "val_fraction", "val_seed", "max_train_samples")
 FIXED_ON_RESUME = {**{k: "the network (stored in the checkpoint)" for k in _NETWORK},
                    **{k: "the data it trains on" for k in _DATA},

@@ -47,6 +47,7 @@ from rsnn_bfd.network.model import DTYPES, build_model
 from rsnn_bfd.training.batches import epoch_batches
 from rsnn_bfd.training.data import RunData, require_classes, run_data
 from rsnn_bfd.training.distributed import Dist, setup_distributed
+from rsnn_bfd.training.frozen import FrozenRates, frozen_rates_apply
 from rsnn_bfd.training.init import fit_readout_norm_
 from rsnn_bfd.training.resume import resolve_resume
 from rsnn_bfd.training.rundir import (claim_run_dir, plot_learning_curves, read_metrics, same_dir,
@@ -126,14 +127,15 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
     else:
         model = build_model(cfg.model_config(), device=device, dtype=dtype)
         optimizer, scheduler = make_optimizer(model, cfg)
-        if model.config.readout_norm:
-            model.use_engine(cfg.engine)
-            norm = fit_readout_norm_(model, data.train_set, data.train_idx, cfg.batch_size,
-                                     device, cfg.progress and dist.main)
-            log(f"readout norm: mean rate {norm['mean_rate']:.4f} of the read-out neurons over "
-                f"{norm['n']} training samples")
-    model.train()
     model.use_engine(cfg.engine)   # a named engine is never swapped; options from ENGINE_*
+    # readout-only epochs that may read each sample's rates once (rsnn_bfd.training.frozen)
+    rates = FrozenRates(model, device) if frozen_rates_apply(cfg, model, dist.world) else None
+    if not cfg.resume and model.config.readout_norm:
+        norm = fit_readout_norm_(model, data.train_set, data.train_idx, cfg.batch_size, device,
+                                 cfg.progress and dist.main, rates)
+        log(f"readout norm: mean rate {norm['mean_rate']:.4f} of the read-out neurons over "
+            f"{norm['n']} training samples")
+    model.train()
 
     ddp_model = model
     if dist.active:
@@ -158,7 +160,7 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
              else 0}   # the epoch checkpoint.pth holds, as _epochs writes it
     try:
         stopped = _epochs(cfg, model, ddp_model, optimizer, scheduler, data, workers,
-                          start_epoch, best, rows, config_dict, dist, device, log, saved)
+                          start_epoch, best, rows, config_dict, dist, device, log, saved, rates)
     except (TrainingDiverged, KeyboardInterrupt, DiskFullError) as err:
         if not dist.main:
             raise
@@ -184,12 +186,14 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
 
 
 def _epochs(cfg, model, ddp_model, optimizer, scheduler, data: RunData, workers, start_epoch,
-            best, rows, config_dict, dist, device, log, saved: dict | None = None) -> bool:
+            best, rows, config_dict, dist, device, log, saved: dict | None = None,
+            rates: FrozenRates | None = None) -> bool:
     """The epoch loop of :func:`_train`; appends to ``rows`` as epochs finish. Returns whether
     it stopped early (``patience`` epochs without a better validation accuracy).
 
     Without a validation set ``best.pth`` is the epoch of the best test accuracy (published);
-    with one, of the best validation accuracy, and the test set is only reported.
+    with one, of the best validation accuracy, and the test set is only reported. ``rates``:
+    the store of readout-only epochs (:class:`rsnn_bfd.training.frozen.FrozenRates`).
     """
     out = Path(cfg.out)
     t_start = time.time()
@@ -213,16 +217,19 @@ def _epochs(cfg, model, ddp_model, optimizer, scheduler, data: RunData, workers,
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
+        frozen = rates if cfg.readout_only(epoch) else None    # valid while nothing trains
         batches = epoch_batches(train_idx, cfg.batch_size, cfg.seed, epoch)
         tr = train_one_epoch(ddp_model, model, optimizer, train_set, batches, device, dist,
                              cfg.progress, workers, f"epoch {epoch + 1}/{cfg.epochs}", cfg.loss,
                              cfg.whisker_dropout, cfg.seed, epoch,
-                             parse_sweeps(cfg.train_sweeps), Regularisers.of(cfg))
+                             parse_sweeps(cfg.train_sweeps), Regularisers.of(cfg),
+                             readout_only=cfg.readout_only(epoch), rates=frozen)
         scheduler.step()
         te = evaluate(model, test_set, test_idx, cfg.batch_size, device, dist, cfg.progress,
-                      workers, loss_kind=cfg.loss)
+                      workers, loss_kind=cfg.loss, rates=frozen)
         va = (evaluate(model, val_set, data.val_idx, cfg.batch_size, device, dist, cfg.progress,
-                       workers, desc="validation", loss_kind=cfg.loss) if validating else None)
+                       workers, desc="validation", loss_kind=cfg.loss, rates=frozen)
+              if validating else None)
         if not (math.isfinite(tr["loss"]) and math.isfinite(te["loss"])
                 and (va is None or math.isfinite(va["loss"]))):
             raise TrainingDiverged(f"the loss became {tr['loss']:.4g} (train) / "
@@ -264,6 +271,7 @@ def _epochs(cfg, model, ddp_model, optimizer, scheduler, data: RunData, workers,
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {tr['loss']:.4f}, train acc "
                 f"{tr['acc']:.3f}, {scores}, lr {lr:.2e}, "
                 f"rate {te['firing_rate']:.4f}, {seconds:.1f} s"
+                + (" (readout only)" if cfg.readout_only(epoch) else "")
                 + (f", about {_duration(left)} left" if epoch + 1 < cfg.epochs else ""))
             notice = stall.notice(epoch + 1, tr["loss"], tr["grad_norm"])
             if notice:

@@ -14,6 +14,7 @@ from rsnn_bfd.network.readout import predict, readout_loss
 from rsnn_bfd.training.batches import (batch_sweeps, iterate_batches, progress_bar, readout_keep,
                                        stack_batch, whisker_keep)
 from rsnn_bfd.training.distributed import Dist, shard, shard_bounds, shard_state
+from rsnn_bfd.training.frozen import FrozenRates
 
 
 class TrainingDiverged(ValueError):
@@ -47,21 +48,31 @@ def make_optimizer(model: BarrelCortexRSNN, cfg: TrainConfig):
 @torch.no_grad()
 def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: int, device,
              dist: Dist | None = None, progress: bool = False, workers: int = 0,
-             desc: str = "test", loss_kind: str = "published") -> dict:
+             desc: str = "test", loss_kind: str = "published",
+             rates: FrozenRates | None = None) -> dict:
     """Accuracy, mean loss and mean cortical firing rate over ``indices``.
 
     ``eval()`` and ``no_grad``; every batch starts from the model's deterministic initial
     state. Under torchrun each rank evaluates its shard of every batch and the sums are
-    all-reduced. Returns ``{"loss", "acc", "firing_rate", "n"}`` (firing rate in spikes per
+    all-reduced; with ``rates`` (a frozen network, one process) from its stored rates.
+    Returns ``{"loss", "acc", "firing_rate", "n"}`` (firing rate in spikes per
     neuron per step).
     """
     dist = dist or Dist()
     was_training = model.training
     model.eval()
     global_batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    batches = [shard(b, dist) for b in global_batches]
     loss_sum = correct = spikes = spike_count = 0.0
     n = 0
+    if rates is not None:    # a frozen network: the stored rates (rsnn_bfd.training.frozen)
+        for gb in progress_bar(global_batches, len(global_batches), desc, progress):
+            stored_rates, y, spike_sum, count = rates.batch(dataset, gb)
+            out = rates.output(stored_rates)
+            loss_sum += float(readout_loss(out, y, loss_kind, reduction="sum"))
+            correct += float((predict(out, loss_kind) == y).sum())
+            spikes, spike_count, n = spikes + spike_sum, spike_count + count, n + len(y)
+        global_batches = []
+    batches = [shard(b, dist) for b in global_batches]
     bar = progress_bar(iterate_batches(dataset, batches, workers), len(batches), desc,
                        progress and dist.main)
     for (x, y), gb in zip(bar, global_batches):
@@ -125,7 +136,8 @@ def decay_readout_(model, decay: float, lr: float) -> None:
 def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist: Dist,
                     progress: bool, workers: int, desc: str, loss_kind: str = "published",
                     whisker_dropout: float = 0.0, seed: int = 0, epoch: int = 0,
-                    sweeps: tuple[int, ...] = (0,), reg: Regularisers = Regularisers()) -> dict:
+                    sweeps: tuple[int, ...] = (0,), reg: Regularisers = Regularisers(),
+                    readout_only: bool = False, rates: FrozenRates | None = None) -> dict:
     """One pass over ``batches`` (lists of global indices). Returns mean loss and accuracy, and
     the largest gradient norm of its batches (``grad_norm``, for the stall notice,
     :class:`rsnn_bfd.training.selection.LearningStall`).
@@ -136,50 +148,58 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
     ``whisker_dropout`` > 0 silences whiskers (:func:`whisker_keep`,
     :func:`rsnn_bfd.data.encoding.drop_whiskers`).
     Regularisers (off by default): ``reg`` (:class:`Regularisers`).
+    ``readout_only`` (``--readout-epochs``): the network runs without gradients and only the
+    readout learns (:func:`_readout_only_forward`); with ``rates``
+    (:class:`rsnn_bfd.training.frozen.FrozenRates`, where it applies) from stored rates.
     """
     model.train()
     loss_sum = correct = n = grad_norm = 0.0
-    bar = progress_bar(iterate_batches(dataset, [shard(b, dist) for b in batches], workers),
-                       len(batches), desc, progress and dist.main)
+    stored = readout_only and rates is not None     # the rates come from the store
+    source = ([(None, None)] * len(batches) if stored else
+              iterate_batches(dataset, [shard(b, dist) for b in batches], workers))
+    bar = progress_bar(source, len(batches), desc, progress and dist.main)
     for k, ((x, y), batch) in enumerate(zip(bar, batches)):
         global_n = len(batch)
-        dummy = x is None
-        lo, hi = shard_bounds(global_n, dist)
-        if dummy:  # this rank got no sample of a tiny last batch: contribute a zero gradient
-            x, y = stack_batch(dataset, batch[:1], "cpu")
-            lo, hi = 0, 1
-        if tuple(sweeps) != (model.config.sweep,):
-            x = drive_with_sweeps(x, batch_sweeps(global_n, sweeps, seed, epoch, k)[lo:hi],
-                                  model.config.sweep)
-        if whisker_dropout > 0:
-            x = drop_whiskers(x, whisker_keep(global_n, whisker_dropout, seed, epoch, k)[lo:hi])
-        x, y = x.to(device), y.to(device)
-        state = shard_state(model, global_n, lo, hi, device) if dist.world > 1 else None
+        dummy = x is None and not stored
+        if stored:
+            stored_rates, y, _, _ = rates.batch(dataset, batch)
+        else:
+            x, y, state = _batch_input(model, dataset, batch, x, y, dummy, dist, device, sweeps,
+                                       whisker_dropout, seed, epoch, k)
         if reg.readout_dropout > 0:
             model.readout_keep = readout_keep(len(model.readout_index), reg.readout_dropout,
                                               seed, epoch, k).to(device, model.tau_m.dtype)
         try:
-            out = ddp_model(x, state=state, record_spikes=reg.rate_reg > 0)
+            if stored:
+                out = rates.output(stored_rates)
+            elif readout_only:
+                out = _readout_only_forward(model, x, state)
+            else:
+                out = ddp_model(x, state=state, record_spikes=reg.rate_reg > 0)
         finally:
             model.readout_keep = None
         ce = readout_loss(out, y, loss_kind, reduction="sum")
         loss = ce * (dist.world / global_n)
-        if reg.rate_reg > 0:
+        if reg.rate_reg > 0 and not readout_only:   # the rates cannot change: no gradient
             loss = loss + reg.rate_reg * rate_penalty(out.spikes, reg.target_rate) * (
                 dist.world / global_n)
         if dummy:
             loss = loss * 0.0
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if readout_only:
+            dist.average_grads(model.readout.parameters())   # DDP's job, had DDP run it
         grad_norm = max(grad_norm, _grad_norm(model))
         if reg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), reg.grad_clip)
         optimizer.step()
         if reg.readout_weight_decay > 0:
             decay_readout_(model, reg.readout_weight_decay, optimizer.param_groups[0]["lr"])
-        model.constrain_()
+        trained = list(model.readout.parameters()) if readout_only else list(model.parameters())
+        if not readout_only:         # the network's weights did not move
+            model.constrain_()
         # after the step the parameters are the same on every rank, so all ranks stop together
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        if not all(bool(torch.isfinite(p).all()) for p in trained):
             raise TrainingDiverged(f"a parameter became NaN or infinite at batch {k + 1} of "
                                    f"{len(batches)} (batch loss {float(ce.detach()) / max(len(y), 1):.4g})")
         if not dummy:
@@ -190,6 +210,33 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
             bar.set_postfix(loss=f"{float(ce.detach()) / len(y):.4f}")
     loss_sum, correct, n = dist.all_sum([loss_sum, correct, n], device)
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1), "grad_norm": grad_norm}
+
+
+def _batch_input(model, dataset, batch, x, y, dummy, dist, device, sweeps, whisker_dropout,
+                 seed, epoch, k):
+    """This rank's input of global batch ``k`` with its augmentations, labels and initial
+    state (None: the model's own); a rank without a sample gets the batch's first (its
+    loss is zeroed)."""
+    global_n = len(batch)
+    lo, hi = shard_bounds(global_n, dist)
+    if dummy:  # this rank got no sample of a tiny last batch: contribute a zero gradient
+        x, y = stack_batch(dataset, batch[:1], "cpu")
+        lo, hi = 0, 1
+    if tuple(sweeps) != (model.config.sweep,):
+        x = drive_with_sweeps(x, batch_sweeps(global_n, sweeps, seed, epoch, k)[lo:hi],
+                              model.config.sweep)
+    if whisker_dropout > 0:
+        x = drop_whiskers(x, whisker_keep(global_n, whisker_dropout, seed, epoch, k)[lo:hi])
+    state = shard_state(model, global_n, lo, hi, device) if dist.world > 1 else None
+    return x.to(device), y.to(device), state
+
+
+def _readout_only_forward(model: BarrelCortexRSNN, x: torch.Tensor, state):
+    """The network's spikes without gradients (no BPTT: the engines' inference path), then
+    the readout with them: the gradient reaches the readout's parameters only."""
+    with torch.no_grad():
+        spikes = model(x, state=state, record_spikes=True).spikes
+    return model.read_out(spikes[1:])
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ def test_the_defaults_are_the_published_network():
     assert (cfg.surrogate_sigma, cfg.surrogate_scale, cfg.init_w_thalamic, cfg.balance,
             cfg.init_state, cfg.readout_norm) == (0.5, 0.5, 0.0, False, "published", False)
     assert "readout_shift" not in base.state_dict()         # no new entries in checkpoints
-    assert base.network().surrogate == (0.5, 0.5)
+    assert base.network().surrogate == (0.5, 0.5, 0.0)
     state = base.initial_state(2)
     assert 0 < float(state.mem.mean()) < 1                  # the published U[0, 1) state
 
@@ -48,6 +48,30 @@ def test_every_engine_reads_the_surrogate(engine):
         out.output[:, 0].sum().backward()
         g.append(m.recurrent.weight.grad.clone())
     assert not torch.allclose(g[0], g[1], rtol=1e-2, atol=0)
+
+
+def test_a_truncated_surrogate_is_zero_beyond_its_cutoff():
+    x = torch.linspace(-0.1, 0.1, 201, dtype=torch.float64)
+    cut = surrogate_derivative(x, 0.02, 0.5, cutoff=2.0)
+    inside = x.abs() <= 0.04
+    torch.testing.assert_close(cut[inside], surrogate_derivative(x, 0.02, 0.5)[inside])
+    assert float(cut[~inside].abs().max()) == 0 and int(inside.sum()) < 201
+    with pytest.raises(ValueError, match="surrogate_cutoff"):
+        ModelConfig(surrogate_cutoff=-1)
+
+
+@pytest.mark.parametrize("batch", [3, 70])   # one batch block, and two (numba: 64 lanes)
+def test_the_sparse_backward_gives_the_reference_gradients(batch):
+    """With a truncated surrogate the numba backward skips the spike gradients of neurons
+    whose surrogate is zero on every lane of a block: the gradients stay the reference's."""
+    config = ModelConfig(seed=3, init_w=0.1, surrogate_sigma=0.02, surrogate_scale=0.5,
+                         surrogate_cutoff=2.0)
+    model = build_model(config, dtype=torch.float64)
+    x, state, labels = make_inputs(model, batch=batch, steps=40 if batch < 64 else 12, seed=1)
+    mem = model(x, state=state, record_mem=True, engine="reference").mem
+    near = (mem - model.config.init_b).abs() <= 0.04     # roughly where the surrogate passes
+    assert 0 < float(near.double().mean()) < 0.5         # most neuron-steps are skipped
+    assert_matches_reference(model, x, state, labels, engine="numba")
 
 
 def test_thalamocortical_weights_start_in_their_own_range():

@@ -1,6 +1,8 @@
 """The training levers of the run configuration and the named recipe (``--preset``)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -17,8 +19,9 @@ def test_a_preset_sets_defaults_and_the_flags_given_win():
         assert getattr(cfg, name) == (0.002 if name == "lr" else value), name
     assert cfg.preset == "fit" and given == {"preset", "lr"}
     assert parse_config(SpikingConfig, [])[0] == SpikingConfig()        # no preset: the paper's
-    with pytest.raises(ValueError, match="--preset fit is a recipe for the spiking input only"):
-        parse_config(RealValuedConfig, ["--preset", "fit"])
+    real = parse_config(RealValuedConfig, ["--preset", "fit"])[0]
+    assert real.encoder == "realvalued" and all(
+        getattr(real, k) == v for k, v in PRESETS["fit"]["realvalued"].items())
     with pytest.raises(ValueError, match="--preset must be one of"):
         SpikingConfig(preset="nope").with_preset()
     model_cfg = cfg.model_config()
@@ -83,3 +86,102 @@ def test_a_run_with_the_preset_stores_it_and_its_network_loads(tmp_path):
     assert float(model.readout_scale.min()) > 0 and float(model.readout_shift.max()) > 0
     assert training_main(SpikingConfig, ["--resume", str(out), "--epochs", "2",
                                          "--no-progress"]) == 0
+
+
+def test_readout_epochs_train_the_readout_alone_with_the_gradient_of_the_full_pass():
+    from rsnn_bfd.training.batches import epoch_batches
+    from rsnn_bfd.training.distributed import Dist
+    from rsnn_bfd.training.step import train_one_epoch
+    cfg = SpikingConfig(loss="mean-logit", init_state="zero", init_w_thalamic=0.3,
+                        dtype="float64")
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(4, 2, 1, 40, 93, generator=g) < 0.3).double()
+    y = torch.tensor([0, 1, 2, 0])
+    dataset = [(x[i], int(y[i])) for i in range(4)]
+
+    def one_epoch(readout_only):
+        model = build_model(cfg.model_config(), dtype=torch.float64)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        optimizer, _ = make_optimizer(model, cfg)
+        grads = {}
+        step = optimizer.step
+        optimizer.step = lambda: (grads.update({n: None if p.grad is None else p.grad.clone()
+                                                for n, p in model.named_parameters()}), step())
+        train_one_epoch(model, model, optimizer, dataset, epoch_batches(list(range(4)), 4, 0, 0),
+                        "cpu", Dist(), False, 0, "t", cfg.loss, readout_only=readout_only)
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+        return changed, grads
+
+    changed, grads = one_epoch(True)
+    assert changed == {"readout.0.weight", "readout.0.bias", "readout.1.weight",
+                       "readout.1.bias"}
+    assert all(grads[n] is None for n in grads if not n.startswith("readout."))
+    _, full = one_epoch(False)                  # the same spikes, so the same readout gradient
+    assert any(full[n] is not None and float(full[n].abs().max()) > 0 for n in full
+               if not n.startswith("readout."))
+    for n in grads:
+        if n.startswith("readout."):
+            torch.testing.assert_close(grads[n], full[n], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="--readout-epochs"):
+        SpikingConfig(readout_epochs=-2).validate()
+    assert [SpikingConfig(readout_epochs=n).readout_only(e) for n, e in
+            ((0, 0), (2, 1), (2, 2), (-1, 500))] == [False, True, False, True]
+
+
+def test_the_centred_readout_reads_each_sample_minus_its_mean_over_the_read_out_neurons():
+    cfg = SpikingConfig(readout_norm=True, readout_centre=True, dtype="float64")
+    model = build_model(cfg.model_config(), dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    model.readout_shift.copy_(torch.rand(3606, generator=g, dtype=torch.float64) * 0.05)
+    model.readout_scale.copy_(torch.rand(3606, generator=g, dtype=torch.float64) + 0.5)
+    spikes = (torch.rand(7, 2, 4218, generator=g) < 0.1).double()      # steps 1..7
+    z = (spikes[:, :, model.readout_index] - model.readout_shift) * model.readout_scale
+    z = z - z.mean(-1, keepdim=True)                                   # the centred input
+    ro1, ro2 = model.readout
+    expected = torch.nn.functional.linear(torch.nn.functional.linear(z, ro1.weight, ro1.bias),
+                                          ro2.weight, ro2.bias)
+    torch.testing.assert_close(model.read_out(spikes).logits, expected)
+    # a common shift of every read-out neuron's standardised rate changes nothing
+    shifted = spikes.clone()
+    shifted[:, :, model.readout_index] += 0.3 / model.readout_scale
+    torch.testing.assert_close(model.read_out(shifted).logits, expected)
+    assert not build_model(SpikingConfig().model_config()).config.readout_centre   # published
+
+
+def test_readout_only_epochs_read_stored_rates_with_the_same_result(tmp_path, monkeypatch):
+    """The store (rsnn_bfd.training.frozen) runs the network once per sample and gives the
+    run the same readout, metrics and validation choice as running it every epoch."""
+    from rsnn_bfd.data.simulator.generate import generate_dataset
+    from rsnn_bfd.io.checkpoint import load_checkpoint
+    from rsnn_bfd.training import frozen, step
+    from rsnn_bfd.training.run import train
+    data = tmp_path / "data"
+    generate_dataset(data, objects_per_class=5, seed=0, workers=1)
+    cfg = SpikingConfig(data_dir=str(data), epochs=3, n_steps=30, batch_size=4, lr=0.01,
+                        loss="mean-logit", readout_norm=True, readout_centre=True,
+                        init_state="zero", init_w_thalamic=0.3, readout_epochs=-1,
+                        val_fraction=0.25, progress=False, dtype="float64")
+    calls = []
+    forward = step.BarrelCortexRSNN.forward
+    monkeypatch.setattr(step.BarrelCortexRSNN, "forward",
+                        lambda self, x, *a, **k: calls.append(len(x)) or forward(self, x, *a, **k))
+    cached = train(dataclasses.replace(cfg, out=str(tmp_path / "cached")), log=lambda *a: None)
+    n_samples = 9 + 3 + 3                            # train + validation + test, once each
+    assert sum(calls) == n_samples
+    calls.clear()
+    monkeypatch.setattr(frozen, "frozen_rates_apply", lambda *a: False)
+    monkeypatch.setattr("rsnn_bfd.training.run.frozen_rates_apply", lambda *a: False)
+    direct = train(dataclasses.replace(cfg, out=str(tmp_path / "direct")), log=lambda *a: None)
+    assert sum(calls) > 3 * n_samples
+    for a, b in zip(cached["rows"], direct["rows"]):
+        for key in ("loss", "train_acc", "val_acc", "val_loss", "test_acc", "firing_rate"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    m1, _ = load_checkpoint(tmp_path / "cached" / "best.pth")
+    m2, _ = load_checkpoint(tmp_path / "direct" / "best.pth")
+    for (name, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        if not name.startswith("readout."):    # the network: untouched, identical
+            assert torch.equal(p1, p2), name
+        else:   # float64: in float32 Adam turns rounding-level gradients into lr-sized steps
+            torch.testing.assert_close(p1, p2, rtol=1e-7, atol=1e-9, msg=name)
+    assert not frozen.frozen_rates_apply(dataclasses.replace(cfg, init_state="published"), m1)
+    assert not frozen.frozen_rates_apply(dataclasses.replace(cfg, loss="published"), m1)

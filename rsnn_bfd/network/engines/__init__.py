@@ -53,7 +53,7 @@ class Network(NamedTuple):
     init_b: float             # baseline threshold b0
     beta: float               # adaptation strength
     n_classes: int
-    surrogate: tuple = (0.5, 0.5)  # (sigma, scale) of the Gaussian pseudo-derivative
+    surrogate: tuple = (0.5, 0.5, 0.0)  # (sigma, scale, cutoff) of the pseudo-derivative
 
 
 def signed_recurrent(net: Network) -> torch.Tensor:

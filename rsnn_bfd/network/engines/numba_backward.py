@@ -114,6 +114,31 @@ def _edges_backward(e0, e1, rows, vals, g, lanes, xs, p, cnt, gw, acc, width):
 
 
 @njit(inline="always")
+def _edges_weights(e0, e1, rows, g, lanes, xs, p, cnt, gw):
+    """The weight-gradient half of :func:`_edges_backward` alone (same sums): for a neuron
+    whose spike gradient is not needed because its surrogate derivative is zero on every
+    lane of the block (the sparse backward)."""
+    if cnt == 0:
+        return
+    for e in range(e0, e1):
+        r = rows[e]
+        s = xs[p, 0] * g[r, lanes[p, 0]]
+        for q in range(1, cnt):
+            s += xs[p, q] * g[r, lanes[p, q]]
+        gw[e] += s
+
+
+@njit(inline="always")
+def _silent(sg_t, p, lo, nbl):
+    """Whether neuron ``p``'s surrogate derivative is zero on lanes lo:lo + nbl of a step
+    (then its spike gradient at that step is multiplied by zero: no need to form it)."""
+    for j in range(nbl):
+        if sg_t[p, lo + j] != 0:
+            return False
+    return True
+
+
+@njit(inline="always")
 def _neurons_backward(u0, u1, lo, nbl, gs, sg, s_prev, v_prev, b_prev, i_t, b_t, alpha, oma,
                       rho, omr, consts, gv, gb, gi, gtail, galpha, grho):
     """One BPTT step of the neurons u0:u1 (one population) on one batch block.
@@ -162,7 +187,7 @@ def _make_bwd_chunk(width):
     def _bwd_chunk(t0, gl_c, gsp_c, has_gsp, sg, s_c, s_prev0, vbuf, bbuf, vck, bck, i_c,
                    thal_c, off, colptr, crow, cval, csplit, tcolptr, trow, tval, ro, m_ro_t,
                    alpha, oma, rho, omr, consts, gs_b, gv_b, gb_b, gi_b, gt_b, gw, gwth, g_ro,
-                   galpha_b, grho_b, gthal_c, nblocks):
+                   galpha_b, grho_b, gthal_c, nblocks, sparse):
         """BPTT through the steps of one chunk, in reverse, parallel over batch blocks of at
         most ``width`` lanes.
 
@@ -184,6 +209,14 @@ def _make_bwd_chunk(width):
         where it spiked, then the population's neuron backward; finally the previous step's
         spike gradient through the other connections (weight gradients where the neuron spiked
         at the previous step), and the thalamic gradients.
+
+        ``sparse`` (a truncated surrogate): a neuron's spike gradient at a step is formed only
+        if its surrogate derivative is non-zero on some lane of the block at that step, since
+        it is used only multiplied by it (the weight gradients of its connections are always
+        formed); exact, as the skipped products are zeros (Perez-Nieves & Goodman 2021's
+        sparse backward, without approximation; a non-finite gradient times a zero surrogate,
+        NaN in the dense backward, is 0 here). Not at a chunk's first step, whose previous
+        step lies in the chunk before.
         """
         k, n, batch = sg.shape
         npop = off.shape[0] - 1
@@ -236,6 +269,10 @@ def _make_bwd_chunk(width):
                 for i in range(npop - 1, -1, -1):
                     # this step's spikes of population i -> later populations
                     for p in range(off[i], off[i + 1]):
+                        if sparse and _silent(sg[kk], p, lo, nbl):
+                            _edges_weights(csplit[p], colptr[p + 1], crow, gi, cur_l, cur_x, p,
+                                           cur_c[p], gwb)
+                            continue
                         _edges_backward(csplit[p], colptr[p + 1], crow, cval, gi, cur_l, cur_x,
                                         p, cur_c[p], gwb, acc, width)
                         for j in range(width):
@@ -254,6 +291,10 @@ def _make_bwd_chunk(width):
                     for j in range(width):
                         gs[p, j] = gt[p, j]
                 for p in range(n):
+                    if sparse and kk > 0 and _silent(sg[kk - 1], p, lo, nbl):
+                        _edges_weights(colptr[p], csplit[p], crow, gi, prv_l, prv_x, p,
+                                       prv_c[p], gwb)
+                        continue
                     _edges_backward(colptr[p], csplit[p], crow, cval, gi, prv_l, prv_x, p,
                                     prv_c[p], gwb, acc, width)
                     for j in range(width):
@@ -293,6 +334,7 @@ def _thalamus_backward(g_out, cur, s_out, v_out, b_out, v0, s0, alpha, oma, rho,
     """
     n_steps, batch, n = cur.shape
     b0, beta, two_var, norm, scale = consts[0], consts[1], consts[2], consts[3], consts[4]
+    cut2 = consts[5]          # (cutoff x sigma)^2: zero beyond (inf: untruncated)
     for j in prange(batch):
         gs = np.zeros(n, dtype=cur.dtype)
         gvc = np.zeros(n, dtype=cur.dtype)
@@ -305,7 +347,7 @@ def _thalamus_backward(g_out, cur, s_out, v_out, b_out, v0, s0, alpha, oma, rho,
                     s_prev, v_prev, b_prev = s_out[tt - 1, j, u], v_out[tt - 1, j, u], b_out[tt - 1, j, u]
                 thr = b0 + beta * b_out[tt, j, u]
                 x = v_out[tt, j, u] - thr
-                sg = math.exp(-(x * x) / two_var) / norm * scale
+                sg = math.exp(-(x * x) / two_var) / norm * scale if x * x <= cut2 else 0.0
                 gx = (gs[u] + g_out[tt, j, u]) * sg
                 gv = gx + gvc[u]
                 g_cur[tt, j, u] = gv * oma[u]

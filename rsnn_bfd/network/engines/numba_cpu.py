@@ -176,10 +176,10 @@ class _FlushDenormal:
 
 
 def _backward_consts(b0, beta, surrogate, dtype, *extra) -> torch.Tensor:
-    """The backward kernels' constants: ``[b0, beta, 2 sigma^2, sqrt(2 pi) sigma,
-    surrogate scale, *extra]`` (the surrogate derivative is
-    ``exp(-x^2 / (2 sigma^2)) / (sqrt(2 pi) sigma) * scale``; ``surrogate``: (sigma, scale))."""
-    sig, scale = surrogate
+    """The backward kernels' constants: ``[b0, beta, 2 sigma^2, sqrt(2 pi) sigma, scale,
+    *extra]`` (the surrogate derivative is ``exp(-x^2 / (2 sigma^2)) / (sqrt(2 pi) sigma) *
+    scale``; ``surrogate``: (sigma, scale, cutoff), the cutoff applied by the callers)."""
+    sig, scale = surrogate[:2]
     return torch.tensor([b0, beta, 2 * sig ** 2, math.sqrt(2 * math.pi) * sig,
                          scale, *extra], dtype=dtype)
 
@@ -331,6 +331,7 @@ class _CortexFunction(torch.autograd.Function):
         tiny = torch.finfo(dtype).tiny
         consts = _backward_consts(ctx.b0, ctx.beta, ctx.surrogate, dtype, 1.0, tiny,
                                   GRAD_FLOOR * tiny)
+        cutoff = ctx.surrogate[2] if len(ctx.surrogate) > 2 else 0.0   # > 0: sparse backward
         consts_np = consts.numpy()
         cval_np = vals[st.cperm].contiguous().numpy()                  # CSC order
         blocks_np = [x.numpy() for x in (gs_b, gv_b, gb_b, gi_b, gt_b, gw, gwth, g_ro,
@@ -347,8 +348,11 @@ class _CortexFunction(torch.autograd.Function):
             _recompute_chunk(i_c.numpy(), s_c.numpy(), s_prev0.numpy(), vck[c].numpy(),
                              bck[c].numpy(), a_np, oma_np, r_np, omr_np, consts_np,
                              vbuf[:k].numpy(), bbuf[:k].numpy(), sg[:k].numpy())
-            # the surrogate derivative exp(y) * scale / (sqrt(2 pi) sigma), vectorised
+            # the surrogate derivative exp(y) * scale / (sqrt(2 pi) sigma), vectorised; a
+            # truncated one is zero where |x| > cutoff sigma, i.e. y < -cutoff^2 / 2
             sg_k = sg[:k]
+            if cutoff > 0:
+                sg_k.masked_fill_(sg_k < -cutoff ** 2 / 2, -math.inf)
             torch.exp(sg_k, out=sg_k)
             sg_k.mul_(consts[4] / consts[3])
             gsp_c = gsp_all[t0:t1] if has_gsp else gsp_all
@@ -358,7 +362,7 @@ class _CortexFunction(torch.autograd.Function):
                        i_c.numpy(), thal_t[t0:t1].numpy(), st.off, st.colptr, st.crow,
                        cval_np, st.csplit, st.tcolptr, st.trow, tvals.contiguous().numpy(),
                        st.ro_index, m_ro_t.numpy(), a_np, oma_np, r_np, omr_np, consts_np,
-                       *blocks_np, gthal[t0:t1].numpy(), nblk, width=width)
+                       *blocks_np, gthal[t0:t1].numpy(), nblk, cutoff > 0, width=width)
         # the gradients of the initial state, from the blocks' lanes
         gs, gv_c = torch.empty((n, B), dtype=dtype), torch.empty((n, B), dtype=dtype)
         for b, (lo, hi) in enumerate(bounds):
@@ -404,7 +408,9 @@ class _ThalamusFunction(torch.autograd.Function):
         cur, s_out, v_out, b_out, v0, s0, alpha, rho = ctx.saved_tensors
         b0, beta, surrogate = ctx.consts
         dtype = cur.dtype
-        consts = _backward_consts(b0, beta, surrogate, dtype)
+        cutoff = surrogate[2] if len(surrogate) > 2 else 0.0
+        consts = _backward_consts(b0, beta, surrogate, dtype,   # consts[5]: (cutoff sigma)^2
+                                  (cutoff * surrogate[0]) ** 2 if cutoff > 0 else math.inf)
         g_cur = torch.empty_like(cur)
         gv0, gs0 = torch.empty_like(v0), torch.empty_like(s0)
         galpha, grho = torch.zeros_like(v0), torch.zeros_like(v0)
