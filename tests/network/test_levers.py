@@ -60,7 +60,8 @@ def test_a_truncated_surrogate_is_zero_beyond_its_cutoff():
         ModelConfig(surrogate_cutoff=-1)
 
 
-@pytest.mark.parametrize("batch", [3, 70])   # one batch block, and two (numba: 64 lanes)
+# one batch block, and two (numba: 64 lanes; slow: the reference engine at batch 70)
+@pytest.mark.parametrize("batch", [3, pytest.param(70, marks=pytest.mark.slow)])
 def test_the_sparse_backward_gives_the_reference_gradients(batch):
     """With a truncated surrogate the numba backward skips the spike gradients of neurons
     whose surrogate is zero on every lane of a block: the gradients stay the reference's."""
