@@ -311,20 +311,21 @@ class DirectoryLock:
 
 
 def claim_results_dir(out, names, overwrite: bool = False, what: str = "results",
-                      command: str = "") -> DirectoryLock:
+                      command: str = "",
+                      forward: str = "replace them with --overwrite, or choose another --out"
+                      ) -> DirectoryLock:
     """Lock the results folder ``out`` of a command that writes the files ``names``, then check
     it: created if needed and writable, and holding none of ``names`` unless ``overwrite``
     (they are then replaced atomically as the new ones are written). Use as a context
     manager; the lock is held to its end. Raises ``ValueError`` (one line, with the ways
-    forward); nothing in the folder is touched then."""
+    ``forward``); nothing in the folder is touched then."""
     out = check_writable_dir(out)
     lock = DirectoryLock(out, command or what).acquire()
     try:
         remove_stale_temps(out, names)
         existing = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
         if existing and not overwrite:
-            raise ValueError(f"{out} already holds {what} ({', '.join(existing)}); replace them "
-                             "with --overwrite, or choose another --out")
+            raise ValueError(f"{out} already holds {what} ({', '.join(existing)}); {forward}")
     except BaseException:
         lock.release()
         raise

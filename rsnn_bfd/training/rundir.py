@@ -15,8 +15,7 @@ import csv
 import io
 from pathlib import Path
 
-from rsnn_bfd.writing import (DirectoryLock, atomic_path, atomic_write_text, check_writable_dir,
-                              remove_stale_temps)
+from rsnn_bfd.writing import DirectoryLock, atomic_path, atomic_write_text, claim_results_dir
 
 METRIC_FIELDS = ("epoch", "loss", "train_acc", "test_loss", "test_acc", "lr", "firing_rate",
                  "seconds")
@@ -93,17 +92,7 @@ def claim_run_dir(out, resume: str = "", overwrite: bool = False) -> DirectoryLo
     Temporary files of writes interrupted by a killed process are cleaned up. Raises
     ``ValueError`` (one line); returns the held :class:`DirectoryLock`.
     """
-    out = check_writable_dir(out)
-    lock = DirectoryLock(out, "training").acquire()   # before looking at what is there
-    try:
-        remove_stale_temps(out, RUN_FILES)
-        existing = [n for n in RUN_FILES if (out / n).exists()]
-        continuing = bool(resume) and same_dir(Path(resume).parent, out)
-        if existing and not continuing and not overwrite:
-            raise ValueError(f"{out} already holds a run ({', '.join(existing)}); continue it "
-                             f"with --resume {out}, replace it with --overwrite, or choose "
-                             "another --out")
-    except BaseException:
-        lock.release()
-        raise
-    return lock
+    continuing = bool(resume) and same_dir(Path(resume).parent, out)
+    return claim_results_dir(out, RUN_FILES, overwrite or continuing, "a run", "training",
+                             f"continue it with --resume {Path(out)}, replace "
+                             "it with --overwrite, or choose another --out")
