@@ -34,20 +34,16 @@ import sys
 from rsnn_bfd.analyses import *  # noqa: F401,F403  (the published names: utils.run_anova, ...)
 from rsnn_bfd.analyses.command import (AnalysisConfig, anova_main, build_parser,  # noqa: F401
                                        parse_config, run)
+from rsnn_bfd.cli import run_cli
 
 
 def main(argv=None) -> int:
-    """Parse ``argv`` and run; user errors (bad checkpoint, data, flags) exit 2 with one line."""
-    cfg = parse_config(argv)
-    try:
-        run(cfg)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
-        return 2
-    return 0
+    """Parse ``argv`` and run; user errors (bad checkpoint, data, flags) exit 2 with one line,
+    Ctrl-C 130 with one line saying what is kept."""
+    return run_cli(lambda args: run(parse_config(args)) and 0, argv)
 
 
 if __name__ == "__main__":
     # The default call, e.g.:
-    #   python utils.py --checkpoint runs/spiking/best.pth --out figures --data-dir data
+    #   python utils.py --checkpoint runs/spiking/best.pth --out figures
     sys.exit(main())

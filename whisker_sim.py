@@ -60,8 +60,13 @@ def main(argv=None) -> int:
     if cfg.stats is not None:
         print(json.dumps(write_statistics(cfg.stats), indent=1))
         return 0
-    generate_dataset(cfg.out, cfg.objects_per_class, cfg.seed, cfg.workers, log=print,
-                     progress=cfg.progress, overwrite=cfg.overwrite)
+    try:
+        generate_dataset(cfg.out, cfg.objects_per_class, cfg.seed, cfg.workers, log=print,
+                         progress=cfg.progress, overwrite=cfg.overwrite)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"no dataset was written to {cfg.out} (its two files appear "
+                                "together at the end) and what it held is unchanged; run the "
+                                "same command again") from None
     return 0
 
 

@@ -237,6 +237,8 @@ class TrainConfig:
             (self.workers >= 0, f"--workers must be >= 0 (0: all cores), got {self.workers}"),
             (self.loader_workers >= -1, f"--loader-workers must be >= -1, got {self.loader_workers}"),
             (bool(str(self.out).strip()), "--out must name the run folder, got ''"),
+            (bool(str(self.data_dir).strip()), "--data-dir must name a folder, got '' (give . "
+                                               "for the current folder)"),
             (self.preset in ("",) + tuple(PRESETS),
              f"--preset must be one of {tuple(PRESETS)} (or '' for none), got {self.preset!r}"),
             (positive(self.surrogate_sigma),
@@ -269,7 +271,39 @@ class TrainConfig:
             choices = next(f for f in dataclasses.fields(self) if f.name == name).metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")
+        own = type(self).__dataclass_fields__["encoder"].default
+        if type(self) is not TrainConfig and self.encoder != own:   # a script's own config
+            raise ValueError(f"{SCRIPTS[own]} trains the {own} network, not a {self.encoder} "
+                             f"one: run python {SCRIPTS[self.encoder]} instead")
         return self
+
+    def ineffective(self) -> list[str]:
+        """Notices of settings that differ from the script's defaults and change nothing in
+        this run (the run goes on; the flag is probably not what was meant)."""
+        defaults = type(self)()
+        changed = lambda *names: [n for n in names  # noqa: E731
+                                  if getattr(self, n) != getattr(defaults, n)]
+        flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)  # noqa: E731
+        notes = []
+        if self.readout_epochs > self.epochs:
+            notes.append(f"--readout-epochs {self.readout_epochs} is more than --epochs "
+                         f"{self.epochs}: every epoch trains the readout alone (as "
+                         "--readout-epochs -1)")
+        if self.readout_epochs == -1 or self.readout_epochs >= self.epochs:
+            idle = changed("surrogate_sigma", "surrogate_scale", "surrogate_cutoff",
+                           "lr_tau_adp_factor", "lr_tau_m_factor", "lr_recurrent_factor",
+                           "rate_reg", "target_rate")
+            if idle:
+                notes.append(f"{flags(idle)} change nothing here: only the readout trains "
+                             "(--readout-epochs), and the network runs without gradients")
+        elif self.rate_reg == 0 and changed("target_rate"):
+            notes.append("--target-rate changes nothing without --rate-reg")
+        if self.encoder == "realvalued":
+            idle = changed("spike_seed", "resample_each_epoch")
+            if idle:
+                notes.append(f"{flags(idle)} change nothing for real-valued input (no spikes "
+                             "are drawn)")
+        return notes
 
 
 def with_default(name: str, default):

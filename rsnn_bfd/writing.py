@@ -13,7 +13,8 @@ a full disk that loses nothing.
   file or the new one, never half of one. A write that fails for want of space
   (``ENOSPC``/``EDQUOT``) removes its temporary file and raises :class:`DiskFullError`
   naming the file and the space left.
-- :func:`together`: a command's result files appear all at once, or none of them.
+- :func:`together`: a command's result files appear all at once, or none of them; nothing
+  else it writes waits for them.
 - :func:`claim_results_dir` and :func:`removed_if_unused`: the rules of a command's results
   folder (nothing replaced without ``--overwrite``; a folder a failed command created is
   taken away again).
@@ -85,29 +86,51 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-_DEFERRED: list | None = None   # (temporary, target) renames held back by together()
+# The open groups of together(), innermost last: (the targets it holds back, the
+# (temporary, target) renames it holds back so far).
+_GROUPS: list[tuple[frozenset, list]] = []
+
+
+def _key(path) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def _group_of(path) -> list | None:
+    """The deferred list of the innermost open group that holds ``path`` back, or None."""
+    key = _key(path)
+    for targets, deferred in reversed(_GROUPS):
+        if key in targets:
+            return deferred
+    return None
 
 
 @contextlib.contextmanager
-def together():
-    """Files written inside the block (by :func:`atomic_path` and the ``atomic_*`` writers)
-    appear together when it ends, or none of them: their renames wait for the block's end,
-    and when it fails (a full disk at the last of them, Ctrl-C) the temporary files are
-    removed and every target keeps what it held before. For a command's set of results."""
-    global _DEFERRED
-    outer, _DEFERRED = _DEFERRED, []
+def together(*targets):
+    """The files ``targets`` (paths), when written inside the block (by :func:`atomic_path`
+    and the ``atomic_*`` writers), appear together when it ends, or none of them: their
+    renames wait for the block's end, and when it fails (a full disk at the last of them,
+    Ctrl-C) their temporary files are removed and every target keeps what it held before. For
+    a command's set of results. Every other file written in the block (a dataset the command
+    generates on the way, a log) is written as usual, whatever becomes of the block."""
+    group = (frozenset(_key(t) for t in targets), [])
+    _GROUPS.append(group)
     done = False
     try:
         yield
         done = True
     finally:
-        deferred, _DEFERRED = _DEFERRED, outer
-        if done and outer is not None:
-            outer.extend(deferred)            # nested: the outer block decides
-        elif done:
+        _GROUPS.remove(group)
+        deferred = group[1]
+        if done:
+            renamed = []
             for tmp, path in deferred:
-                os.replace(tmp, path)
-            for folder in {path.parent for _, path in deferred}:
+                outer = _group_of(path)
+                if outer is not None:       # nested: an outer block holding it decides
+                    outer.append((tmp, path))
+                else:
+                    os.replace(tmp, path)
+                    renamed.append(path)
+            for folder in {path.parent for path in renamed}:
                 _fsync_dir(folder)
         else:
             for tmp, _ in deferred:
@@ -141,8 +164,9 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        if _DEFERRED is not None:        # inside together(): renamed when it ends
-            _DEFERRED.append((tmp, path))
+        deferred = _group_of(path)
+        if deferred is not None:         # held back by together(): renamed when it ends
+            deferred.append((tmp, path))
             return
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -225,10 +249,18 @@ def _command() -> str:
     return " ".join([Path(sys.argv[0]).name] + sys.argv[1:3]) if sys.argv and sys.argv[0] else "python"
 
 
+# The folders whose lock this process holds: {real path: [open lock file, holders]}. A
+# command that writes into a folder it already holds (the deprivation of the shipped network
+# writes its results into data/, where it may first generate the dataset) shares its lock.
+_HELD: dict[str, list] = {}
+
+
 class DirectoryLock:
     """The writer's lock of a folder (``folder/.lock``, ``fcntl.flock``), held while a command
     writes there. ``what`` names the work for the message a second writer gets; the file
-    holds the holder's process id, start time and command line."""
+    holds the holder's process id, start time and command line. Within one process the lock
+    is shared: a second ``DirectoryLock`` of a folder this process holds is taken at once, and
+    the file goes when the last holder releases it."""
 
     def __init__(self, folder, what: str = "a run", flag: str = "--out"):
         self.folder, self.what, self.flag, self._fh = Path(folder), what, flag, None
@@ -244,6 +276,11 @@ class DirectoryLock:
         except ImportError:  # not POSIX: no lock, as before
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
+        held = _HELD.get(os.path.realpath(self.folder))
+        if held is not None:           # this process holds it already: share it
+            held[1] += 1
+            self._fh = held[0]
+            return self
         lock_path = self.folder / LOCK_FILE
         if lock_path.is_symlink():
             raise ValueError(f"{lock_path} is a symbolic link; remove it (it is this folder's "
@@ -281,6 +318,7 @@ class DirectoryLock:
         fh.write(f"{os.getpid()} {started} {self.what} | {_command()}\n")
         fh.flush()
         self._fh = fh
+        _HELD[os.path.realpath(self.folder)] = [fh, 1]
         return self
 
     @staticmethod
@@ -297,11 +335,19 @@ class DirectoryLock:
     def release(self) -> None:
         """Remove the lock file (the folder is left as it was) and release the lock. A
         process that dies holding it leaves the file, naming it, for the next writer's note."""
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                (self.folder / LOCK_FILE).unlink()
-            self._fh.close()           # closing releases the flock
-            self._fh = None
+        if self._fh is None:
+            return
+        key = os.path.realpath(self.folder)
+        held = _HELD.get(key)
+        self._fh, fh = None, self._fh
+        if held is not None and held[0] is fh:
+            held[1] -= 1
+            if held[1] > 0:            # another holder in this process goes on
+                return
+            del _HELD[key]
+        with contextlib.suppress(OSError):
+            (self.folder / LOCK_FILE).unlink()
+        fh.close()                     # closing releases the flock
 
     def __enter__(self):
         return self.acquire()

@@ -146,3 +146,35 @@ def test_the_dataset_error_names_the_folder_given(tmp_path):
     line = one_line_error(run([ROOT / "RSNN_bfd_SpikingBased.py", "--data-dir", other,
                                "--out", tmp_path / "run", "--epochs", "1"], tmp_path))
     assert "whisker_sim.py --out NEW_DIR" in line and "--out data" not in line, line
+
+
+def _interrupt(*a, **k):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("command", ["simulator", "baselines", "crossval"])
+def test_ctrl_c_says_what_is_kept_and_how_to_go_on(command, tiny_data, tmp_path, monkeypatch):
+    """Ctrl-C in a long command: one line (exit 130) saying what is kept and how to go on."""
+    import baselines
+    import crossval
+    import whisker_sim
+    from rsnn_bfd.study import baselines as study_baselines
+    from rsnn_bfd.study import crossvalidation
+    out = tmp_path / "o"
+    if command == "simulator":
+        monkeypatch.setattr(whisker_sim, "generate_dataset", _interrupt)
+        main, argv, said = whisker_sim.main, ["--out", str(out)], "no dataset was written"
+    elif command == "baselines":
+        monkeypatch.setattr(study_baselines, "_train_all", _interrupt)
+        main, argv = baselines.main, ["--data-dir", str(tiny_data), "--out", str(out)]
+        said = "no baseline results were written"
+    else:
+        monkeypatch.setattr(crossvalidation, "_baseline_fold", _interrupt)
+        main, argv = crossval.main, ["--model", "cnn", "--data-dir", str(tiny_data), "--out",
+                                     str(out), "--folds", "2", "--no-progress"]
+        said = "fold 0 stopped (a baseline's fold starts again from its first epoch)"
+    rc, lines = run_main(main, argv)
+    lines = [ln for ln in lines if ln.startswith(("interrupted", "error", "Traceback"))]
+    assert rc == 130 and len(lines) == 1, lines
+    assert lines[0].startswith(f"interrupted; {said}"), lines
+    assert "run the same command again" in lines[0] or "rerun the same command" in lines[0]

@@ -119,11 +119,24 @@ def test_check_writable_dir(tmp_path):
 
 # ----------------------------------------------------------------------------- the lock
 def test_directory_lock_is_exclusive_and_names_its_holder(tmp_path):
+    holder = hold_lock(tmp_path)
+    try:
+        with pytest.raises(ValueError, match=rf"in use by process {holder.pid} \(holding, .*"
+                                             r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\)"):
+            DirectoryLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_directory_lock_is_shared_within_a_process(tmp_path):
+    # a command that writes into a folder it holds already (deprivation into data/, where
+    # it first generates the dataset) is not a second writer
     first = DirectoryLock(tmp_path, "test").acquire()
     assert first.acquire() is first                               # again: a no-op
-    with pytest.raises(ValueError, match=rf"in use by process {os.getpid()} \(test, .*started "
-                                         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\)"):
-        DirectoryLock(tmp_path).acquire()
+    inner = DirectoryLock(tmp_path, "inner").acquire()
+    inner.release()
+    assert (tmp_path / ".lock").exists()                          # the outer holder goes on
     first.release()
     assert not (tmp_path / ".lock").exists()                      # released: the file goes
     with DirectoryLock(tmp_path):
@@ -147,10 +160,15 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path, capsys):
 
 
 def test_a_results_folder_is_locked_while_it_is_claimed(tmp_path):
-    with claim_results_dir(tmp_path / "out", ("a.csv",), what="results", command="test"):
-        with pytest.raises(ValueError, match=r"in use by process \d+ \(test"):
-            claim_results_dir(tmp_path / "out", ("b.csv",))
-    with claim_results_dir(tmp_path / "out", ("b.csv",)):        # released at the end
+    out = tmp_path / "out"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(ValueError, match=rf"in use by process {holder.pid} \(holding"):
+            claim_results_dir(out, ("b.csv",))
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_results_dir(out, ("b.csv",)):                      # the holder has gone
         pass
 
 
@@ -206,16 +224,33 @@ def test_files_written_together_appear_together_or_not_at_all(tmp_path):
     a, b = tmp_path / "a.csv", tmp_path / "b.json"
     atomic_write_text("old a", a)
     with pytest.raises(RuntimeError):
-        with writing.together():
+        with writing.together(a, b):
             atomic_write_text("new a", a)
             assert a.read_text() == "old a"          # not yet: renamed when the block ends
             atomic_write_json({"new": "b"}, b)
             raise RuntimeError("fails after both")
     assert a.read_text() == "old a" and not b.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]     # no temporaries
-    with writing.together():
+    with writing.together(a, b):
         atomic_write_text("new a", a)
-        with writing.together():                     # nested: the outer block decides
+        with writing.together(b):                    # nested: the outer block decides
             atomic_write_json({"new": "b"}, b)
         assert not b.exists()
     assert a.read_text() == "new a" and b.exists()
+
+
+def test_together_holds_back_only_its_own_files(tmp_path):
+    # the first command of the README generated its dataset inside the block of its results;
+    # the dataset's files were held back with them and deleted when the command failed
+    result, dataset = tmp_path / "out" / "result.csv", tmp_path / "data" / "train.h5"
+    with pytest.raises(RuntimeError):
+        with writing.together(result):
+            atomic_write_text("data", dataset)
+            assert dataset.read_text() == "data"     # written at once, as outside the block
+            atomic_write_text("result", result)
+            raise RuntimeError("fails later")
+    assert dataset.read_text() == "data" and not result.exists()
+    with writing.together(tmp_path / "out" / "." / "result.csv"):   # the same path, spelt
+        atomic_write_text("result", result)                         # otherwise
+        assert not result.exists()
+    assert result.read_text() == "result"

@@ -27,8 +27,9 @@ class AnalysisConfig:
     checkpoint: str = flag(None, "checkpoint of a trained run (e.g. RUN/best.pth)", type=str,
                            required=True)
     out: str = flag(None, "output folder for figures, CSV and JSON", type=str, required=True)
-    data_dir: str = flag("data", "folder of snn_train3.h5 / snn_test3.h5 (generated if it "
-                                 "holds neither)")
+    data_dir: Optional[str] = flag(None, "folder of snn_train3.h5 / snn_test3.h5 (default: "
+                                         "the training run's --data-dir, as deprivation reads; "
+                                         "generated if it holds neither)", type=str)
     analysis: str = flag("all", "which analysis", ("all",) + ANALYSES)
     device: str = flag("auto", "auto, cpu, cuda or cuda:N")
     engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
@@ -74,6 +75,8 @@ def parse_config(argv=None) -> AnalysisConfig:
               (args.data_seed is None or seed_check(args.data_seed, "--data-seed")[0],
                seed_check(args.data_seed, "--data-seed")[1]),
               (bool(args.out.strip()), "--out must name a folder, got ''"),
+              (args.data_dir is None or bool(args.data_dir.strip()),
+               "--data-dir must name a folder, got '' (leave it out for the training run's)"),
               (args.objects_per_class >= 1, "--objects-per-class must be >= 1")]
     for ok, msg in checks:
         if not ok:
@@ -106,15 +109,17 @@ def _load(cfg: AnalysisConfig, device, encoder: str | None = None, fix: str = ""
 
 
 def _datasets(cfg: AnalysisConfig, model, ckpt):
-    from rsnn_bfd.data.datasets import datasets_of_run
+    from rsnn_bfd.data.datasets import data_dir_of_run, datasets_of_run
     from rsnn_bfd.data.ensure import ensure_dataset, ensure_run_dataset
-    # the dataset the network was trained on when it records one (generated with its seed),
-    # else a default generated one when the folder holds neither file
-    ensure_run_dataset(ckpt.get("dataset"), cfg.data_dir)
-    ensure_dataset(cfg.data_dir, objects_per_class=cfg.objects_per_class)
     tc = ckpt.get("train_config") or {}
     tc = tc if isinstance(tc, dict) else vars(tc)
-    return datasets_of_run(model.config.encoder, tc, data_dir=cfg.data_dir, n_steps=cfg.n_steps,
+    # the run's own data folder unless --data-dir names one (as deprivation reads it); the
+    # dataset the network was trained on when it records one (generated with its seed), else
+    # a default generated one when the folder holds neither file
+    data_dir = data_dir_of_run(tc, cfg.data_dir, cfg.checkpoint)
+    ensure_run_dataset(ckpt.get("dataset"), data_dir, progress=cfg.progress)
+    ensure_dataset(data_dir, objects_per_class=cfg.objects_per_class, progress=cfg.progress)
+    return datasets_of_run(model.config.encoder, tc, data_dir=data_dir, n_steps=cfg.n_steps,
                            spike_seed=cfg.data_seed)
 
 
@@ -146,10 +151,19 @@ def _run(cfg: AnalysisConfig, todo, out: Path, device, model, ckpt) -> dict:
     initial = untrained_like(model)
     results = {}
     print(f"[utils] {model.engine} engine on {device}", file=sys.stderr, flush=True)
-    for a in todo:
+    for i, a in enumerate(todo):
         print(f"[utils] {a} ...", file=sys.stderr, flush=True)
-        with together():   # each analysis's files appear together; finished ones are kept
-            results[a] = _one(a, cfg, out, device, model, data, initial, progress)
+        # each analysis's files appear together; finished ones are kept
+        try:
+            with together(*(out / f for f in ANALYSIS_FILES[a])):
+                results[a] = _one(a, cfg, out, device, model, data, initial, progress)
+        except KeyboardInterrupt:
+            kept = (f"the finished analyses ({', '.join(results)}) are kept in {out}"
+                    if results else f"nothing was written to {out}")
+            rest = " ".join(f"--analysis {b}" for b in todo[i:])
+            raise KeyboardInterrupt(
+                f"{a} stopped, its files not written; {kept}; go on with python utils.py "
+                f"--checkpoint {cfg.checkpoint} --out {out} and each of: {rest}") from None
         for f in results[a]["files"]:
             print(f"  wrote {f}", file=sys.stderr)
     return results

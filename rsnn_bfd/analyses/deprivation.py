@@ -175,8 +175,14 @@ def run_deprivation(cfg: DeprivationConfig, log=print) -> dict:
     # results cannot be written, would replace earlier ones or another writer works there
     with removed_if_unused(out), claim_results_dir(out, OUTPUT_FILES, cfg.overwrite,
                                                    "deprivation results", "deprivation"), \
-            together():   # the three files appear together, or none of them
-        return _run(cfg, model, tc, out, device, log, ckpt.get("dataset"))
+            together(*(out / f for f in OUTPUT_FILES)):   # the three appear together, or none
+        try:
+            return _run(cfg, model, tc, out, device, log, ckpt.get("dataset"))
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"no deprivation results were written to {out} (the three "
+                                    "files appear together at the end) and earlier ones are "
+                                    "unchanged (a dataset generated on the way is kept); run "
+                                    "the same command again") from None
 
 
 def _run(cfg: DeprivationConfig, model, tc: dict, out: Path, device, log,
@@ -189,7 +195,7 @@ def _run(cfg: DeprivationConfig, model, tc: dict, out: Path, device, log,
         check_data_folder(cfg.data_dir)
     # a network trained on generated data (the one shipped in data/) brings its dataset
     data_dir = data_dir_of_run(tc, cfg.data_dir, cfg.checkpoint)
-    ensure_run_dataset(trained_on, data_dir, log)
+    ensure_run_dataset(trained_on, data_dir, log, cfg.progress)
     # --n-steps -1: the run's (None); 0: the full sequence
     base, = datasets_of_run(model.config.encoder, tc, data_dir=data_dir,
                             n_steps=None if cfg.n_steps < 0 else cfg.n_steps, splits=("test",))
@@ -232,15 +238,23 @@ def _run(cfg: DeprivationConfig, model, tc: dict, out: Path, device, log,
                "std": "population standard deviation (ddof=0) over trials",
                "by_n_removed": summary_k}
     atomic_write_json(summary, out / "deprivation.json")
-    plot_deprivation(summary_k, out / "deprivation.png")
+    plot_deprivation(summary_k, out / "deprivation.png", _network_name(cfg.checkpoint))
     for k, s in summary_k.items():
         log(f"  {k} removed: accuracy {s['mean']:.3f} +- {s['std']:.3f} ({s['n_trials']} trials)")
     log(f"wrote {out / 'deprivation.csv'}, {out / 'deprivation.json'}, {out / 'deprivation.png'}")
     return summary
 
 
-def plot_deprivation(summary_k: dict, path) -> None:
-    """Mean +- std test accuracy against the number of whiskers removed (PNG, Agg)."""
+def _network_name(checkpoint) -> str:
+    """The checkpoint as a figure names it: its run folder and file (``runs/fit/best.pth`` ->
+    ``fit/best.pth``), the file alone when it lies in ``data/``."""
+    path = Path(checkpoint)
+    return path.name if path.parent.name in ("", "data", ".") else f"{path.parent.name}/{path.name}"
+
+
+def plot_deprivation(summary_k: dict, path, network: str = "") -> None:
+    """Mean +- std test accuracy against the number of whiskers removed (PNG, Agg), with the
+    chance level; ``network`` names the network in the title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -249,13 +263,21 @@ def plot_deprivation(summary_k: dict, path) -> None:
     ks = sorted(int(k) for k in summary_k)
     mean = [summary_k[str(k)]["mean"] for k in ks]
     std = [summary_k[str(k)]["std"] for k in ks]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar(ks, mean, yerr=std, fmt="o-", capsize=3)
+    trials = sorted({summary_k[str(k)]["n_trials"] for k in ks if k >= 2})
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.errorbar(ks, mean, yerr=std, fmt="o-", capsize=3, label="test accuracy (mean +- std)")
+    ax.axhline(1 / 3, color="0.5", linestyle="--", linewidth=1, label="chance (1/3)")
     ax.set(xlabel="whiskers removed", ylabel="test accuracy", ylim=(0, 1.02),
-           title="whisker deprivation")
+           title="whisker deprivation" + (f": {network}" if network else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # whiskers are counted
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    ax.legend(loc="lower left", fontsize=8)
+    bars = "error bars: std over trials (" + (
+        "1 removed: each of the 31 whiskers" if 1 in ks else "") + (
+        f"{'; ' if 1 in ks else ''}2+: {', '.join(map(str, trials))} random sets each"
+        if trials else "") + ")"
+    fig.text(0.5, 0.01, bars, ha="center", va="bottom", fontsize=7, color="0.3")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

@@ -26,6 +26,8 @@ from .recording import (  # noqa: E402
     dataset_labels,
     model_degrees,
     record_spikes,
+    same_network_note,
+    unchanged_by_training,
     untrained_like,
 )
 from .statistics import (  # noqa: E402
@@ -174,14 +176,17 @@ def run_anova(model, dataset, out, alpha: float = 0.001, batch_size: int = 16, d
         plot_ternary(ax, r["props"], r["p"] < alpha,
                      f"{key}: {s['selective']} / {s['total']} selective "
                      f"({100 * s['fraction']:.1f} %)", names)
+    same = (same_network_note("weights and time constants")
+            if unchanged_by_training(model, initial_model) else "")
     fig.suptitle(f"Firing selectivity (one-way ANOVA across classes, p < {alpha:g}; "
                  f"{results['trained']['n_samples']} samples)\nposition = share of a neuron's "
-                 "mean spike count in each class", fontsize=10)
+                 "mean spike count in each class" + (f"\n{same}" if same else ""), fontsize=10)
     fig.tight_layout()
     files = [_save_fig(fig, out / "anova_selectivity.png")]
     summary = dict(alpha=alpha, classes=list(names),
                    n_samples=results["trained"]["n_samples"],
                    note="p = 1 for neurons with zero variance of their counts (e.g. silent)",
+                   network_trained=not same, **({"same_network": same} if same else {}),
                    **{k: dict(v["summary"], mean_count_per_neuron=v["mean_rate"])
                       for k, v in results.items()})
     files.append(write_json(summary, out / "anova_selectivity.json"))
@@ -276,8 +281,9 @@ def run_raster(model, dataset, out, sample: int = 0, device="cpu", engine=None,
     return dict(info=info, files=files, rates=rates, spikes=spikes)
 
 
-def plot_tau_kde(trained: dict, initial: dict, anatomy):
-    """Ridge plot: per population (rows) the KDE of tau_m and tau_adp (columns)."""
+def plot_tau_kde(trained: dict, initial: dict, anatomy, note: str = ""):
+    """Ridge plot: per population (rows) the KDE of tau_m and tau_adp (columns); ``note``: a
+    second line of the title."""
     pops = anatomy.populations
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.42 * len(pops) + 1.8), sharey=True)
     for ax, name, sym in zip(axes, ("tau_m", "tau_adp"), (r"$\tau_m$", r"$\tau_{adp}$")):
@@ -307,12 +313,13 @@ def plot_tau_kde(trained: dict, initial: dict, anatomy):
                Line2D([], [], color="k", ls=(0, (3, 2)), label="initial")]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle("Membrane and adaptation time constants per population "
-                 "(densities scaled to their peak)", fontsize=10)
+                 "(densities scaled to their peak)" + (f"\n{note}" if note else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 
-def plot_constant_input(anatomy, reference, trained, initial, r_tr, r_in, steps, current):
+def plot_constant_input(anatomy, reference, trained, initial, r_tr, r_in, steps, current,
+                        note: str = ""):
     names = [p.name for p in anatomy.populations]
     x = np.arange(len(names))
     ref_n, tr_n = minmax(reference), minmax(trained)
@@ -333,8 +340,8 @@ def plot_constant_input(anatomy, reference, trained, initial, r_tr, r_in, steps,
     ax.legend(loc="upper center", fontsize=8, ncol=3, framealpha=0.9)
     ax.set_title(f"Dynamic gradient: rate of each subtype under constant input "
                  f"{current:g} for {steps} steps, isolated neurons\n"
-                 f"Pearson r of trained vs reference = {r_tr[0]:.3f} (p = {r_tr[1]:.3g})",
-                 fontsize=10)
+                 f"Pearson r of trained vs reference = {r_tr[0]:.3f} (p = {r_tr[1]:.3g})"
+                 + (f"\n{note}" if note else ""), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -346,7 +353,9 @@ def run_dynamics(model, out, initial_model=None, steps: int = 550, current: floa
     tr = {k: getattr(model, k).detach().cpu().double().numpy() for k in ("tau_m", "tau_adp")}
     ini = {k: getattr(initial_model, k).detach().cpu().double().numpy()
            for k in ("tau_m", "tau_adp")}
-    files = [_save_fig(plot_tau_kde(tr, ini, anatomy), out / "dynamics_tau.png")]
+    same = (same_network_note("time constants")
+            if unchanged_by_training(model, initial_model, ("tau_m", "tau_adp")) else "")
+    files = [_save_fig(plot_tau_kde(tr, ini, anatomy, same), out / "dynamics_tau.png")]
     pop = anatomy.population_of_neuron
     files.append(write_csv(out / "dynamics_tau.csv",
                            ["neuron", "population", "tau_m_initial", "tau_m_trained",
@@ -360,7 +369,7 @@ def run_dynamics(model, out, initial_model=None, steps: int = 550, current: floa
     r_tr = pearson(minmax(rate_tr), minmax(ref))
     r_in = pearson(minmax(rate_in), minmax(ref))
     files.append(_save_fig(plot_constant_input(anatomy, ref, rate_tr, rate_in, r_tr, r_in,
-                                               steps, current),
+                                               steps, current, same),
                            out / "dynamics_constant_input.png"))
     rows = [[p.name, p.layer, p.type, ref[i], rate_tr[i], rate_in[i], minmax(ref)[i],
              minmax(rate_tr)[i], minmax(rate_in)[i]] for i, p in enumerate(anatomy.populations)]
@@ -372,7 +381,8 @@ def run_dynamics(model, out, initial_model=None, steps: int = 550, current: floa
                    pearson_trained=dict(r=r_tr[0], p=r_tr[1]),
                    pearson_initial=dict(r=r_in[0], p=r_in[1]),
                    note="each neuron alone (no recurrent/thalamic input), from rest, "
-                        "neuron.alif_step with its own tau_m/tau_adp; rates in spikes/step")
+                        "neuron.alif_step with its own tau_m/tau_adp; rates in spikes/step",
+                   network_trained=not same, **({"same_network": same} if same else {}))
     files.append(write_json(summary, out / "dynamics_constant_input.json"))
     return dict(summary=summary, files=files, rates_trained=rate_tr, rates_initial=rate_in)
 
@@ -400,12 +410,17 @@ def run_degree(model, out, initial_model=None) -> dict:
         ax.set_yscale("log")
         ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
         ax.set_title(f"weighted {name}", fontsize=10)
+    same = (same_network_note("recurrent weights")
+            if unchanged_by_training(model, initial_model, ("recurrent.weight",)) else "")
     fig.suptitle(f"Weighted degree distributions of the {anatomy.n_neurons} x "
-                 f"{anatomy.n_neurons} recurrent network (E > 0, I < 0)", fontsize=10)
+                 f"{anatomy.n_neurons} recurrent network (E > 0, I < 0)"
+                 + (f"\n{same}" if same else ""), fontsize=10)
     fig.tight_layout()
     files = [_save_fig(fig, out / "degree_distributions.png")]
     files.append(write_json(dict(stats_, note="W[post, pre] = sign(pre) * weight * mask; "
-                                 "in-degree = row sum, out-degree = column sum"),
+                                 "in-degree = row sum, out-degree = column sum",
+                                 network_trained=not same,
+                                 **({"same_network": same} if same else {})),
                             out / "degree.json"))
     pop = anatomy.population_of_neuron
     files.append(write_csv(out / "degree.csv",

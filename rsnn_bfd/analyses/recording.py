@@ -127,6 +127,30 @@ def untrained_like(model):
     return twin
 
 
+# The parameters of the network proper (the readout aside): what "trained" changes in the
+# comparisons of trained and untrained networks
+NETWORK_PARAMETERS = ("encoder", "thalamus_input", "thal_tau_m", "thal_tau_adp",
+                      "thalamocortical.weight", "recurrent.weight", "tau_m", "tau_adp")
+
+
+@torch.no_grad()
+def unchanged_by_training(model, initial, names=NETWORK_PARAMETERS) -> bool:
+    """Whether the parameters ``names`` (prefixes of parameter names) of ``model`` equal those
+    of ``initial`` (:func:`untrained_like`): a network of which only the readout was trained
+    (``--preset fit``) is its untrained network, and a comparison of the two says so."""
+    mine, theirs = dict(model.named_parameters()), dict(initial.named_parameters())
+    keys = [k for k in mine if any(k == n or k.startswith(n + ".") for n in names)]
+    return all(k in theirs and mine[k].shape == theirs[k].shape
+               and torch.equal(mine[k].detach().cpu(), theirs[k].detach().to("cpu", mine[k].dtype))
+               for k in keys)
+
+
+def same_network_note(what: str) -> str:
+    """The note of a figure whose untrained and trained networks are one network."""
+    return (f"the network's {what} are its initial ones (only its readout was trained): "
+            "untrained and trained show the same network")
+
+
 @torch.no_grad()
 def model_degrees(model) -> tuple[np.ndarray, np.ndarray]:
     """Weighted (in, out) degrees of the effective signed recurrent weights of ``model``."""

@@ -46,14 +46,16 @@ def ensure_dataset(data_dir, objects_per_class: int = 91, seed: int = 0, workers
     return train, test
 
 
-def ensure_run_dataset(trained_on: dict | None, data_dir, log=print) -> Path:
+def ensure_run_dataset(trained_on: dict | None, data_dir, log=print,
+                       progress: bool = False) -> Path:
     """The data folder a trained network is evaluated on, ready to read.
 
     When ``data_dir`` holds neither file and the network records that it was trained on data
     of this simulator (``trained_on``: a checkpoint's ``dataset``, see
     :func:`dataset_identity`), that dataset is generated there first (same seed and size:
     the same files). When the data differs from what the network was trained on, that is
-    said once with ``log``; the evaluation goes on.
+    said once with ``log``; the evaluation goes on. ``progress``: the simulator's progress
+    bars while it generates.
     """
     data_dir = Path(data_dir)
     trained_on = trained_on if isinstance(trained_on, dict) else {}
@@ -65,7 +67,7 @@ def ensure_run_dataset(trained_on: dict | None, data_dir, log=print) -> Path:
             log(f"note: the network was trained on data of {trained_on['generator_version']}; "
                 f"this simulator is {GENERATOR_VERSION}")
         ensure_dataset(data_dir, objects_per_class=int(trained_on["objects_per_class"]),
-                       seed=int(trained_on["seed"]), log=log)
+                       seed=int(trained_on["seed"]), log=log, progress=progress)
     if trained_on:
         here = dataset_identity(data_dir)
         if here and here != trained_on:

@@ -36,6 +36,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # these numbers live; the training scripts' configs take their defaults from here.
 PAPER_INIT = {"spiking": (0.04, 0.06), "realvalued": (0.03, 0.05)}
 INIT_STATES = ("published", "zero")
+# The smallest time constant training leaves (steps): a time constant is positive, and at
+# 0.01 steps the decay factor exp(-1/tau) is already exp(-100), a neuron without memory. The
+# published code did not bound them; a step that would push one below this is the only change.
+TAU_MIN = 0.01
 
 
 @dataclass
@@ -131,12 +135,16 @@ class RSNNOutput(NamedTuple):
     ``thal_spikes``: (T, batch, 200) when spikes are recorded, else None.
     ``logits``: (T-1, batch, n_classes) the readout's logits at t = 1..T-1, whose softmax
     ``output`` sums (with ``readout_tau`` > 0: the leaky output neurons' membranes).
+    ``decision``: the network's decision rule, the loss it was trained with
+    (:mod:`rsnn_bfd.network.readout`), which :func:`~rsnn_bfd.network.readout.predict`
+    applies unless told another.
     """
     output: torch.Tensor
     spikes: torch.Tensor | None = None
     mem: torch.Tensor | None = None
     thal_spikes: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    decision: str = "published"
 
 
 class SpikingEncoder(nn.Module):
@@ -192,6 +200,9 @@ class BarrelCortexRSNN(nn.Module):
         super().__init__()
         self.engine = engine
         self.engine_options = EngineOptions()
+        # the decision rule (the loss it was trained with; published: the summed softmax),
+        # a property of the trained network set from its checkpoint, not of the architecture
+        self.decision = "published"
         self.config = config = config or ModelConfig()
         self.anatomy = anatomy = anatomy or load_anatomy()
         n, n_thal = anatomy.n_neurons, config.n_thalamus
@@ -239,9 +250,12 @@ class BarrelCortexRSNN(nn.Module):
 
     @torch.no_grad()
     def constrain_(self) -> None:
-        """Apply the weight constraints; call right after every optimiser step."""
+        """Apply the constraints (weights in [0, 1] on their masks, time constants at least
+        ``TAU_MIN``); call right after every optimiser step."""
         self.recurrent.constrain_()
         self.thalamocortical.constrain_()
+        for tau in (self.tau_m, self.tau_adp, self.thal_tau_m, self.thal_tau_adp):
+            tau.clamp_(min=TAU_MIN)
 
     def initial_state(self, batch: int, dtype=None, device=None) -> InitialState:
         """The published initial state: uniform in [0, 1) from a generator seeded with 515
@@ -381,7 +395,8 @@ class BarrelCortexRSNN(nn.Module):
         if self.config.readout_tau > 0:
             logits = leaky_integrate(logits, self.config.readout_tau)
         output = torch.softmax(logits, dim=-1).sum(0)     # T = 1: an empty sum, zeros
-        return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None, logits)
+        return RSNNOutput(output, spikes, mem, thal_spikes if record_spikes else None, logits,
+                          self.decision)
 
     def read_out(self, spikes: torch.Tensor) -> RSNNOutput:
         """The readout of recorded spikes as :meth:`forward` forms it (with the leaky readout
@@ -391,7 +406,8 @@ class BarrelCortexRSNN(nn.Module):
         logits = engines.readout_logits(self.network(), spikes)
         if self.config.readout_tau > 0:
             logits = leaky_integrate(logits, self.config.readout_tau)
-        return RSNNOutput(torch.softmax(logits, dim=-1).sum(0), logits=logits)
+        return RSNNOutput(torch.softmax(logits, dim=-1).sum(0), logits=logits,
+                          decision=self.decision)
 
     def readout_sum(self, spikes: torch.Tensor) -> torch.Tensor:
         """``read_out(spikes).output``: the summed readout softmax, (batch, 3)."""

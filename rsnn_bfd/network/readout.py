@@ -34,14 +34,17 @@ def mean_logits(result) -> torch.Tensor:
     return logits.sum(0) / max(logits.shape[0], 1)
 
 
-def class_scores(result, kind: str = "published") -> torch.Tensor:
-    """(batch, 3) scores whose argmax is the prediction of a network trained with ``kind``."""
+def class_scores(result, kind: str | None = None) -> torch.Tensor:
+    """(batch, 3) scores whose argmax is the prediction of a network trained with ``kind``
+    (None: the rule of the network that gave ``result``, its ``decision``)."""
+    kind = kind or getattr(result, "decision", "published")
     _check(kind)
     return mean_logits(result) if kind == "mean-logit" else result.output
 
 
-def predict(result, kind: str = "published") -> torch.Tensor:
-    """(batch,) predicted classes of a network trained with loss ``kind``."""
+def predict(result, kind: str | None = None) -> torch.Tensor:
+    """(batch,) predicted classes of a network trained with loss ``kind`` (None: the rule of
+    the network that gave ``result``: a loaded checkpoint decides as its run did)."""
     return class_scores(result, kind).argmax(1)
 
 

@@ -107,6 +107,9 @@ class BaselineConfig:
             raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
         if not str(self.out).strip():
             raise ValueError("--out must name a folder, got ''")
+        if not str(self.data_dir).strip():
+            raise ValueError("--data-dir must name a folder, got '' (give . for the current "
+                             "folder)")
         parse_seeds(self.seeds)
         ok, message = seed_check(self.spike_seed, "--spike-seed")
         if not ok:
@@ -345,10 +348,16 @@ def run_baselines(cfg: BaselineConfig, log=print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cap_workers(cfg.threads, "--threads", log))
     # locked before the training and to its end
+    names = (f"baselines_{tag}.csv", f"baselines_{tag}.json")
     with removed_if_unused(out), claim_results_dir(
-            out, (f"baselines_{tag}.csv", f"baselines_{tag}.json"), cfg.overwrite,
-            "baseline results of this input", "baselines"), together():
-        return _train_all(cfg, kinds, seeds, out, tag, log)
+            out, names, cfg.overwrite, "baseline results of this input", "baselines"), \
+            together(*(out / n for n in names)):
+        try:
+            return _train_all(cfg, kinds, seeds, out, tag, log)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"no baseline results were written to {out} (they appear "
+                                    "together when every model is trained); run the same "
+                                    "command again, or fewer models with --model") from None
 
 
 def _train_all(cfg: BaselineConfig, kinds, seeds, out: Path, tag: str, log) -> dict:

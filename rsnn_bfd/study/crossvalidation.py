@@ -127,8 +127,13 @@ def run_fold(cfg: CrossValConfig, settings: dict, record: dict, K: int, log=prin
                                     "the same command to continue") from None
     else:
         d.mkdir(parents=True, exist_ok=True)
-        with DirectoryLock(d, f"crossval fold {K}"):
-            result = _baseline_fold(config, cfg, train_idx, val_idx, test_idx, K, cache)
+        try:
+            with DirectoryLock(d, f"crossval fold {K}"):
+                result = _baseline_fold(config, cfg, train_idx, val_idx, test_idx, K, cache)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"fold {K} stopped (a baseline's fold starts again from its "
+                                    "first epoch); the finished folds are kept in "
+                                    f"{cfg.out}; rerun the same command to continue") from None
     # accuracies as counts over the objects (exact, whatever the float type of the model)
     n_correct = int(round(result["test_acc"] * len(test_idx)))
     result.update(fold=K, model=settings["model"], n_train=len(train_idx), n_val=len(val_idx),

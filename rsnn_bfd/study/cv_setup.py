@@ -70,6 +70,8 @@ class CrossValConfig:
             (-1 <= self.fold < self.folds,
              f"--fold must be in 0..{self.folds - 1} (or -1: all), got {self.fold}"),
             (self.threads >= 0, f"--threads must be >= 0, got {self.threads}"),
+            (bool(str(self.data_dir).strip()), "--data-dir must name a folder, got '' (give . "
+                                               "for the current folder)"),
         ])
         if not self.out:
             self.out = str(Path("runs") / "cv" / self.model)

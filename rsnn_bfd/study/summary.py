@@ -118,7 +118,8 @@ def summarize(dirs, out, overwrite: bool = False, log=print, only_folds: str = "
     # the writer's lock, before the first look at --out, to the end
     with removed_if_unused(out), claim_results_dir(out, names, overwrite,
                                                    "a cross-validation summary",
-                                                   "crossval.py summarize"), together():
+                                                   "crossval.py summarize"), \
+            together(*(out / n for n in names)):
         k = first["k"]
         correction = 1 / (k - 1)     # n_test / n_train of k-fold cross-validation
         models, fold_rows = {}, []
@@ -235,7 +236,8 @@ def learning_curve(summaries, out, overwrite: bool = False, log=print) -> dict:
     names = ("learning_curve.csv", "learning_curve.json", "learning_curve.png")
     # the writer's lock, before the first look at --out, to the end
     with removed_if_unused(out), claim_results_dir(out, names, overwrite, "a learning curve",
-                                                   "crossval.py curve"), together():
+                                                   "crossval.py curve"), \
+            together(*(out / n for n in names)):
         points.sort(key=lambda p: (p["model"], p["objects_per_class"]))
         _write_csv(out / "learning_curve.csv", points)
         atomic_write_json({"format": FORMAT + "-learning-curve", "points": points},

@@ -54,7 +54,7 @@ from rsnn_bfd.training.rundir import (claim_run_dir, plot_learning_curves, read_
                                       write_metrics)
 from rsnn_bfd.training.selection import LearningStall, selection
 from rsnn_bfd.training.step import (Regularisers, TrainingDiverged, evaluate, make_optimizer,
-                                    train_one_epoch)
+                                    restore_optimizer, train_one_epoch)
 
 
 def _duration(seconds: float) -> str:
@@ -94,14 +94,15 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
     workers = cap_workers(workers, "--loader-workers", log) if workers else 0
 
     start_epoch, best, rows = 0, -1.0, []
+    for notice in cfg.ineffective():
+        log(f"note: {notice}")
     if cfg.resume:
         model, ckpt = load_checkpoint(cfg.resume, device)
         model = model.to(dtype=dtype)
-        optimizer, scheduler = make_optimizer(model, cfg)
-        if ckpt.get("optimizer_state"):
-            optimizer.load_state_dict(ckpt["optimizer_state"])
-        if ckpt.get("scheduler_state"):
-            scheduler.load_state_dict(ckpt["scheduler_state"])
+        optimizer, scheduler, changed = restore_optimizer(model, cfg, ckpt)
+        if changed:
+            log(f"the learning rates follow the changed {', '.join(changed)} from now on: "
+                f"{optimizer.param_groups[0]['lr']:.3g} in the next epoch")
         start_epoch = int(ckpt.get("epoch", 0))
         if cfg.epochs <= start_epoch:
             raise ValueError(f"{cfg.resume} has already trained {start_epoch} epochs; give "
@@ -128,6 +129,7 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
         model = build_model(cfg.model_config(), device=device, dtype=dtype)
         optimizer, scheduler = make_optimizer(model, cfg)
     model.use_engine(cfg.engine)   # a named engine is never swapped; options from ENGINE_*
+    model.decision = cfg.loss      # the network decides as it is trained
     # readout-only epochs that may read each sample's rates once (rsnn_bfd.training.frozen)
     rates = FrozenRates(model, device) if frozen_rates_apply(cfg, model, dist.world) else None
     if not cfg.resume and model.config.readout_norm:
@@ -170,7 +172,8 @@ def _train(cfg: TrainConfig, dist: Dist, device, log, data: RunData | None = Non
         if isinstance(err, TrainingDiverged):
             failed = (rows[-1]["epoch"] if rows else start_epoch) + 1
             raise TrainingDiverged(f"training diverged in epoch {failed}: {err}; {kept}, and "
-                                   "best.pth holds no diverged state. Try a smaller --lr") from None
+                                   f"best.pth holds no diverged state. {err.lever}",
+                                   err.lever) from None
         resume = (f"continue with: python {SCRIPTS.get(cfg.encoder, SCRIPTS['spiking'])} "
                   f"--resume {out}" if "kept" in kept else "start it again")
         if isinstance(err, DiskFullError):

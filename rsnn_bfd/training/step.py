@@ -3,6 +3,7 @@ regularisers, the constraint after every step, and the divergence check.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from rsnn_bfd.config import TrainConfig
 from rsnn_bfd.data.encoding import drive_with_sweeps, drop_whiskers
 from rsnn_bfd.network.model import BarrelCortexRSNN
+from rsnn_bfd.network.neuron import SURROGATE_SCALE, SURROGATE_SIGMA
 from rsnn_bfd.network.readout import predict, readout_loss
 from rsnn_bfd.training.batches import (batch_sweeps, iterate_batches, progress_bar, readout_keep,
                                        stack_batch, whisker_keep)
@@ -18,7 +20,32 @@ from rsnn_bfd.training.frozen import FrozenRates
 
 
 class TrainingDiverged(ValueError):
-    """The loss or a parameter became NaN or infinite; the run stopped (one-line message)."""
+    """The loss, a gradient or a parameter became NaN or infinite; the run stopped (one-line
+    message). ``lever``: what to change, for the run's final message."""
+
+    def __init__(self, message: str, lever: str = "Try a smaller --lr"):
+        super().__init__(message)
+        self.lever = lever
+
+
+def gradient_lever(model: BarrelCortexRSNN, first_step: bool = True) -> str:
+    """What to change when the gradient itself is NaN or infinite while the loss is finite.
+    The membrane gradient is multiplied by the surrogate's value at every step it passes
+    through, so a pseudo-derivative taller than the published one can overflow over 550
+    steps whatever the learning rate (``--surrogate-sigma 0.02`` at the published scale:
+    peak 10). ``first_step``: no optimiser step was taken before, so the learning rate
+    played no part."""
+    c = model.config
+    peak = c.surrogate_scale / (math.sqrt(2 * math.pi) * c.surrogate_sigma)
+    published = SURROGATE_SCALE / (math.sqrt(2 * math.pi) * SURROGATE_SIGMA)
+    lr = ("a smaller --lr does not help (no step had been taken)" if first_step
+          else "or a smaller --lr")
+    if peak > published * (1 + 1e-9):
+        return (f"the surrogate's peak --surrogate-scale / (2.507 x --surrogate-sigma) is "
+                f"{peak:.3g} (published {published:.2f}) and the gradient through the time steps "
+                f"grows with it: lower --surrogate-scale (e.g. to --surrogate-sigma, peak 0.40); "
+                f"{lr}")
+    return f"the gradient overflowed: try --dtype float64 or a lower --surrogate-scale; {lr}"
 
 
 def make_optimizer(model: BarrelCortexRSNN, cfg: TrainConfig):
@@ -43,6 +70,46 @@ def make_optimizer(model: BarrelCortexRSNN, cfg: TrainConfig):
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size,
                                                 gamma=cfg.gamma)
     return optimizer, scheduler
+
+
+# The settings make_optimizer reads: a resume that changes one applies it from its first step
+SCHEDULE_SETTINGS = ("lr", "lr_tau_adp_factor", "lr_tau_m_factor", "lr_readout_factor",
+                     "lr_recurrent_factor", "step_size", "gamma")
+
+
+def restore_optimizer(model: BarrelCortexRSNN, cfg: TrainConfig, ckpt: dict):
+    """Adam and StepLR for resuming from ``ckpt``: their stored state (moments, step counts,
+    the schedule's position), with the learning rates and schedule of ``cfg``.
+
+    Unchanged settings restore the stored state exactly (``--resume`` is exact). When one of
+    ``SCHEDULE_SETTINGS`` differs from the run's stored value, every group's rate becomes
+    ``cfg``'s base rate times the decay StepLR(``cfg.step_size``, ``cfg.gamma``) has reached
+    by the stored epoch, and the schedule goes on from there. Returns ``(optimizer,
+    scheduler, changed settings)``; ``ValueError`` when the optimiser's groups differ (a
+    learning-rate factor switched on or off)."""
+    optimizer, scheduler = make_optimizer(model, cfg)
+    base = [g["lr"] for g in optimizer.param_groups]
+    stored = ckpt.get("optimizer_state")
+    if stored:
+        if len(stored.get("param_groups", ())) != len(optimizer.param_groups):
+            raise ValueError(
+                f"the run was trained with {len(stored['param_groups'])} optimiser groups and "
+                f"these settings make {len(optimizer.param_groups)} (--lr-readout-factor and "
+                "--lr-recurrent-factor other than 1 add two): resume it with the factors it "
+                "was started with, or start a new run with --out NEW_DIR")
+        optimizer.load_state_dict(stored)
+    if ckpt.get("scheduler_state"):
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+    was = ckpt.get("train_config") or {}
+    changed = [k for k in SCHEDULE_SETTINGS if k in was and was[k] != getattr(cfg, k)]
+    if changed:
+        scheduler.step_size, scheduler.gamma = cfg.step_size, cfg.gamma
+        scheduler.base_lrs = base
+        decay = cfg.gamma ** (scheduler.last_epoch // cfg.step_size)
+        for group, lr in zip(optimizer.param_groups, base):
+            group["initial_lr"], group["lr"] = lr, lr * decay
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return optimizer, scheduler, changed
 
 
 @torch.no_grad()
@@ -189,7 +256,15 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
         loss.backward()
         if readout_only:
             dist.average_grads(model.readout.parameters())   # DDP's job, had DDP run it
-        grad_norm = max(grad_norm, _grad_norm(model))
+        norm = _grad_norm(model)
+        if not math.isfinite(norm) and math.isfinite(float(loss.detach())):
+            # a finite loss with a non-finite gradient, before the step (the parameters are
+            # still good): back-propagation overflowed, which no learning rate changes
+            raise TrainingDiverged(f"the gradient became {norm} at batch {k + 1} of "
+                                   f"{len(batches)} (batch loss "
+                                   f"{float(ce.detach()) / max(len(y), 1):.4g})",
+                                   gradient_lever(model, first_step=epoch == 0 and k == 0))
+        grad_norm = max(grad_norm, norm)
         if reg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), reg.grad_clip)
         optimizer.step()

@@ -184,6 +184,14 @@ class _RunsCode:
         return (Path.write_text, (Path(self.marker), "executed"))
 
 
+def _resaved(ck, path):
+    """``ck`` written as a checkpoint of its own (its digest recomputed: another architecture
+    or version, not a damaged file)."""
+    from rsnn_bfd.io.integrity import digest
+    ck["digest"] = digest(ck)
+    torch.save(ck, path)
+
+
 def _bad_files(tmp_path, ckpt_path):
     files = {}
     files["text"] = tmp_path / "notes.pth"
@@ -195,11 +203,11 @@ def _bad_files(tmp_path, ckpt_path):
     ck["model_state"] = {k: v for k, v in ck["model_state"].items() if not k.startswith("readout")}
     ck["model_state"]["extra_layer.weight"] = torch.zeros(3)
     files["architecture"] = tmp_path / "other_arch.pth"
-    torch.save(ck, files["architecture"])
+    _resaved(ck, files["architecture"])
     ck = torch.load(ckpt_path, weights_only=True)
     ck["model_state"]["tau_m"] = torch.zeros(10)
     files["shape"] = tmp_path / "shape.pth"
-    torch.save(ck, files["shape"])
+    _resaved(ck, files["shape"])
     files["bare_state_dict"] = tmp_path / "bare.pth"
     torch.save({"w": torch.zeros(2)}, files["bare_state_dict"])
     files["code"] = tmp_path / "evil.pth"
@@ -227,10 +235,15 @@ def test_load_checkpoint_refuses_bad_files(tmp_path, ckpt_path):
 
 def test_cli_refuses_bad_files_with_one_line(tmp_path, ckpt_path):
     files = _bad_files(tmp_path, ckpt_path)
-    for kind in ("truncated", "architecture", "code", "text"):
-        proc = run_cli(["--checkpoint", files[kind], "--out", tmp_path / "o", "--device", "cpu"],
-                       tmp_path)
-        assert_one_line_error(proc, str(files[kind].name))
+    # the command line itself once (a pickle that would run code), the others in this process
+    proc = run_cli(["--checkpoint", files["code"], "--out", tmp_path / "o", "--device", "cpu"],
+                   tmp_path)
+    assert_one_line_error(proc, str(files["code"].name))
+    for kind in ("truncated", "architecture", "text"):
+        rc, lines = _in_process(["--checkpoint", str(files[kind]), "--out", str(tmp_path / "o"),
+                                 "--device", "cpu"])
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert files[kind].name in lines[0], lines
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "o").exists()
 
 
@@ -390,3 +403,67 @@ def test_a_checkpoint_with_a_bad_stored_configuration_is_refused(stored, word, d
                              "--device", "cpu"])
     assert rc == 2 and len(lines) == 1 and word in lines[0] and "bad.pth" in lines[0], lines
     assert not (tmp_path / "o").exists()
+
+
+def test_a_dataset_generated_on_the_way_is_kept_when_the_command_fails_later(tmp_path,
+                                                                              monkeypatch):
+    """The README's first command on a fresh clone generated the shipped network's dataset
+    inside the block of its results and lost it; here the results go where the data goes
+    (the default --out: the checkpoint's folder, data/), and the trials fail."""
+    from conftest import small_shipped_network
+    from rsnn_bfd.analyses import deprivation
+    data = tmp_path / "data"
+    ckpt = small_shipped_network(data / "RSNN_bfd_spiking_generated.pth")
+
+    def failing(*a, **k):
+        raise RuntimeError("the trials failed")
+    monkeypatch.setattr(deprivation, "evaluate_trials", failing)
+    monkeypatch.chdir(tmp_path)
+    cfg = DeprivationConfig(checkpoint=str(ckpt), trials=1, max_removed=2, n_steps=10,
+                            device="cpu", progress=False)
+    with pytest.raises(RuntimeError, match="the trials failed"):
+        run_deprivation(cfg, log=lambda *a: None)
+    assert sorted(p.name for p in data.iterdir()) == [
+        "RSNN_bfd_spiking_generated.pth", "snn_test3.h5", "snn_train3.h5"]
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    summary = run_deprivation(cfg, log=lambda *a: None)        # now it runs, on that dataset
+    assert summary["by_n_removed"]["0"]["n_trials"] == 1
+    assert (data / "deprivation.png").is_file()
+
+
+def test_the_figure_shows_chance_what_the_bars_are_and_the_network(monkeypatch, tmp_path):
+    from rsnn_bfd.analyses import deprivation
+    texts = []
+    import matplotlib.figure
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *a, **k):
+        texts.extend(t.get_text() for t in fig.texts)
+        for ax in fig.axes:
+            texts.append(ax.get_title())
+            texts.extend(t.get_text() for t in ax.get_legend().get_texts())
+        return real(fig, *a, **k)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    summary_k = {"0": {"mean": 0.8, "std": 0.0, "n_trials": 1},
+                 "1": {"mean": 0.7, "std": 0.05, "n_trials": 31},
+                 "2": {"mean": 0.6, "std": 0.1, "n_trials": 50}}
+    deprivation.plot_deprivation(summary_k, tmp_path / "d.png", "fit/best.pth")
+    text = " | ".join(texts)
+    assert "chance (1/3)" in text and "whisker deprivation: fit/best.pth" in text, text
+    assert "std over trials (1 removed: each of the 31 whiskers; 2+: 50 random sets each)" in text
+    assert deprivation._network_name("data/RSNN_bfd_spiking_generated.pth") == \
+        "RSNN_bfd_spiking_generated.pth"
+
+
+def test_ctrl_c_says_nothing_was_written_and_how_to_go_on(ckpt_path, tmp_path, monkeypatch):
+    from rsnn_bfd.analyses import deprivation
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(deprivation, "evaluate_trials", interrupted)
+    rc, lines = _in_process(["--checkpoint", str(ckpt_path), "--out", str(tmp_path / "o"),
+                             "--device", "cpu"])
+    assert rc == 130 and len(lines) == 1, lines
+    assert lines[0].startswith("interrupted; no deprivation results were written"), lines
+    assert "run the same command again" in lines[0]

@@ -359,3 +359,60 @@ def test_a_bad_stored_configuration_and_the_scripts_encoder_are_checked(tiny_run
     assert "holds a realvalued network, not a spiking one" in lines[0]
     assert "python utils.py --analysis anova" in lines[0]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_analyses_read_the_runs_own_data_folder(tiny_run, tmp_path, monkeypatch):
+    """As deprivation does: the run recorded its --data-dir; utils.py reads it, not data/."""
+    monkeypatch.chdir(tmp_path)                     # no data/ here
+    argv = ["--checkpoint", str(tiny_run / "best.pth"), "--out", "figs", "--analysis",
+            "raster", "--no-progress"]
+    assert _cli(argv)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"]   # nothing generated here
+
+
+def test_ctrl_c_keeps_the_finished_analyses_and_says_how_to_go_on(tiny_run, tmp_path,
+                                                                  monkeypatch):
+    from rsnn_bfd.analyses import command
+
+    real = command._one
+
+    def interrupted(a, *args, **kw):
+        if a == "dynamics":
+            raise KeyboardInterrupt
+        return real(a, *args, **kw)
+    monkeypatch.setattr(command, "_one", interrupted)
+    monkeypatch.setattr(command, "ANALYSES", ("degree", "raster", "dynamics", "cv"))
+    out = tmp_path / "figs"
+    rc, lines = _cli(["--checkpoint", str(tiny_run / "best.pth"), "--out", str(out),
+                      "--no-progress"])
+    lines = [ln for ln in lines if not ln.startswith(("[utils]", "  wrote"))]
+    assert rc == 130 and len(lines) == 1, lines
+    assert lines[0].startswith("interrupted; dynamics stopped, its files not written; the "
+                               "finished analyses (degree, raster) are kept in"), lines
+    assert lines[0].endswith("and each of: --analysis dynamics --analysis cv"), lines
+    kept = {f for a in ("degree", "raster") for f in utils.ANALYSIS_FILES[a]}
+    assert {p.name for p in out.iterdir()} == kept
+
+
+def test_a_network_whose_readout_alone_was_trained_is_said_to_be_its_untrained_one(tmp_path):
+    from rsnn_bfd.analyses.figures import run_degree, run_dynamics
+    from rsnn_bfd.analyses.recording import unchanged_by_training, untrained_like
+    m = build_model(ModelConfig(), engine="reference").eval()
+    twin = untrained_like(m)
+    with torch.no_grad():
+        m.readout[0].weight.mul_(2.0)                # the readout trained, the network not
+    assert unchanged_by_training(m, twin)
+    degree = run_degree(m, tmp_path, twin)
+    assert json.loads((tmp_path / "degree.json").read_text())["network_trained"] is False
+    assert "only its readout was trained" in json.loads(
+        (tmp_path / "degree.json").read_text())["same_network"]
+    with torch.no_grad():
+        m.recurrent.weight.mul_(0.5)                 # now the network has changed
+    assert not unchanged_by_training(m, twin)
+    assert unchanged_by_training(m, twin, ("tau_m", "tau_adp"))
+    run_degree(m, tmp_path / "b", twin)
+    assert json.loads((tmp_path / "b" / "degree.json").read_text())["network_trained"] is True
+    assert degree["files"]
+    run_dynamics(m, tmp_path / "c", twin, steps=5)
+    dyn = json.loads((tmp_path / "c" / "dynamics_constant_input.json").read_text())
+    assert dyn["network_trained"] is False and "time constants" in dyn["same_network"]

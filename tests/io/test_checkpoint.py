@@ -94,6 +94,10 @@ def test_malformed_or_newer_checkpoints_are_refused(saved, tmp_path):
     raw = torch.load(path, weights_only=True)
     raw["sparse"]["recurrent"]["mask_bits"] = raw["sparse"]["recurrent"]["mask_bits"][:10]
     torch.save(raw, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="damaged .*sparse.recurrent do not match"):
+        load_checkpoint(tmp_path / "bad.pth")
+    del raw["digest"]             # as written before digests were stored
+    torch.save(raw, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="malformed sparse layer 'recurrent'"):
         load_checkpoint(tmp_path / "bad.pth")
     raw = torch.load(path, weights_only=True)

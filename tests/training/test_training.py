@@ -20,6 +20,7 @@ from rsnn_bfd.config import RealValuedConfig, SpikingConfig
 from rsnn_bfd.data.encoding import drive_with_sweeps
 from rsnn_bfd.io.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from rsnn_bfd.io.errors import CheckpointError
+from rsnn_bfd.io.integrity import digest
 from rsnn_bfd.network.readout import readout_loss
 from rsnn_bfd.training import run as training_run
 from rsnn_bfd.training import step as training_step
@@ -571,8 +572,9 @@ def test_a_run_is_resumed_only_by_its_own_script_and_with_a_valid_configuration(
     ckpt = torch.load(run / "checkpoint.pth", weights_only=True)
     for stored, word in (({"encoder": "foo"}, "names the encoder 'foo'"),
                          ({"lr": -1.0}, "stored training configuration is invalid (--lr")):
-        torch.save({**ckpt, "train_config": {**ckpt["train_config"], **stored}},
-                   run / "checkpoint.pth")
+        edited = {**ckpt, "train_config": {**ckpt["train_config"], **stored}}
+        edited["digest"] = digest(edited)       # written so (by an older version), not damaged
+        torch.save(edited, run / "checkpoint.pth")
         rc, lines = _cli(["--resume", str(run), "--epochs", "3"])
         assert rc == 2 and len(lines) == 1 and word in lines[0] and "checkpoint.pth" in lines[0]
         assert _digests(run)["metrics.csv"] == before["metrics.csv"]

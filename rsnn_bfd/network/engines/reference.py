@@ -36,6 +36,9 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
     """
     offsets = net.offsets
     w_rec = signed_recurrent(net)                          # (N, N), built once per forward
+    # each population's rows, cut once: cut at every step, the backward of each cut would
+    # make an (N, N) gradient, 13 per step
+    w_pop = [w_rec[offsets[i]:offsets[i + 1]].t() for i in range(len(offsets) - 1)]
     w_th = thalamic_effective(net)                         # (N, 200)
     spk, mem = state.spk, state.mem
     b = [net.init_b] * (len(offsets) - 1)                  # adaptation starts at the scalar b0
@@ -47,7 +50,7 @@ def run_cortex(net: Network, thal_spikes: torch.Tensor, state, record_spikes: bo
             lo, hi = offsets[i], offsets[i + 1]
             # populations before i have already spiked this step (Gauss-Seidel order)
             presyn = torch.cat(new_spk + [spk[:, lo:]], dim=1)
-            current = thal_current[:, lo:hi] + presyn @ w_rec[lo:hi].t()
+            current = thal_current[:, lo:hi] + presyn @ w_pop[i]
             s = alif_step(current, ALIFState(mem[:, lo:hi], spk[:, lo:hi], b[i]),
                           net.tau_m[lo:hi], net.tau_adp[lo:hi], net.init_b, net.beta,
                           surrogate=net.surrogate)
