@@ -36,6 +36,14 @@ def seed_check(value, flag: str):
             f"{flag} must be an integer in 0..{SEED_MAX}, got {value}")
 
 
+def data_dir_check(value, hint: str = "give . for the current folder"):
+    """The ``(ok, message)`` pair of :func:`require` for ``--data-dir``: ``None`` (the
+    command's own default) or a non-empty path. An empty string would be taken as the
+    current folder, and a missing dataset generated there (about 800 MB)."""
+    return (value is None or bool(str(value).strip()),
+            f"--data-dir must name a folder, got '' ({hint})")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with usage errors as one line naming the flag and pointing to ``--help``
     (exit code 2) instead of the whole usage."""

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from rsnn_bfd.cli import flag, require, seed_check
+from rsnn_bfd.cli import data_dir_check, flag, require, seed_check
 from rsnn_bfd.data.encoding import REALVALUED_FEATURES, parse_sweeps
 from rsnn_bfd.network.model import DTYPES, ENGINES, INIT_STATES, PAPER_INIT, ModelConfig
 from rsnn_bfd.network.neuron import SURROGATE_SCALE, SURROGATE_SIGMA
@@ -237,8 +237,7 @@ class TrainConfig:
             (self.workers >= 0, f"--workers must be >= 0 (0: all cores), got {self.workers}"),
             (self.loader_workers >= -1, f"--loader-workers must be >= -1, got {self.loader_workers}"),
             (bool(str(self.out).strip()), "--out must name the run folder, got ''"),
-            (bool(str(self.data_dir).strip()), "--data-dir must name a folder, got '' (give . "
-                                               "for the current folder)"),
+            data_dir_check(self.data_dir),
             (self.preset in ("",) + tuple(PRESETS),
              f"--preset must be one of {tuple(PRESETS)} (or '' for none), got {self.preset!r}"),
             (positive(self.surrogate_sigma),

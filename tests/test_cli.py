@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from rsnn_bfd.cli import SEED_MAX, build_parser, flag, run_cli, seed_check
+from rsnn_bfd.cli import SEED_MAX, build_parser, data_dir_check, flag, run_cli, seed_check
 
 
 @dataclass
@@ -52,6 +52,13 @@ def test_seed_check():
     for bad in (-1, SEED_MAX + 1, 10 ** 23):
         ok, message = seed_check(bad, "--seed")
         assert not ok and message.startswith("--seed must be an integer in 0..")
+
+
+def test_data_dir_check():
+    assert data_dir_check(None)[0] and data_dir_check("data")[0] and data_dir_check(".")[0]
+    ok, message = data_dir_check("  ")
+    assert not ok and message == "--data-dir must name a folder, got '' (give . for the current folder)"
+    assert data_dir_check("", "leave it out")[1].endswith("(leave it out)")
 
 
 def test_run_cli_gives_one_line_and_exit_2():

@@ -13,7 +13,7 @@ from typing import Optional
 from rsnn_bfd import cli
 from rsnn_bfd.analyses import (ANALYSES, ANALYSIS_FILES, _Concat, parse_floats, run_anova, run_cv,
                                run_degree, run_dynamics, run_raster, untrained_like)
-from rsnn_bfd.cli import flag, seed_check
+from rsnn_bfd.cli import data_dir_check, flag, seed_check
 from rsnn_bfd.common import cap_workers, select_device
 from rsnn_bfd.network.model import ENGINES
 from rsnn_bfd.writing import claim_results_dir, removed_if_unused, together
@@ -75,8 +75,7 @@ def parse_config(argv=None) -> AnalysisConfig:
               (args.data_seed is None or seed_check(args.data_seed, "--data-seed")[0],
                seed_check(args.data_seed, "--data-seed")[1]),
               (bool(args.out.strip()), "--out must name a folder, got ''"),
-              (args.data_dir is None or bool(args.data_dir.strip()),
-               "--data-dir must name a folder, got '' (leave it out for the training run's)"),
+              data_dir_check(args.data_dir, "leave it out for the training run's"),
               (args.objects_per_class >= 1, "--objects-per-class must be >= 1")]
     for ok, msg in checks:
         if not ok:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsnn_bfd.cli import flag, require, seed_check
+from rsnn_bfd.cli import data_dir_check, flag, require, seed_check
 from rsnn_bfd.common import select_device
 from rsnn_bfd.writing import (atomic_path, atomic_write_json, atomic_write_text, claim_results_dir,
                               removed_if_unused, together)
@@ -142,8 +142,7 @@ def validate(cfg: DeprivationConfig) -> DeprivationConfig:
         seed_check(cfg.seed, "--seed"),
         (cfg.out is None or bool(cfg.out.strip()),
          "--out must name a folder, got '' (leave it out for the checkpoint's folder)"),
-        (cfg.data_dir is None or bool(cfg.data_dir.strip()),
-         "--data-dir must name a folder, got '' (leave it out for the training run's)"),
+        data_dir_check(cfg.data_dir, "leave it out for the training run's"),
         (cfg.batch_size == -1 or cfg.batch_size >= 1,
          f"--batch-size must be -1 (the training run's) or >= 1, got {cfg.batch_size}"),
         (cfg.lanes >= 1, f"--lanes must be >= 1, got {cfg.lanes}"),

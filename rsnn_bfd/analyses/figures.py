@@ -26,8 +26,7 @@ from .recording import (  # noqa: E402
     dataset_labels,
     model_degrees,
     record_spikes,
-    same_network_note,
-    unchanged_by_training,
+    training_comparison,
     untrained_like,
 )
 from .statistics import (  # noqa: E402
@@ -176,8 +175,8 @@ def run_anova(model, dataset, out, alpha: float = 0.001, batch_size: int = 16, d
         plot_ternary(ax, r["props"], r["p"] < alpha,
                      f"{key}: {s['selective']} / {s['total']} selective "
                      f"({100 * s['fraction']:.1f} %)", names)
-    same = (same_network_note("weights and time constants")
-            if unchanged_by_training(model, initial_model) else "")
+    same, trained_fields = training_comparison(model, initial_model,
+                                               "weights and time constants")
     fig.suptitle(f"Firing selectivity (one-way ANOVA across classes, p < {alpha:g}; "
                  f"{results['trained']['n_samples']} samples)\nposition = share of a neuron's "
                  "mean spike count in each class" + (f"\n{same}" if same else ""), fontsize=10)
@@ -186,7 +185,7 @@ def run_anova(model, dataset, out, alpha: float = 0.001, batch_size: int = 16, d
     summary = dict(alpha=alpha, classes=list(names),
                    n_samples=results["trained"]["n_samples"],
                    note="p = 1 for neurons with zero variance of their counts (e.g. silent)",
-                   network_trained=not same, **({"same_network": same} if same else {}),
+                   **trained_fields,
                    **{k: dict(v["summary"], mean_count_per_neuron=v["mean_rate"])
                       for k, v in results.items()})
     files.append(write_json(summary, out / "anova_selectivity.json"))
@@ -353,8 +352,8 @@ def run_dynamics(model, out, initial_model=None, steps: int = 550, current: floa
     tr = {k: getattr(model, k).detach().cpu().double().numpy() for k in ("tau_m", "tau_adp")}
     ini = {k: getattr(initial_model, k).detach().cpu().double().numpy()
            for k in ("tau_m", "tau_adp")}
-    same = (same_network_note("time constants")
-            if unchanged_by_training(model, initial_model, ("tau_m", "tau_adp")) else "")
+    same, trained_fields = training_comparison(model, initial_model, "time constants",
+                                               ("tau_m", "tau_adp"))
     files = [_save_fig(plot_tau_kde(tr, ini, anatomy, same), out / "dynamics_tau.png")]
     pop = anatomy.population_of_neuron
     files.append(write_csv(out / "dynamics_tau.csv",
@@ -382,7 +381,7 @@ def run_dynamics(model, out, initial_model=None, steps: int = 550, current: floa
                    pearson_initial=dict(r=r_in[0], p=r_in[1]),
                    note="each neuron alone (no recurrent/thalamic input), from rest, "
                         "neuron.alif_step with its own tau_m/tau_adp; rates in spikes/step",
-                   network_trained=not same, **({"same_network": same} if same else {}))
+                   **trained_fields)
     files.append(write_json(summary, out / "dynamics_constant_input.json"))
     return dict(summary=summary, files=files, rates_trained=rate_tr, rates_initial=rate_in)
 
@@ -410,8 +409,8 @@ def run_degree(model, out, initial_model=None) -> dict:
         ax.set_yscale("log")
         ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
         ax.set_title(f"weighted {name}", fontsize=10)
-    same = (same_network_note("recurrent weights")
-            if unchanged_by_training(model, initial_model, ("recurrent.weight",)) else "")
+    same, trained_fields = training_comparison(model, initial_model, "recurrent weights",
+                                               ("recurrent.weight",))
     fig.suptitle(f"Weighted degree distributions of the {anatomy.n_neurons} x "
                  f"{anatomy.n_neurons} recurrent network (E > 0, I < 0)"
                  + (f"\n{same}" if same else ""), fontsize=10)
@@ -419,8 +418,7 @@ def run_degree(model, out, initial_model=None) -> dict:
     files = [_save_fig(fig, out / "degree_distributions.png")]
     files.append(write_json(dict(stats_, note="W[post, pre] = sign(pre) * weight * mask; "
                                  "in-degree = row sum, out-degree = column sum",
-                                 network_trained=not same,
-                                 **({"same_network": same} if same else {})),
+                                 **trained_fields),
                             out / "degree.json"))
     pop = anatomy.population_of_neuron
     files.append(write_csv(out / "degree.csv",

@@ -145,10 +145,16 @@ def unchanged_by_training(model, initial, names=NETWORK_PARAMETERS) -> bool:
                for k in keys)
 
 
-def same_network_note(what: str) -> str:
-    """The note of a figure whose untrained and trained networks are one network."""
-    return (f"the network's {what} are its initial ones (only its readout was trained): "
+def training_comparison(model, initial, what: str,
+                        names=NETWORK_PARAMETERS) -> tuple[str, dict]:
+    """What a figure comparing ``initial`` with ``model`` says of them: the note for its title
+    ("" when the parameters ``names``, described as ``what``, were trained) and the fields of
+    its JSON (``network_trained``, plus ``same_network`` with the note when they were not)."""
+    if not unchanged_by_training(model, initial, names):
+        return "", {"network_trained": True}
+    note = (f"the network's {what} are its initial ones (only its readout was trained): "
             "untrained and trained show the same network")
+    return note, {"network_trained": False, "same_network": note}
 
 
 @torch.no_grad()

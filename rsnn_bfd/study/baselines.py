@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsnn_bfd.cli import SEED_MAX, flag, seed_check
+from rsnn_bfd.cli import SEED_MAX, data_dir_check, flag, seed_check
 from rsnn_bfd.common import cap_workers, make_generator
 from rsnn_bfd.writing import (atomic_write_json, atomic_write_text, claim_results_dir,
                               removed_if_unused, together)
@@ -107,9 +107,9 @@ class BaselineConfig:
             raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
         if not str(self.out).strip():
             raise ValueError("--out must name a folder, got ''")
-        if not str(self.data_dir).strip():
-            raise ValueError("--data-dir must name a folder, got '' (give . for the current "
-                             "folder)")
+        ok, message = data_dir_check(self.data_dir)
+        if not ok:
+            raise ValueError(message)
         parse_seeds(self.seeds)
         ok, message = seed_check(self.spike_seed, "--spike-seed")
         if not ok:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsnn_bfd.cli import flag, parse_config, require
+from rsnn_bfd.cli import data_dir_check, flag, parse_config, require
 from rsnn_bfd.data.folds import check_partition, stratified_folds, stratified_holdout
 
 RSNN_MODELS = {"rsnn-spiking": "SpikingConfig", "rsnn-realvalued": "RealValuedConfig"}
@@ -70,8 +70,7 @@ class CrossValConfig:
             (-1 <= self.fold < self.folds,
              f"--fold must be in 0..{self.folds - 1} (or -1: all), got {self.fold}"),
             (self.threads >= 0, f"--threads must be >= 0, got {self.threads}"),
-            (bool(str(self.data_dir).strip()), "--data-dir must name a folder, got '' (give . "
-                                               "for the current folder)"),
+            data_dir_check(self.data_dir),
         ])
         if not self.out:
             self.out = str(Path("runs") / "cv" / self.model)

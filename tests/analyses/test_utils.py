@@ -396,7 +396,8 @@ def test_ctrl_c_keeps_the_finished_analyses_and_says_how_to_go_on(tiny_run, tmp_
 
 def test_a_network_whose_readout_alone_was_trained_is_said_to_be_its_untrained_one(tmp_path):
     from rsnn_bfd.analyses.figures import run_degree, run_dynamics
-    from rsnn_bfd.analyses.recording import unchanged_by_training, untrained_like
+    from rsnn_bfd.analyses.recording import (training_comparison, unchanged_by_training,
+                                             untrained_like)
     m = build_model(ModelConfig(), engine="reference").eval()
     twin = untrained_like(m)
     with torch.no_grad():
@@ -412,6 +413,11 @@ def test_a_network_whose_readout_alone_was_trained_is_said_to_be_its_untrained_o
     assert unchanged_by_training(m, twin, ("tau_m", "tau_adp"))
     run_degree(m, tmp_path / "b", twin)
     assert json.loads((tmp_path / "b" / "degree.json").read_text())["network_trained"] is True
+    assert "same_network" not in json.loads((tmp_path / "b" / "degree.json").read_text())
+    note, fields = training_comparison(m, twin, "time constants", ("tau_m", "tau_adp"))
+    assert fields == {"network_trained": False, "same_network": note}
+    assert note.startswith("the network's time constants are its initial ones")
+    assert training_comparison(m, twin, "weights") == ("", {"network_trained": True})
     assert degree["files"]
     run_dynamics(m, tmp_path / "c", twin, steps=5)
     dyn = json.loads((tmp_path / "c" / "dynamics_constant_input.json").read_text())
