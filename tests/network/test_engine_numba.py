@@ -180,7 +180,7 @@ def test_event_driven_edge_loops_for_any_number_of_active_lanes(cnt):
         expected[e] += sum(xs[q] * g[rows[e], lanes[q]] for q in range(cnt))
     grad_s = np.full(n_lanes, np.nan)
     numba_backward._edges_backward(e0, e1, rows, vals, g, lanes[None], xs[None], 0, cnt, gw,
-                                   grad_s, n_lanes)
+                                   grad_s, np.full(n_lanes, np.nan), n_lanes)
     np.testing.assert_allclose(gw, expected, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(grad_s, vals[e0:e1] @ g[rows[e0:e1]], rtol=1e-14, atol=1e-15)
 
@@ -192,6 +192,23 @@ def test_backward_for_each_block_width(model64, monkeypatch, batch, blocks):
     monkeypatch.setattr(engine_numba, "_nblocks", lambda batch: blocks)
     x, state, labels = make_inputs(model64, batch, steps=4, seed=40 + blocks, grad_state=True)
     assert_matches_reference(model64, x, state, labels)
+
+
+@pytest.mark.parametrize("blocks", [1, 4, 7])
+def test_scatter_blocks_change_nothing(model64, monkeypatch, blocks):
+    """The scattering forward runs batch blocks of at most SCATTER_LANES lanes, several to
+    a thread: every lane receives the same additions in the same order however the batch
+    is blocked, so spikes, membranes, logits and gradients are bit-identical."""
+    from engine_utils import train_pass
+    x, state, labels = make_inputs(model64, 20, steps=8, seed=70, grad_state=True)
+    opts = EngineOptions(chunk=5, recurrent_input="scatter")
+    ref, g_ref = train_pass(model64, "numba", x, state, labels, opts)
+    monkeypatch.setattr(engine_numba, "_scatter_blocks", lambda batch: blocks)
+    res, g = train_pass(model64, "numba", x, state, labels, opts)
+    for a, b in ((res.spikes, ref.spikes), (res.mem, ref.mem), (res.output, ref.output)):
+        assert torch.equal(a, b)
+    for name in g_ref:
+        assert torch.equal(g[name], g_ref[name]), name
 
 
 @pytest.mark.parametrize("batch,threads", [(3, 1), (9, 1), (40, 2), (100, 2), (130, 2)])

