@@ -10,7 +10,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from rsnn_bfd.network.engines.numba_forward import _flush, _NoFullUnroll, _stack_ptr
+from rsnn_bfd.network.engines.numba_forward import (_active_lanes, _flush, _NoFullUnroll,
+                                                    _stack_ptr)
 
 # lanes per batch block of the backward: at most 64 (the accumulators live in registers)
 BWD_LANES = 64
@@ -63,18 +64,9 @@ def _recompute_row(s_prev, v_prev, b_prev, i_r, vb, bbr, yb, a, om_a, r_, om_r, 
 def _spike_lanes(arr, p, lo, nbl, lanes, xs, cnt):
     """The batch lanes where neuron ``p`` spiked, ``arr[p, lo:lo + nbl]`` (any numeric type):
     positions into ``lanes[p]``, values into ``xs[p]`` (1 for binary spikes; the initial
-    state and the thalamic input may hold others), count into ``cnt[p]``.
-
-    Branch-free: every lane is written to the next free slot, which only a spiking lane
-    keeps (a branch per lane, mispredicted at every spike, made this 4 ns a lane)."""
-    c = 0
-    row, ln, xr = arr[p], lanes[p], xs[p]
-    for j in range(nbl):
-        x = row[lo + j]
-        ln[c] = j
-        xr[c] = x
-        c += x != 0
-    cnt[p] = c
+    state and the thalamic input may hold others), count into ``cnt[p]`` (the forward's
+    :func:`_active_lanes`, branch-free)."""
+    cnt[p] = _active_lanes(arr[p, lo:lo + nbl], lanes[p], xs[p])
 
 
 @njit(inline="always")

@@ -97,7 +97,6 @@ def _fresh(x):
     return torch.empty(x.shape, dtype=x.dtype).copy_(x)
 
 
-
 class _FlushDenormal:
     """Flush-to-zero / denormals-are-zero on this thread for the duration of the block
     (torch's CPU kernels, e.g. the backward's exponentials); restores the previous setting.
@@ -133,18 +132,24 @@ def _gathers(mode: str, rate: float | None, width: int) -> bool:
     return rate is not None and rate >= GATHER_RATE[width]
 
 
+def _lane_blocks(batch: int, max_lanes: int) -> int:
+    """How many batch blocks a kernel runs: at least one per thread (as many as there are
+    lanes), and at most ``max_lanes`` lanes each."""
+    return max(1, min(get_num_threads(), batch), -(-batch // max_lanes))
+
+
 def _gather_blocks(batch: int) -> tuple[int, int]:
     """Batch blocks of the gathering forward and their lane width: one block per thread
     and at most GATHER_LANES lanes each; the width is the smallest of 8, 16, 32, 64, 128
     that holds a block."""
-    nblocks = max(1, min(get_num_threads(), batch), -(-batch // GATHER_LANES))
+    nblocks = _lane_blocks(batch, GATHER_LANES)
     widest = -(-batch // nblocks)
     return nblocks, next(w for w in (8, 16, 32, 64, 128) if w >= widest)
 
 
 def _nblocks(batch):
     """Batch blocks of the backward: one per thread, and at most BWD_LANES lanes each."""
-    return max(1, min(get_num_threads(), batch), -(-batch // BWD_LANES))
+    return _lane_blocks(batch, BWD_LANES)
 
 
 def _scatter_blocks(batch):
@@ -153,7 +158,7 @@ def _scatter_blocks(batch):
     stay in the L2 cache while spikes add to them at random rows; a thread runs its blocks
     one after the other. Each lane receives the same additions in the same order however
     the lanes are blocked."""
-    return max(1, min(get_num_threads(), batch), -(-batch // SCATTER_LANES))
+    return _lane_blocks(batch, SCATTER_LANES)
 
 
 # ---------------------------------------------------------------------------- autograd Function
