@@ -5,6 +5,7 @@
     python crossval.py status runs/cv/rsnn
     python crossval.py summarize runs/cv/rsnn runs/cv/cnn runs/cv/rnn --out runs/cv/summary
     python crossval.py curve runs/cv91/summary runs/cv182/summary runs/cv364/summary --out runs/cv/curve
+    python crossval.py screen runs/screen/seed0/* runs/screen/seed1/* --out runs/screen/table
 
 The training and test files of ``--data-dir`` are pooled and dealt into ``--folds``
 stratified folds (``--seed``; written to ``OUT/folds.json``). Each fold trains on the others,
@@ -16,7 +17,9 @@ so folds can run in parallel processes (one thread each: ``--threads 1``); a rer
 finished folds and continues a stopped RSNN fold from its checkpoint. ``summarize`` writes
 the mean test accuracy of each model with a 95 % interval and the paired differences (the
 first model minus each other) with a paired t-test; ``curve`` plots the summaries of
-datasets of several sizes against objects per class. Library: :mod:`rsnn_bfd.study`.
+datasets of several sizes against objects per class; ``screen`` ranks training set-ups
+(folders ``SCREEN/DATASET/CANDIDATE``) by validation accuracy pooled over their folds and
+datasets, without reading the test folds. Library: :mod:`rsnn_bfd.study`.
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ from rsnn_bfd.cli import build_parser, flag, run_cli
 USAGE = ("Stratified k-fold cross-validation of the RSNN and the baselines over all objects: "
          "crossval.py [flags] [-- MODEL FLAGS] runs folds; the other commands are "
          "'crossval.py status DIR...' (progress), 'crossval.py summarize DIR... --out S' "
-         "(mean test accuracies and paired differences) and 'crossval.py curve S... --out C' "
-         "(accuracy against dataset size); each has its own --help.")
+         "(mean test accuracies and paired differences), 'crossval.py curve S... --out C' "
+         "(accuracy against dataset size) and 'crossval.py screen DIR... --out S' (set-ups "
+         "ranked by pooled validation accuracy); each has its own --help.")
 
 
 @dataclass
@@ -40,8 +44,9 @@ class StatusConfig:
 
 @dataclass
 class SummaryConfig:
-    """``crossval.py summarize DIR [DIR ...]`` and ``crossval.py curve DIR [DIR ...]``."""
-    out: str = flag("", "output folder (default: summary / curve beside the first DIR)")
+    """``crossval.py summarize``, ``curve`` and ``screen DIR [DIR ...]``."""
+    out: str = flag("", "output folder (default: summary / curve beside the first DIR; "
+                        "screen: SCREEN/table)")
     overwrite: bool = flag(False, "replace summary files already in --out")
     only_folds: str = flag("", "summarize: compare only these folds, e.g. '0,1,2' (screens "
                                "of model changes; default: all)")
@@ -50,9 +55,9 @@ class SummaryConfig:
 def main(argv=None) -> int:
     from pathlib import Path
 
-    from rsnn_bfd.study import crossvalidation, cv_setup, summary
+    from rsnn_bfd.study import crossvalidation, cv_setup, screen, summary
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("summarize", "status", "curve"):
+    if argv and argv[0] in ("summarize", "status", "curve", "screen"):
         command, rest = argv[0], argv[1:]
         if command == "status":
             parser = build_parser(StatusConfig, prog="crossval.py status",
@@ -61,7 +66,13 @@ def main(argv=None) -> int:
             for d in parser.parse_args(rest).dirs:
                 print(crossvalidation.describe_status(d, crossvalidation.status(d)))
             return 0
-        if command == "curve":
+        if command == "screen":
+            parser = build_parser(SummaryConfig, prog="crossval.py screen",
+                                  description="training set-ups ranked by validation accuracy "
+                                              "pooled over folds and datasets (test folds unread)")
+            parser.add_argument("dirs", nargs="+", help="cross-validation folders "
+                                                        "SCREEN/DATASET/CANDIDATE")
+        elif command == "curve":
             parser = build_parser(SummaryConfig, prog="crossval.py curve",
                                   description="test accuracy against dataset size")
             parser.add_argument("dirs", nargs="+", help="summary folders (crossval.py "
@@ -74,9 +85,15 @@ def main(argv=None) -> int:
         ns = vars(parser.parse_args(rest))
         dirs = ns.pop("dirs")
         cfg = SummaryConfig(**ns)
-        default = "curve" if command == "curve" else "summary"
-        out = cfg.out or str(Path(dirs[0]).parent / default)
-        if command == "curve":
+        out = cfg.out or str(
+            Path(dirs[0]).absolute().parent.parent / "table" if command == "screen"  # SCREEN/
+            else Path(dirs[0]).parent / ("curve" if command == "curve" else "summary"))
+        if command == "screen":
+            if cfg.only_folds:
+                parser.error("--only-folds is a flag of summarize (screen reads every "
+                             "finished fold)")
+            screen.screen(dirs, out, cfg.overwrite)
+        elif command == "curve":
             if cfg.only_folds:
                 parser.error("--only-folds is a flag of summarize (curve reads summaries)")
             summary.learning_curve(dirs, out, cfg.overwrite)

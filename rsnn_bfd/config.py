@@ -17,6 +17,8 @@ from rsnn_bfd.network.model import DTYPES, ENGINES, INIT_STATES, PAPER_INIT, Mod
 from rsnn_bfd.network.neuron import SURROGATE_SCALE, SURROGATE_SIGMA
 from rsnn_bfd.network.readout import LOSSES
 
+RATE_REG_OF = ("sample", "neuron")   # --rate-reg-of (rsnn_bfd.training.step.rate_penalty)
+
 
 # Named sets of training settings (``--preset NAME``), per input encoding; flags given on
 # the command line win, and the paper's set-up is no preset at all. Chosen on the validation
@@ -57,8 +59,10 @@ class TrainConfig:
     epochs: int = flag(100, "number of epochs")
     batch_size: int = flag(128, "global batch size (split across processes under torchrun)")
     lr: float = flag(0.008, "Adam learning rate")
-    lr_tau_adp_factor: float = flag(5.0, "learning-rate factor for tau_adp (thalamic and cortical)")
-    lr_tau_m_factor: float = flag(2.0, "learning-rate factor for tau_m (thalamic and cortical)")
+    lr_tau_adp_factor: float = flag(5.0, "learning-rate factor for tau_adp (thalamic and cortical; "
+                                       "0: fixed)")
+    lr_tau_m_factor: float = flag(2.0, "learning-rate factor for tau_m (thalamic and cortical; "
+                                     "0: fixed)")
     step_size: int = flag(20, "StepLR step in epochs (published: 20 spiking, 10 real-valued)")
     gamma: float = flag(0.8, "StepLR factor (published: 0.8 spiking, 0.5 real-valued)")
     loss: str = flag("published", "readout loss (and decision): 'published' = cross-entropy "
@@ -99,8 +103,13 @@ class TrainConfig:
                             "accuracy (needs --val-fraction; 0: run every epoch)")
     rate_reg: float = flag(0.0, "firing-rate regulariser: add rate_reg x the mean over samples "
                                 "of (the sample's mean cortical rate - --target-rate)^2 to the "
-                                "loss (as LSNN / e-prop); 0 (published): off")
+                                "loss (--rate-reg-of neuron: per neuron, as LSNN / e-prop); 0 "
+                                "(published): off")
     target_rate: float = flag(0.02, "target of --rate-reg: spikes per neuron per step")
+    rate_reg_of: str = flag("sample", "what --rate-reg holds near --target-rate: 'sample' = "
+                                      "each sample's mean rate over the cortex; 'neuron' = "
+                                      "each neuron's mean rate over the batch (silent and "
+                                      "runaway neurons both cost)", RATE_REG_OF)
     readout_tau: float = flag(0.0, "leaky readout: the logits become the membranes of 3 "
                                    "non-spiking leaky output neurons with this tau_m (steps) "
                                    "driven by the readout, as the adaptive SRNN of Yin et al. "
@@ -133,6 +142,11 @@ class TrainConfig:
     readout_centre: bool = flag(False, "the readout reads each sample's rates minus their mean "
                                        "over the read-out neurons (the common mode; with "
                                        "--readout-norm, of the standardised rates)")
+    readout_follow: bool = flag(False, "with --readout-norm: measure the standardisation "
+                                       "again after each epoch in which the network trains "
+                                       "(training set, the network as it then is), so that "
+                                       "the readout keeps reading standardised rates while "
+                                       "they move")
     lr_readout_factor: float = flag(1.0, "learning-rate factor of the two readout layers")
     lr_recurrent_factor: float = flag(1.0, "learning-rate factor of the recurrent and "
                                            "thalamocortical weights")
@@ -142,6 +156,9 @@ class TrainConfig:
                                   "stays as initialised and runs without back-propagation "
                                   "through time, which is faster; 0 (published): train "
                                   "everything from the start")
+    readout_last: int = flag(0, "train only the readout in the last N epochs, on the network "
+                                "as trained by then (with --readout-norm its standardisation "
+                                "is measured again first); 0: none")
     device: str = flag("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
     dtype: str = flag("float32", "parameter dtype", tuple(DTYPES))
     engine: str = flag("auto", "simulation engine: auto (numba on the CPU, torch on CUDA), "
@@ -178,8 +195,15 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: v for k, v in values.items() if k not in given})
 
     def readout_only(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) trains the readout alone (``readout_epochs``)."""
-        return self.readout_epochs == -1 or epoch < self.readout_epochs
+        """Whether epoch ``epoch`` (0-based) trains the readout alone (``readout_epochs``,
+        ``readout_last``)."""
+        return (self.readout_epochs == -1 or epoch < self.readout_epochs
+                or 0 < self.readout_last and epoch >= self.epochs - self.readout_last)
+
+    def readout_switch(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` is the first of ``readout_last``'s readout-only epochs after
+        epochs that trained the network."""
+        return epoch > 0 and self.readout_only(epoch) and not self.readout_only(epoch - 1)
 
     def model_config(self) -> ModelConfig:
         base = ModelConfig()
@@ -201,10 +225,10 @@ class TrainConfig:
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (positive(self.lr), f"--lr must be a positive number, got {self.lr}"),
-            (positive(self.lr_tau_adp_factor),
-             f"--lr-tau-adp-factor must be a positive number, got {self.lr_tau_adp_factor}"),
-            (positive(self.lr_tau_m_factor),
-             f"--lr-tau-m-factor must be a positive number, got {self.lr_tau_m_factor}"),
+            (math.isfinite(self.lr_tau_adp_factor) and self.lr_tau_adp_factor >= 0,
+             f"--lr-tau-adp-factor must be >= 0 (0: fixed), got {self.lr_tau_adp_factor}"),
+            (math.isfinite(self.lr_tau_m_factor) and self.lr_tau_m_factor >= 0,
+             f"--lr-tau-m-factor must be >= 0 (0: fixed), got {self.lr_tau_m_factor}"),
             (positive(self.tau_scale), f"--tau-scale must be a positive number, got {self.tau_scale}"),
             (self.step_size >= 1, f"--step-size must be >= 1, got {self.step_size}"),
             (positive(self.gamma) and self.gamma <= 1,
@@ -256,6 +280,9 @@ class TrainConfig:
              f"--grad-clip must be >= 0 (0: none), got {self.grad_clip}"),
             (self.readout_epochs >= -1, f"--readout-epochs must be >= 0, or -1 (the readout "
                                         f"alone every epoch), got {self.readout_epochs}"),
+            (self.readout_last >= 0, f"--readout-last must be >= 0, got {self.readout_last}"),
+            (self.readout_norm or not self.readout_follow,
+             "--readout-follow re-measures --readout-norm's standardisation: give both"),
         ] + [seed_check(getattr(self, name), f"--{name.replace('_', '-')}")
              for name in ("seed", "spike_seed", "data_seed", "val_seed")]
         require(checks)
@@ -288,15 +315,21 @@ class TrainConfig:
             notes.append(f"--readout-epochs {self.readout_epochs} is more than --epochs "
                          f"{self.epochs}: every epoch trains the readout alone (as "
                          "--readout-epochs -1)")
-        if self.readout_epochs == -1 or self.readout_epochs >= self.epochs:
+        if self.readout_last >= self.epochs:
+            notes.append(f"--readout-last {self.readout_last} is not less than --epochs "
+                         f"{self.epochs}: every epoch trains the readout alone")
+        if all(self.readout_only(e) for e in range(self.epochs)):
             idle = changed("surrogate_sigma", "surrogate_scale", "surrogate_cutoff",
                            "lr_tau_adp_factor", "lr_tau_m_factor", "lr_recurrent_factor",
-                           "rate_reg", "target_rate")
+                           "rate_reg", "target_rate", "rate_reg_of", "readout_follow")
             if idle:
                 notes.append(f"{flags(idle)} change nothing here: only the readout trains "
-                             "(--readout-epochs), and the network runs without gradients")
-        elif self.rate_reg == 0 and changed("target_rate"):
-            notes.append("--target-rate changes nothing without --rate-reg")
+                             "(--readout-epochs, --readout-last), and the network runs "
+                             "without gradients")
+        elif self.rate_reg == 0 and changed("target_rate", "rate_reg_of"):
+            idle = changed("target_rate", "rate_reg_of")
+            notes.append(f"{flags(idle)} change{'s' if len(idle) == 1 else ''} nothing "
+                         "without --rate-reg")
         if self.encoder == "realvalued":
             idle = changed("spike_seed", "resample_each_epoch")
             if idle:

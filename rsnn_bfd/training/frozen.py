@@ -25,7 +25,8 @@ def frozen_rates_apply(cfg: TrainConfig, model: BarrelCortexRSNN, world: int = 1
     without a leaky output, the zero initial state (the published one is drawn per batch
     row, so a sample's spikes depend on its batch), input spikes drawn once, no whisker
     dropout or sweep augmentation, one process."""
-    return (cfg.readout_epochs != 0 and cfg.loss == "mean-logit" and cfg.readout_tau == 0
+    return ((cfg.readout_epochs != 0 or cfg.readout_last > 0) and cfg.loss == "mean-logit"
+            and cfg.readout_tau == 0
             and cfg.init_state == "zero" and not cfg.resample_each_epoch
             and cfg.whisker_dropout == 0
             and tuple(parse_sweeps(cfg.train_sweeps)) == (model.config.sweep,) and world == 1)
@@ -34,7 +35,8 @@ def frozen_rates_apply(cfg: TrainConfig, model: BarrelCortexRSNN, world: int = 1
 class FrozenRates:
     """Each sample's mean rates (4218,) over t = 1..T-1 and its spike count, per dataset.
 
-    Valid while the network does not change; :func:`frozen_rates_apply` says when its
+    Valid while the network does not change (:meth:`clear` when it has, as before
+    ``--readout-last``'s epochs); :func:`frozen_rates_apply` says when its
     inputs do not either. ``batch`` computes the samples it has not seen (one forward pass
     without gradients per batch) and returns the stored ones.
     """
@@ -61,6 +63,10 @@ class FrozenRates:
         return (torch.stack([s[0] for s in stored]),
                 torch.tensor([s[3] for s in stored], device=self.device),
                 sum(s[1] for s in stored), sum(s[2] for s in stored))
+
+    def clear(self) -> None:
+        """Forget every stored rate (the network has changed)."""
+        self._store.clear()
 
     def output(self, rates: torch.Tensor) -> RSNNOutput:
         """The readout of stored rates: ``logits`` (1, batch, 3), whose mean over its single

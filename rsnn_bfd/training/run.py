@@ -220,6 +220,14 @@ def _epochs(cfg, model, ddp_model, optimizer, scheduler, data: RunData, workers,
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
+        if cfg.readout_switch(epoch):
+            # --readout-last: the network has trained until now, so the stored rates are
+            # stale, and the readout goes on with the rates of the network as it now is
+            if rates is not None:
+                rates.clear()
+            if model.config.readout_norm:
+                fit_readout_norm_(model, train_set, train_idx, cfg.batch_size, device,
+                                  rates=rates)
         frozen = rates if cfg.readout_only(epoch) else None    # valid while nothing trains
         batches = epoch_batches(train_idx, cfg.batch_size, cfg.seed, epoch)
         tr = train_one_epoch(ddp_model, model, optimizer, train_set, batches, device, dist,
@@ -228,6 +236,11 @@ def _epochs(cfg, model, ddp_model, optimizer, scheduler, data: RunData, workers,
                              parse_sweeps(cfg.train_sweeps), Regularisers.of(cfg),
                              readout_only=cfg.readout_only(epoch), rates=frozen)
         scheduler.step()
+        if cfg.readout_follow and not cfg.readout_only(epoch):
+            # the readout's standardisation of the network as it now is (what is evaluated
+            # and saved); the readout's weights are kept, so it reads the moved rates in the
+            # coordinates it was trained in
+            fit_readout_norm_(model, train_set, train_idx, cfg.batch_size, device)
         te = evaluate(model, test_set, test_idx, cfg.batch_size, device, dist, cfg.progress,
                       workers, loss_kind=cfg.loss, rates=frozen)
         va = (evaluate(model, val_set, data.val_idx, cfg.batch_size, device, dist, cfg.progress,

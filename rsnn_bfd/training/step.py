@@ -167,8 +167,8 @@ def evaluate(model: BarrelCortexRSNN, dataset, indices: list[int], batch_size: i
 class Regularisers:
     """The opt-in regularisers of a training step (all off by default: the published step).
 
-    ``rate_reg`` x mean over samples of (sample's mean cortical rate - ``target_rate``)^2 is
-    added to the loss (:func:`rate_penalty`); ``readout_dropout``: the readout neurons of a
+    ``rate_reg`` x :func:`rate_penalty` (``rate_reg_of``: per sample or per neuron) is added
+    to the loss; ``readout_dropout``: the readout neurons of a
     global batch are dropped with this probability (:func:`readout_keep`);
     ``readout_weight_decay``: decoupled decay of the readout weights after each step
     (:func:`decay_readout_`); ``grad_clip`` > 0: the gradient's global norm is clipped to it.
@@ -178,18 +178,25 @@ class Regularisers:
     readout_dropout: float = 0.0
     readout_weight_decay: float = 0.0
     grad_clip: float = 0.0
+    rate_reg_of: str = "sample"
 
     @classmethod
     def of(cls, cfg: "TrainConfig") -> "Regularisers":
         return cls(cfg.rate_reg, cfg.target_rate, cfg.readout_dropout, cfg.readout_weight_decay,
-                   cfg.grad_clip)
+                   cfg.grad_clip, cfg.rate_reg_of)
 
 
-def rate_penalty(spikes: torch.Tensor, target: float) -> torch.Tensor:
-    """Sum over samples of (the sample's mean cortical rate - ``target``)^2.
+def rate_penalty(spikes: torch.Tensor, target: float, of: str = "sample") -> torch.Tensor:
+    """The firing-rate penalty of a batch, scaled like the readout loss (a sum over samples,
+    ``reduction="sum"``). ``of="sample"``: the sum over samples of (the sample's mean cortical
+    rate - ``target``)^2. ``of="neuron"``: the batch size times the mean over neurons of (the
+    neuron's mean rate over the batch and steps - ``target``)^2, which a silent neuron pays
+    as much as a runaway one: the regulariser of LSNN and e-prop (Bellec et al. 2018, 2020),
+    a mean instead of their sum over neurons so that its weight does not grow with 4218.
 
-    spikes: (T, batch, 4218) with a gradient (torch and reference engines). Summed, not
-    averaged, so that it is scaled like the readout loss (``reduction="sum"``)."""
+    spikes: (T, batch, 4218) with a gradient (every engine records them so)."""
+    if of == "neuron":
+        return ((spikes.mean(dim=(0, 1)) - target) ** 2).mean() * spikes.shape[1]
     return ((spikes.mean(dim=(0, 2)) - target) ** 2).sum()
 
 
@@ -248,8 +255,8 @@ def train_one_epoch(ddp_model, model, optimizer, dataset, batches, device, dist:
         ce = readout_loss(out, y, loss_kind, reduction="sum")
         loss = ce * (dist.world / global_n)
         if reg.rate_reg > 0 and not readout_only:   # the rates cannot change: no gradient
-            loss = loss + reg.rate_reg * rate_penalty(out.spikes, reg.target_rate) * (
-                dist.world / global_n)
+            penalty = rate_penalty(out.spikes, reg.target_rate, reg.rate_reg_of)
+            loss = loss + reg.rate_reg * penalty * (dist.world / global_n)
         if dummy:
             loss = loss * 0.0
         optimizer.zero_grad(set_to_none=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -284,6 +285,38 @@ def test_learning_curve_reads_summaries(finished, tmp_path):
     assert (tmp_path / "curve" / "learning_curve.png").is_file()
     with pytest.raises(ValueError, match="--overwrite"):
         crossval.main(["curve", str(finished / "summary"), "--out", str(tmp_path / "curve")])
+
+
+def test_the_screen_pools_validation_over_folds_and_datasets_and_reads_no_test(finished,
+                                                                             tmp_path):
+    screen_dir = tmp_path / "screen"
+    for dataset in ("d0", "d1"):
+        shutil.copytree(finished / "rsnn", screen_dir / dataset / "joint")
+    shutil.copytree(finished / "rsnn", screen_dir / "d0" / "half")
+    shutil.rmtree(screen_dir / "d0" / "half" / "fold_1")          # a fold not yet run
+    (screen_dir / "d0" / "half" / "fold_0" / "best.pth").unlink()  # as in the records
+    crossval.main(["screen", *map(str, sorted(screen_dir.glob("d*/*")))])
+    out = screen_dir / "table"                                      # the default
+    table = json.loads((out / "screen.json").read_text())
+    results = [json.loads((finished / "rsnn" / f"fold_{K}" / "result.json").read_text())
+               for K in range(2)]
+    correct = sum(round(r["val_acc"] * r["n_val"]) for r in results)
+    n = sum(r["n_val"] for r in results)
+    joint = next(c for c in table["candidates"] if c["candidate"] == "joint")
+    assert joint["folds"] == 4 and joint["folds_d0"] == joint["folds_d1"] == 2
+    assert joint["val_acc"] == pytest.approx(correct / n)
+    assert joint["val_low"] <= joint["val_acc"] <= joint["val_high"]
+    assert joint["recurrent_change"] > 0 and joint["train_acc_min"] <= joint["train_acc"]
+    half = next(c for c in table["candidates"] if c["candidate"] == "half")
+    assert half["folds"] == 1 and half["folds_d1"] == 0
+    assert math.isnan(half["recurrent_change"])                     # unknown without best.pth
+    text = "".join((out / name).read_text() for name in ("screen.csv", "screen_folds.csv",
+                                                         "screen.json"))
+    assert "test" not in text                                       # the held-out folds unread
+    with pytest.raises(ValueError, match="RSNN training set-ups"):
+        crossval.main(["screen", str(finished / "cnn"), "--out", str(tmp_path / "t2")])
+    with pytest.raises(ValueError, match="--overwrite"):
+        crossval.main(["screen", str(screen_dir / "d0" / "joint")])
 
 
 def test_study_records_are_saved_and_seed_a_fresh_run(finished, data_dir, tmp_path, capsys):

@@ -185,3 +185,67 @@ def test_readout_only_epochs_read_stored_rates_with_the_same_result(tmp_path, mo
             torch.testing.assert_close(p1, p2, rtol=1e-7, atol=1e-9, msg=name)
     assert not frozen.frozen_rates_apply(dataclasses.replace(cfg, init_state="published"), m1)
     assert not frozen.frozen_rates_apply(dataclasses.replace(cfg, loss="published"), m1)
+
+
+@pytest.fixture(scope="module")
+def follow_runs(tmp_path_factory, tiny_data):
+    """Three short runs of one configuration with ``--readout-follow``: the readout alone for
+    2 epochs, the network for 1, and the network for 1 then the readout for 1
+    (``--readout-last 1``); their stored models, the initial one, and the standardisation
+    measured again on a stored network."""
+    from rsnn_bfd.io.checkpoint import load_checkpoint
+    from rsnn_bfd.training.data import run_data
+    from rsnn_bfd.training.run import train
+    tmp = tmp_path_factory.mktemp("follow")
+    cfg = SpikingConfig(data_dir=str(tiny_data), n_steps=30, batch_size=4, lr=0.01,
+                        loss="mean-logit", readout_norm=True, readout_centre=True,
+                        init_state="zero", init_w_thalamic=0.3, readout_follow=True,
+                        progress=False, dtype="float64")
+    runs = {}
+    for name, epochs, first, last in (("readout_only", 2, 2, 0), ("joint", 1, 0, 0),
+                                      ("then_readout", 2, 0, 1)):
+        train(dataclasses.replace(cfg, epochs=epochs, readout_epochs=first, readout_last=last,
+                                  out=str(tmp / name)), log=lambda *a: None)
+        runs[name] = load_checkpoint(tmp / name / "checkpoint.pth")[0]
+    data = run_data(cfg, log=lambda *a: None)
+
+    def measured(state):
+        model = build_model(cfg.model_config(), dtype=torch.float64)
+        model.load_state_dict(state)
+        fit_readout_norm_(model, data.train_set, data.train_idx, cfg.batch_size, "cpu")
+        return model
+
+    runs["initial"] = measured(build_model(cfg.model_config(), dtype=torch.float64).state_dict())
+    runs["joint_measured"] = measured(runs["joint"].state_dict())
+    return runs
+
+
+def test_a_following_readout_is_standardised_for_the_network_as_it_is_after_each_epoch(
+        follow_runs):
+    """``--readout-follow``: after an epoch in which the network trained, the stored
+    standardisation is the one measured on the stored network; readout-only epochs keep the
+    first measurement."""
+    readout_only, joint, initial = (follow_runs[k] for k in ("readout_only", "joint", "initial"))
+    torch.testing.assert_close(readout_only.readout_shift, initial.readout_shift)
+    assert not torch.equal(joint.recurrent.weight, initial.recurrent.weight)
+    now = follow_runs["joint_measured"]          # the stored network, measured again
+    torch.testing.assert_close(joint.readout_shift, now.readout_shift)
+    torch.testing.assert_close(joint.readout_scale, now.readout_scale)
+    assert not torch.equal(joint.readout_shift, initial.readout_shift)
+    with pytest.raises(ValueError, match="--readout-follow"):
+        SpikingConfig(readout_follow=True).validate()
+
+
+def test_the_last_readout_epochs_train_the_readout_of_the_network_as_trained(follow_runs):
+    """``--readout-last``: the network trains, then only the readout, on the rates of the
+    network as trained (standardised again, read from a store filled anew)."""
+    joint, last = follow_runs["joint"], follow_runs["then_readout"]
+    for name in ("recurrent.weight", "thalamocortical.weight", "tau_m", "encoder.force.weight"):
+        assert torch.equal(last.state_dict()[name], joint.state_dict()[name]), name
+    assert not torch.equal(last.readout[0].weight, joint.readout[0].weight)
+    now = follow_runs["joint_measured"]                                   # measured again
+    torch.testing.assert_close(last.readout_shift, now.readout_shift)
+    assert [SpikingConfig(epochs=4, readout_last=2).readout_only(e) for e in range(4)] == \
+        [False, False, True, True]
+    with pytest.raises(ValueError, match="--readout-last"):
+        SpikingConfig(readout_last=-1).validate()

@@ -100,6 +100,8 @@ def test_flags_that_change_nothing_get_a_notice():
     assert SpikingConfig(readout_epochs=3, surrogate_cutoff=3.0).ineffective() == []
     assert SpikingConfig(target_rate=0.05).ineffective() == [
         "--target-rate changes nothing without --rate-reg"]
+    assert SpikingConfig(target_rate=0.05, rate_reg_of="neuron").ineffective() == [
+        "--target-rate, --rate-reg-of change nothing without --rate-reg"]
     assert "--spike-seed change nothing for real-valued input" in \
         RealValuedConfig(spike_seed=4).ineffective()[0]
 

@@ -850,6 +850,9 @@ def test_rate_regulariser_has_a_gradient_on_every_engine(data_dir, tmp_path):
     spikes = torch.zeros(4, 2, 10)
     spikes[:, 0, :5] = 1                      # sample 0 fires at 0.5, sample 1 is silent
     assert float(rate_penalty(spikes, 0.1)) == pytest.approx(0.4 ** 2 + 0.1 ** 2)
+    # per neuron: neurons 0-4 fire at 0.5 over the batch, 5-9 are silent; times batch 2
+    assert float(rate_penalty(spikes, 0.1, "neuron")) == pytest.approx(
+        2 * (0.4 ** 2 + 0.1 ** 2) / 2)
     from rsnn_bfd.network.model import ModelConfig, build_model
     train_set, _ = load_datasets(tiny(data_dir, tmp_path / "x"), log=lambda *a: None)
     x, _ = stack_batch(train_set, [0, 1], "cpu")
@@ -857,7 +860,7 @@ def test_rate_regulariser_has_a_gradient_on_every_engine(data_dir, tmp_path):
     for engine in ("torch", "numba"):
         model = build_model(ModelConfig(), engine=engine, dtype=torch.float64)
         out = model(x[..., :T, :].double(), record_spikes=True)
-        rate_penalty(out.spikes, 0.0).backward()
+        (rate_penalty(out.spikes, 0.0) + rate_penalty(out.spikes, 0.05, "neuron")).backward()
         grads[engine] = model.recurrent.weight.grad
     assert float(grads["torch"].abs().max()) > 0
     torch.testing.assert_close(grads["numba"], grads["torch"])
