@@ -50,6 +50,8 @@ class SummaryConfig:
     overwrite: bool = flag(False, "replace summary files already in --out")
     only_folds: str = flag("", "summarize: compare only these folds, e.g. '0,1,2' (screens "
                                "of model changes; default: all)")
+    against: str = flag("fit", "screen: the candidate each is compared with fold by fold "
+                               "(paired difference of validation accuracy; '' for none)")
 
 
 def main(argv=None) -> int:
@@ -88,11 +90,15 @@ def main(argv=None) -> int:
         out = cfg.out or str(
             Path(dirs[0]).absolute().parent.parent / "table" if command == "screen"  # SCREEN/
             else Path(dirs[0]).parent / ("curve" if command == "curve" else "summary"))
+        if command != "screen" and cfg.against != SummaryConfig.against:
+            parser.error(f"--against is a flag of screen ({command} compares "
+                         + ("the first folder with each other)" if command == "summarize"
+                            else "summaries)"))
         if command == "screen":
             if cfg.only_folds:
                 parser.error("--only-folds is a flag of summarize (screen reads every "
                              "finished fold)")
-            screen.screen(dirs, out, cfg.overwrite)
+            screen.screen(dirs, out, cfg.overwrite, cfg.against)
         elif command == "curve":
             if cfg.only_folds:
                 parser.error("--only-folds is a flag of summarize (curve reads summaries)")

@@ -8,11 +8,13 @@ tell set-ups apart) and never reads the held-out folds' test accuracies, which a
 the final comparison (``crossval.py summarize``).
 
 Per candidate it reports: pooled validation accuracy at the chosen epochs (with a Wilson 95 %
-interval) per dataset and over all, the same at the last epoch (a choice among epochs
-inflates the first a little, the same for every candidate), training accuracy at the chosen
-epoch (mean and lowest fold), firing rate, how far training moved the recurrent and
+interval) per dataset and over all, the same at the last epoch (choosing among epochs
+inflates the first a little, more with more epochs to choose from), training accuracy at the
+chosen epoch (mean and lowest fold), firing rate, how far training moved the recurrent and
 thalamocortical weights (relative Frobenius change of the chosen epoch's weights from the
-fold's initial ones) and the wall clock per fold.
+fold's initial ones), the minutes per fold (its epochs' seconds summed, so that a fold
+resumed from its checkpoint counts every epoch once), and the paired difference from a control
+candidate over the folds both finished (:func:`paired`).
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def _fold_row(dataset: str, candidate: str, fold_path: Path, result: dict,
            "last_val_correct": int(round(rows[-1]["val_acc"] * n_val)),
            "train_acc": float(result["train_acc"]),
            "firing_rate": float(result["firing_rate"]),
-           "wall_seconds": float(result.get("wall_seconds", result.get("train_seconds", 0)))}
+           "seconds": float(result.get("train_seconds", result.get("wall_seconds", 0)))}
     if moved:   # records (docs/cv) keep no checkpoint: the change is then not known
         change = (weight_change(fold_path, initial_networks)
                   if (fold_path / "best.pth").exists() else
@@ -104,8 +106,9 @@ def collect(dirs) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> list[dict]:
-    """One row per candidate: pooled validation over its folds and datasets, and the rest."""
+def table(rows: list[dict], against: str = "") -> list[dict]:
+    """One row per candidate: pooled validation over its folds and datasets, and the rest;
+    with ``against``, the paired difference from that candidate (:func:`paired`)."""
     out = []
     for candidate in dict.fromkeys(r["candidate"] for r in rows):
         mine = [r for r in rows if r["candidate"] == candidate]
@@ -125,9 +128,28 @@ def table(rows: list[dict]) -> list[dict]:
         row.update(train_acc=mean("train_acc"), train_acc_min=min(r["train_acc"] for r in mine),
                    firing_rate=mean("firing_rate"), recurrent_change=mean("recurrent_change"),
                    thalamocortical_change=mean("thalamocortical_change"),
-                   minutes_per_fold=mean("wall_seconds") / 60)
+                   minutes_per_fold=mean("seconds") / 60)
+        if against:
+            row.update(paired(mine, [r for r in rows if r["candidate"] == against]))
         out.append(row)
     return sorted(out, key=lambda r: -r["val_acc"])
+
+
+def paired(mine: list[dict], control: list[dict]) -> dict:
+    """The mean difference of validation accuracy from the control's over the folds both
+    finished (same dataset and fold: the same validation objects), at the chosen and at the
+    last epoch, with 95 % t-intervals over those folds. Folds of one dataset are not
+    independent (their training sets overlap), so the interval is a guide for the screen,
+    not the final comparison."""
+    from rsnn_bfd.study.summary import t_interval
+    theirs = {(r["dataset"], r["fold"]): r for r in control}
+    pairs = [(r, theirs[(r["dataset"], r["fold"])]) for r in mine
+             if (r["dataset"], r["fold"]) in theirs]
+    out = {"paired_folds": len(pairs)}
+    for key, correct in (("diff", "val_correct"), ("last_diff", "last_val_correct")):
+        t = t_interval([(a[correct] - b[correct]) / a["n_val"] for a, b in pairs])
+        out.update({key: t["mean"], f"{key}_low": t["low"], f"{key}_high": t["high"]})
+    return out
 
 
 def _csv(rows: list[dict]) -> str:
@@ -139,11 +161,18 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def screen(dirs, out, overwrite: bool = False, log=print) -> list[dict]:
+def screen(dirs, out, overwrite: bool = False, against: str = "fit",
+           log=print) -> list[dict]:
     """Write ``screen.csv`` (one row per candidate, best pooled validation first),
-    ``screen_folds.csv`` (one row per fold) and ``screen.json`` into ``out``."""
+    ``screen_folds.csv`` (one row per fold) and ``screen.json`` into ``out``; each candidate
+    is compared fold by fold with the candidate ``against`` (the readout-only recipe by
+    default; skipped when the screen has none of that name, '' for none)."""
     if not dirs:
         raise ValueError("give at least one cross-validation folder (SCREEN/DATASET/CANDIDATE)")
+    names = {Path(d).name for d in dirs}          # a candidate is its folder's name
+    if against and against not in names and against != "fit":
+        raise ValueError(f"--against {against}: no such candidate among "
+                         f"{', '.join(sorted(names))}")
     out = Path(out)
     # the writer's lock and the check of --out before the folds are read (a second of
     # loading per fold), to the end
@@ -153,7 +182,7 @@ def screen(dirs, out, overwrite: bool = False, log=print) -> list[dict]:
         rows = collect(dirs)
         if not rows:
             raise ValueError("no finished fold in " + ", ".join(map(str, dirs)))
-        ranked = table(rows)
+        ranked = table(rows, against if against in names else "")
         atomic_write_text(_csv(ranked), out / "screen.csv")
         atomic_write_text(_csv(rows), out / "screen_folds.csv")
         atomic_write_json({"format": "barrel-rsnn-screen", "candidates": ranked, "folds": rows,
@@ -164,5 +193,9 @@ def screen(dirs, out, overwrite: bool = False, log=print) -> list[dict]:
         log(f"{r['candidate']}: validation {r['val_acc']:.3f} ({r['val_low']:.3f}-"
             f"{r['val_high']:.3f}) over {r['folds']} fold{'s' if r['folds'] != 1 else ''}, last "
             f"epoch {r['last_val_acc']:.3f}, "
-            f"train {r['train_acc']:.3f} (lowest {r['train_acc_min']:.3f})")
+            f"train {r['train_acc']:.3f} (lowest {r['train_acc_min']:.3f})"
+            + (f"; against {against} {r['diff']:+.3f}"
+               + (f" ({r['diff_low']:+.3f} to {r['diff_high']:+.3f}) over "
+                  f"{r['paired_folds']} folds" if r["paired_folds"] > 1 else " on 1 fold")
+               if r.get("paired_folds") and r["candidate"] != against else ""))
     return ranked

@@ -310,6 +310,15 @@ def test_the_screen_pools_validation_over_folds_and_datasets_and_reads_no_test(f
     half = next(c for c in table["candidates"] if c["candidate"] == "half")
     assert half["folds"] == 1 and half["folds_d1"] == 0
     assert math.isnan(half["recurrent_change"])                     # unknown without best.pth
+    assert "diff" not in half                                       # no candidate named fit
+    crossval.main(["screen", str(screen_dir / "d0" / "joint"), str(screen_dir / "d0" / "half"),
+                   "--against", "joint", "--out", str(tmp_path / "paired")])
+    paired = json.loads((tmp_path / "paired" / "screen.json").read_text())["candidates"]
+    half = next(c for c in paired if c["candidate"] == "half")      # the same runs: 0
+    assert half["paired_folds"] == 1 and half["diff"] == half["last_diff"] == 0
+    with pytest.raises(ValueError, match="--against nope: no such candidate"):
+        crossval.main(["screen", str(screen_dir / "d0" / "joint"), "--against", "nope",
+                       "--out", str(tmp_path / "t3")])
     text = "".join((out / name).read_text() for name in ("screen.csv", "screen_folds.csv",
                                                          "screen.json"))
     assert "test" not in text                                       # the held-out folds unread
