@@ -34,6 +34,7 @@ PRESETS = {
     # real-valued: the signed-log features (validation 0.77 against 0.59 with the published)
     "fit": {"spiking": _FIT, "realvalued": {**_FIT, "features": "signed-log"}},
 }
+PRESET_SUMMARIES = {"fit": "trains only the readout, on the network as initialised"}
 
 
 def _preset_help() -> str:
@@ -44,7 +45,7 @@ def _preset_help() -> str:
     for name, by_encoder in PRESETS.items():
         for values in {flags(v): v for v in by_encoder.values()}.values():   # once per recipe
             encoders = ", ".join(e for e, v in by_encoder.items() if v == values)
-            parts.append(f"{name} ({encoders}): {flags(values)}")
+            parts.append(f"{name} ({encoders}; {PRESET_SUMMARIES[name]}): {flags(values)}")
     return "; ".join(parts)
 
 

@@ -24,6 +24,10 @@ def test_a_preset_sets_defaults_and_the_flags_given_win():
         getattr(real, k) == v for k, v in PRESETS["fit"]["realvalued"].items())
     with pytest.raises(ValueError, match="--preset must be one of"):
         SpikingConfig(preset="nope").with_preset()
+    from rsnn_bfd.cli import build_parser
+    from rsnn_bfd.config import PRESET_SUMMARIES
+    assert set(PRESET_SUMMARIES) == set(PRESETS)                  # --help says what each does
+    assert "trains only the readout" in " ".join(build_parser(SpikingConfig).format_help().split())
     model_cfg = cfg.model_config()
     for name in ("readout_norm", "init_w_thalamic", "surrogate_sigma", "balance", "init_state"):
         assert getattr(model_cfg, name) == getattr(cfg, name), name
