@@ -12,9 +12,10 @@ interval) per dataset and over all, the same at the last epoch (choosing among e
 inflates the first a little, more with more epochs to choose from), training accuracy at the
 chosen epoch (mean and lowest fold), firing rate, how far training moved the recurrent and
 thalamocortical weights (relative Frobenius change of the chosen epoch's weights from the
-fold's initial ones), the minutes per fold (its epochs' seconds summed, so that a fold
-resumed from its checkpoint counts every epoch once), and the paired difference from a control
-candidate over the folds both finished (:func:`paired`).
+fold's initial ones), the minutes per fold (the larger of its epochs' seconds summed, which
+count every epoch once when a fold was resumed from its checkpoint, and its last process's
+wall clock, which counts the set-up and a readout-only run's pass over the data), and the
+paired difference from a control candidate over the folds both finished (:func:`paired`).
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def _fold_row(dataset: str, candidate: str, fold_path: Path, result: dict,
            "last_val_correct": int(round(rows[-1]["val_acc"] * n_val)),
            "train_acc": float(result["train_acc"]),
            "firing_rate": float(result["firing_rate"]),
-           "seconds": float(result.get("train_seconds", result.get("wall_seconds", 0)))}
+           "seconds": max(float(result.get("train_seconds", 0)),
+                          float(result.get("wall_seconds", 0)))}
     if moved:   # records (docs/cv) keep no checkpoint: the change is then not known
         change = (weight_change(fold_path, initial_networks)
                   if (fold_path / "best.pth").exists() else
