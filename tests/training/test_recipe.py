@@ -33,6 +33,21 @@ def test_a_preset_sets_defaults_and_the_flags_given_win():
         assert getattr(model_cfg, name) == getattr(cfg, name), name
 
 
+def test_the_whole_preset_is_the_screened_recipe():
+    """``--preset whole`` trains exactly what the screen's records trained (docs/cv/screen45)."""
+    import json
+    from pathlib import Path
+    record = (Path(__file__).resolve().parents[2] / "docs/cv/screen45/seed0"
+              / "fitjoint-0-e30-last5/crossval.json")
+    screened = parse_config(SpikingConfig, json.loads(record.read_text())["model_args"])[0]
+    whole = parse_config(SpikingConfig, ["--preset", "whole"])[0]
+    # crossval.py sets each fold's validation fifth; the script's preset holds one out too
+    assert dataclasses.replace(screened, preset="whole", val_fraction=0.2) == whole
+    assert whole.readout_epochs == 0 and whole.epochs == 30 and whole.readout_last == 5
+    with pytest.raises(ValueError, match="spiking input only"):
+        parse_config(RealValuedConfig, ["--preset", "whole"])
+
+
 def test_learning_rate_groups():
     model = build_model(SpikingConfig().model_config())
     published, _ = make_optimizer(model, SpikingConfig())
