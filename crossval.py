@@ -4,6 +4,7 @@
     python crossval.py --model cnn --out runs/cv/cnn [-- --encoder spiking --epochs 40]
     python crossval.py status runs/cv/rsnn
     python crossval.py summarize runs/cv/rsnn runs/cv/cnn runs/cv/rnn --out runs/cv/summary
+    python crossval.py summarize cv/seed{0,1,2}/rsnn cv/seed{0,1,2}/cnn --out cv/summary  # pooled
     python crossval.py curve runs/cv91/summary runs/cv182/summary runs/cv364/summary --out runs/cv/curve
     python crossval.py screen runs/screen/seed0/* runs/screen/seed1/* --out runs/screen/table
 
@@ -16,10 +17,11 @@ script's configuration for ``rsnn-spiking`` / ``rsnn-realvalued`` (``--help`` of
 so folds can run in parallel processes (one thread each: ``--threads 1``); a rerun skips
 finished folds and continues a stopped RSNN fold from its checkpoint. ``summarize`` writes
 the mean test accuracy of each model with a 95 % interval and the paired differences (the
-first model minus each other) with a paired t-test; ``curve`` plots the summaries of
-datasets of several sizes against objects per class; ``screen`` ranks training set-ups
-(folders ``SCREEN/DATASET/CANDIDATE``) by validation accuracy pooled over their folds and
-datasets, without reading the test folds. Library: :mod:`rsnn_bfd.study`.
+first model minus each other) with a paired t-test (folders named alike on several datasets
+are one model over all their folds, paired dataset by dataset); ``curve`` plots the
+summaries of datasets of several sizes against objects per class; ``screen`` ranks training
+set-ups (folders ``SCREEN/DATASET/CANDIDATE``) by validation accuracy pooled over their
+folds and datasets, without reading the test folds. Library: :mod:`rsnn_bfd.study`.
 """
 from __future__ import annotations
 
@@ -83,7 +85,10 @@ def main(argv=None) -> int:
             parser = build_parser(SummaryConfig, prog="crossval.py summarize",
                                   description="compare cross-validations on the same folds")
             parser.add_argument("dirs", nargs="+", help="cross-validation folders; the first "
-                                                        "is compared with each other")
+                                                        "is compared with each other; folders "
+                                                        "named alike on several datasets "
+                                                        "(seed0/cnn seed1/cnn) are one model "
+                                                        "over all their folds")
         ns = vars(parser.parse_args(rest))
         dirs = ns.pop("dirs")
         cfg = SummaryConfig(**ns)

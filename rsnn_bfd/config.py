@@ -31,12 +31,12 @@ _FIT = {"loss": "mean-logit", "readout_norm": True, "readout_centre": True,
         "init_state": "zero", "init_w_thalamic": 0.3, "batch_size": 16, "lr": 0.003,
         "readout_epochs": -1}
 # "whole": fit's network and readout trained together from the first epoch (recurrent and
-# thalamocortical weights, thresholds, time constants, encoder), with a surrogate 0.015 wide
-# and high (the published 0.5 / 0.5 let the trained network saturate), the readout's
-# standardisation measured again after every epoch (the rates move), then the readout alone
-# on the network as trained for the last 5 of 30 epochs; best.pth is the epoch of the best
-# accuracy on a validation fifth of the training set (the later epochs can lose it). Chosen on
-# validation pooled over the folds of two datasets (docs/RESULTS.md, "Training the whole
+# thalamocortical weights, time constants, encoder and thalamic input) with a surrogate 0.015
+# wide and high (the published: 0.5), the readout's standardisation measured again after
+# every epoch (the rates move), then the readout alone on the network as trained for the last
+# 5 of 30 epochs; best.pth is the epoch of the best accuracy on a validation fifth of the
+# training set (the later epochs can lose it). The lead of the whole-network screen, chosen
+# on validation pooled over the folds of two datasets (docs/RESULTS.md, "Training the whole
 # network: the screen").
 _WHOLE = {**_FIT, "readout_epochs": 0, "readout_follow": True, "lr": 0.001, "batch_size": 32,
           "surrogate_sigma": 0.015, "surrogate_scale": 0.015, "epochs": 30, "readout_last": 5,

@@ -88,30 +88,60 @@ def load_results(out, wanted: list[int] | None = None) -> tuple[dict, dict, list
     return settings, record, list(results.values())
 
 
+def _datasets(dirs, loaded) -> tuple[list[str], list[list[int]]]:
+    """The model labels and, per model, the indices into ``dirs`` of its cross-validation on
+    each dataset, in the order the datasets first appear. One dataset: each folder is a model
+    (named by its folder; full paths where names repeat). Several: folders of the same name
+    are one model on several datasets (e.g. seed0/cnn, seed1/cnn), one folder per dataset."""
+    names = [Path(d).name or str(d) for d in dirs]
+    records, where = [], []
+    for _, record, _ in loaded:
+        i = next((j for j, r in enumerate(records) if same_folds(r, record)), None)
+        if i is None:
+            records.append(record)
+            i = len(records) - 1
+        where.append(i)
+    if len(records) == 1:
+        labels = names if len(set(names)) == len(names) else [str(d) for d in dirs]
+        return labels, [[i] for i in range(len(dirs))]
+    labels = list(dict.fromkeys(names))
+    groups = [[next((i for i, (n, w) in enumerate(zip(names, where)) if n == label and w == j),
+                    None) for j in range(len(records))] for label in labels]
+    if any(None in g for g in groups) or len(dirs) != len(labels) * len(records):
+        other = next(d for d, w in zip(dirs, where) if w)
+        raise ValueError(f"{other} was run on other folds or data than {dirs[0]} (folds seed "
+                         f"{loaded[dirs.index(other)][1]['seed']} / {records[0]['seed']}, k "
+                         f"{loaded[dirs.index(other)][1]['k']} / {records[0]['k']}); paired "
+                         "results need the same folds (to pool several datasets, give one "
+                         "folder of each model per dataset, folders of a model named alike)")
+    if len({r["k"] for r in records}) > 1:
+        raise ValueError("the datasets were cross-validated with different numbers of folds "
+                         f"({', '.join(str(r['k']) for r in records)}); pool equal k only")
+    return labels, groups
+
+
 def summarize(dirs, out, overwrite: bool = False, log=print, only_folds: str = "") -> dict:
     """Compare the cross-validations in ``dirs`` (the first against each other) on their
     folds (``only_folds``, e.g. ``"0,1,2"``: those only, as for the screens of model
-    changes); writes into ``out``:
+    changes). Folders of the same name on different datasets (``seed0/cnn seed1/cnn ...``)
+    are one model pooled over the datasets: its folds are every (dataset, fold), paired with
+    the other models' on the same dataset and fold. Writes into ``out``:
 
-        crossval_folds.csv    one row per model and fold
-        crossval_paired.csv   per other model: the first model minus it, per fold
+        crossval_folds.csv    one row per model, dataset and fold
+        crossval_paired.csv   per other model: the first model minus it, per dataset and fold
         crossval_summary.json per model: mean test accuracy, 95 % t-interval (and the
                               corrected one), pooled accuracy; per pair: paired t-test
         crossval_summary.png  test accuracy per fold and model, means and intervals
     """
     if not dirs:
         raise ValueError("give at least one cross-validation folder")
+    dirs = [str(d) for d in dirs]
     wanted = parse_folds(only_folds)        # a typo is reported before any folder is read
     loaded = [load_results(d, wanted) for d in dirs]
-    labels = [Path(d).name or str(d) for d in dirs]
-    if len(set(labels)) < len(labels):
-        labels = [str(d) for d in dirs]
+    labels, groups = _datasets(dirs, loaded)
     first = loaded[0][1]
-    for d, (_, record, _) in zip(dirs[1:], loaded[1:]):
-        if not same_folds(first, record):
-            raise ValueError(f"{d} was run on other folds or data than {dirs[0]} (folds seed "
-                             f"{record['seed']} / {first['seed']}, k {record['k']} / "
-                             f"{first['k']}); paired results need the same folds")
+    # a dataset is named by the folder holding its first model's cross-validation (seed0/...)
+    tags = [Path(dirs[i]).parent.name or f"dataset {j}" for j, i in enumerate(groups[0])]
     out = Path(out)
     names = ("crossval_folds.csv", "crossval_paired.csv", "crossval_summary.json",
              "crossval_summary.png")
@@ -123,11 +153,14 @@ def summarize(dirs, out, overwrite: bool = False, log=print, only_folds: str = "
         k = first["k"]
         correction = 1 / (k - 1)     # n_test / n_train of k-fold cross-validation
         models, fold_rows = {}, []
-        for label, (settings, record, results), d in zip(labels, loaded, dirs):
+        for label, group in zip(labels, groups):
+            results = [dict(r, dataset=tag) for tag, i in zip(tags, group) for r in loaded[i][2]]
+            settings = loaded[group[0]][0]
             accs = [r["test_acc"] for r in results]
             n_test = sum(r["n_test"] for r in results)
             models[label] = {
-                "dir": str(d), "model": settings["model"], "model_args": settings["model_args"],
+                "dir": dirs[group[0]] if len(group) == 1 else [dirs[i] for i in group],
+                "model": settings["model"], "model_args": settings["model_args"],
                 "test_acc": accs, "ci95": t_interval(accs),
                 "ci95_corrected": t_interval(accs, correction=correction),
                 "pooled_acc": sum(r["n_correct"] for r in results) / n_test,
@@ -135,32 +168,39 @@ def summarize(dirs, out, overwrite: bool = False, log=print, only_folds: str = "
                 "best_epoch": [r["best_epoch"] for r in results],
                 "train_acc": [r["train_acc"] for r in results]}
             for r in results:
-                fold_rows.append({"model": label, "fold": r["fold"], "n_train": r["n_train"],
-                                  "n_val": r["n_val"], "n_test": r["n_test"],
-                                  "best_epoch": r["best_epoch"], "val_acc": r["val_acc"],
-                                  "test_acc": r["test_acc"], "train_acc": r["train_acc"]})
+                fold_rows.append({"model": label, "dataset": r["dataset"], "fold": r["fold"],
+                                  "n_train": r["n_train"], "n_val": r["n_val"],
+                                  "n_test": r["n_test"], "best_epoch": r["best_epoch"],
+                                  "val_acc": r["val_acc"], "test_acc": r["test_acc"],
+                                  "train_acc": r["train_acc"]})
         ref = labels[0]
+        folds = [(row["dataset"], row["fold"]) for row in fold_rows if row["model"] == ref]
         paired, paired_rows = {}, []
         for label in labels[1:]:
             p = paired_test(models[ref]["test_acc"], models[label]["test_acc"], correction)
             paired[f"{ref} - {label}"] = p
-            for K, dk in enumerate(p["differences"]):
-                paired_rows.append({"comparison": f"{ref} - {label}", "fold": K, "difference": dk})
+            for (tag, K), dk in zip(folds, p["differences"]):
+                paired_rows.append({"comparison": f"{ref} - {label}", "dataset": tag,
+                                    "fold": K, "difference": dk})
         summary = {"format": FORMAT + "-summary", "k": k, "seed": first["seed"],
                    "folds": [r["fold"] for r in loaded[0][2]],
                    "n_objects": first["n_objects"], "dataset": first.get("dataset"),
+                   "datasets": [{"name": tag, "n_objects": loaded[i][1]["n_objects"],
+                                 "dataset": loaded[i][1].get("dataset")}
+                                for tag, i in zip(tags, groups[0])],
                    "reference": ref, "models": models, "paired": paired,
                    "note": "t-intervals over folds; folds share training data, so the corrected "
                            "(Nadeau-Bengio, variance x (1/k + 1/(k-1))) intervals are the fairer ones"}
         _write_csv(out / "crossval_folds.csv", fold_rows)
         _write_csv(out / "crossval_paired.csv", paired_rows,
-                   ["comparison", "fold", "difference"])
+                   ["comparison", "dataset", "fold", "difference"])
         atomic_write_json(_finite(summary), out / "crossval_summary.json")
         _plot(models, out / "crossval_summary.png")
+        over = f"of {k} folds" if len(tags) == 1 else f"folds ({len(tags)} datasets of {k})"
         for label, m in models.items():
             ci = m["ci95"]
             log(f"{label}: test acc {ci['mean']:.3f} (95 % CI {ci['low']:.3f} to {ci['high']:.3f}) "
-                f"over {ci['n']} of {k} folds")
+                f"over {ci['n']} {over}")
         for name, p in paired.items():
             log(f"{name}: {p['mean']:+.3f} (95 % CI {p['low']:+.3f} to {p['high']:+.3f}), paired t "
                 f"p = {p['p']:.3g} (corrected p = {p['p_corrected']:.3g})")

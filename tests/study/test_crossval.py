@@ -233,6 +233,42 @@ def test_other_settings_or_folds_are_refused(finished, data_dir, tmp_path):
     assert json.loads((other / "folds.json").read_text())["seed"] == 0
 
 
+def test_a_summary_pools_datasets_of_models_named_alike(finished, tmp_path):
+    """seed0/rsnn seed1/rsnn seed0/cnn seed1/cnn: two models, each over both datasets' folds,
+    paired dataset by dataset and fold by fold."""
+    for tag in ("d0", "d1"):
+        for name in ("rsnn", "cnn"):
+            shutil.copytree(finished / name, tmp_path / tag / name,
+                            ignore=shutil.ignore_patterns("*.pth", "*.png", ".lock"))
+            if tag == "d1":   # another dataset (its fingerprint), other results
+                folds = tmp_path / tag / name / "folds.json"
+                record = json.loads(folds.read_text())
+                folds.write_text(json.dumps({**record, "dataset": {"seed": 1}}))
+                for K in range(2):
+                    path = tmp_path / tag / name / f"fold_{K}" / "result.json"
+                    r = json.loads(path.read_text())
+                    n = (K + len(name)) % (r["n_test"] + 1)
+                    path.write_text(json.dumps({**r, "n_correct": n,
+                                                "test_acc": n / r["n_test"]}))
+    dirs = [tmp_path / t / n for n in ("rsnn", "cnn") for t in ("d0", "d1")]
+    s = summarize(dirs, tmp_path / "s", log=lambda *a: None)
+    acc = {(t, n): [read_json(tmp_path / t / n / f"fold_{K}" / "result.json")["test_acc"]
+                    for K in range(2)] for t in ("d0", "d1") for n in ("rsnn", "cnn")}
+    assert list(s["models"]) == ["rsnn", "cnn"] and [d["name"] for d in s["datasets"]] == [
+        "d0", "d1"]
+    for n in ("rsnn", "cnn"):
+        assert s["models"][n]["test_acc"] == acc["d0", n] + acc["d1", n]
+        assert s["models"][n]["ci95"]["n"] == 4
+    assert s["paired"]["rsnn - cnn"]["differences"] == pytest.approx(
+        [a - b for a, b in zip(acc["d0", "rsnn"] + acc["d1", "rsnn"],
+                               acc["d0", "cnn"] + acc["d1", "cnn"])])
+    with open(tmp_path / "s" / "crossval_paired.csv") as fh:
+        assert [(r["dataset"], r["fold"]) for r in csv.DictReader(fh)] == [
+            ("d0", "0"), ("d0", "1"), ("d1", "0"), ("d1", "1")]
+    with pytest.raises(ValueError, match="one folder of each model per dataset"):
+        summarize(dirs[:3], tmp_path / "s2", log=lambda *a: None)
+
+
 def test_baseline_epoch_choice_never_reads_the_test_labels(data_dir):
     from rsnn_bfd.study import baselines
     cfg = baselines.BaselineConfig(epochs=4, hidden=8)
