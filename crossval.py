@@ -84,11 +84,9 @@ def main(argv=None) -> int:
         else:
             parser = build_parser(SummaryConfig, prog="crossval.py summarize",
                                   description="compare cross-validations on the same folds")
-            parser.add_argument("dirs", nargs="+", help="cross-validation folders; the first "
-                                                        "is compared with each other; folders "
-                                                        "named alike on several datasets "
-                                                        "(seed0/cnn seed1/cnn) are one model "
-                                                        "over all their folds")
+            parser.add_argument("dirs", nargs="+", help=(
+                "cross-validation folders; the first is compared with each other; folders named "
+                "alike on several datasets (seed0/cnn seed1/cnn) are one model over all folds"))
         ns = vars(parser.parse_args(rest))
         dirs = ns.pop("dirs")
         cfg = SummaryConfig(**ns)
