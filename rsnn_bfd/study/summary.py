@@ -142,6 +142,8 @@ def summarize(dirs, out, overwrite: bool = False, log=print, only_folds: str = "
     first = loaded[0][1]
     # a dataset is named by the folder holding its first model's cross-validation (seed0/...)
     tags = [Path(dirs[i]).parent.name or f"dataset {j}" for j, i in enumerate(groups[0])]
+    if len(set(tags)) < len(tags):      # e.g. runs1/cv/cnn and runs2/cv/cnn
+        tags = [str(Path(dirs[i]).parent) for i in groups[0]]
     out = Path(out)
     names = ("crossval_folds.csv", "crossval_paired.csv", "crossval_summary.json",
              "crossval_summary.png")
